@@ -1,0 +1,89 @@
+"""The Python API: ``generate`` returns a ``Result``; ``stream`` yields text pieces as they are decided."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+from .decode import Result, decode
+from .drafters import Drafter, make_drafter
+from .errors import ContextOverflowError, ParadecError
+from .model import DEFAULT_DTYPE, Model, load
+from .sampling import SamplingParams
+
+Prompt = str | Sequence[dict] | Sequence[int]
+
+
+def encode_prompt(model: Model, prompt: Prompt, chat: bool = False) -> list[int]:
+    """Prompt → token ids. A list of ``{"role", "content"}`` messages, or ``chat=True`` on a string,
+    goes through the tokenizer's chat template; a list of ints is taken as token ids."""
+    tok = model.tokenizer
+    if isinstance(prompt, str) and not chat:
+        ids = tok(prompt).input_ids
+    elif isinstance(prompt, str) or (prompt and isinstance(prompt[0], dict)):
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if not tok.chat_template:
+            raise ParadecError(f"the tokenizer of '{model.name}' has no chat template; pass a plain prompt")
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tok(text, add_special_tokens=False).input_ids
+    else:
+        ids = [int(t) for t in prompt]
+    if not ids:
+        raise ParadecError("the prompt is empty")
+    return ids
+
+
+class Stream:
+    """An iterator of text pieces; ``result`` holds text, token ids and stats once it is exhausted."""
+
+    def __init__(self, pieces: Iterator[str]):
+        self._pieces = pieces
+        self.result: Result | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.result = yield from self._pieces
+        return self.result
+
+
+def stream(
+    model: Model | str,
+    prompt: Prompt,
+    method: str | Drafter = "plain",
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+    chat: bool = False,
+    method_options: dict | None = None,
+) -> Stream:
+    """Like ``generate`` but lazily: iterate for text pieces, then read ``.result``.
+
+    Nothing runs until iteration starts; all arguments are validated here, before that.
+    """
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    model = model if isinstance(model, Model) else load(model, DEFAULT_DTYPE)
+    drafter = method if isinstance(method, Drafter) else make_drafter(method, model, **(method_options or {}))
+    prompt_ids = encode_prompt(model, prompt, chat)
+    if len(prompt_ids) >= model.max_length:  # checked before streaming starts, so servers can refuse early
+        raise ContextOverflowError(
+            f"the prompt has {len(prompt_ids)} tokens but the model's context window is {model.max_length} tokens"
+        )
+    return Stream(decode(model, drafter, prompt_ids, params, max_new_tokens, stop))
+
+
+def generate(model: Model | str, prompt: Prompt, method: str | Drafter = "plain", **kwargs) -> Result:
+    """Generate a completion with a decoding method (a registered name or a ``Drafter``);
+    same keyword arguments as ``stream``.
+
+    >>> m = paradec.load("smollm2-135m", dtype="float32")
+    >>> r = paradec.generate(m, "The capital of France is", max_new_tokens=8)
+    >>> r.text, r.token_ids, r.stats.mean_accepted_length
+    """
+    s = stream(model, prompt, method, **kwargs)
+    for _ in s:
+        pass
+    return s.result

@@ -1,0 +1,6 @@
+"""Drafters, one module per method; importing this package registers them all."""
+
+from . import plain  # noqa: F401  (registers)
+from .base import METHODS, Drafter, DrafterConfig, StepContext, make_drafter, register
+
+__all__ = ["METHODS", "Drafter", "DrafterConfig", "StepContext", "make_drafter", "register"]

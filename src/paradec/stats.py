@@ -1,0 +1,67 @@
+"""The one record every method returns, so results compare on equal terms."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Stats:
+    """Counts and times of one generation.
+
+    forward_passes counts target forwards after the prefill; each yields ``accepted + 1`` tokens
+    (accepted draft tokens plus the bonus), so ``mean_accepted_length`` is tokens per forward.
+    ``drafted[d]`` / ``accepted[d]``: steps whose draft had a node at depth d+1 / whose accepted
+    path reached depth d+1. Times exclude detokenisation.
+    """
+
+    method: str
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    forward_passes: int = 0
+    accepted_tokens: int = 0  # draft tokens accepted over all steps
+    draft_nodes: int = 0  # draft nodes proposed over all steps (tree nodes, not aux rows)
+    drafted: list[int] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+    prefill_time: float = 0.0
+    decode_time: float = 0.0
+    stop_reason: str = ""  # eos | length | stop | context
+
+    def record_step(self, draft_depths: list[int], accepted_len: int) -> None:
+        self.forward_passes += 1
+        self.accepted_tokens += accepted_len
+        self.draft_nodes += len(draft_depths)
+        deepest = max(draft_depths, default=0)
+        for counts, upto in ((self.drafted, deepest), (self.accepted, accepted_len)):
+            counts.extend([0] * (upto - len(counts)))
+            for d in range(upto):
+                counts[d] += 1
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens per target forward pass (accepted draft tokens + the bonus token)."""
+        return (self.accepted_tokens + self.forward_passes) / self.forward_passes if self.forward_passes else 0.0
+
+    @property
+    def total_time(self) -> float:
+        return self.prefill_time + self.decode_time
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.total_time if self.total_time > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(
+            mean_accepted_length=self.mean_accepted_length,
+            tokens_per_second=self.tokens_per_second,
+            total_time=self.total_time,
+        )
+        return out
+
+    def summary(self) -> str:
+        return (
+            f"[{self.method}] {self.new_tokens} tokens in {self.total_time:.2f}s "
+            f"({self.tokens_per_second:.1f} tok/s), {self.forward_passes} forward passes, "
+            f"{self.mean_accepted_length:.2f} tokens/forward, prefill {self.prefill_time:.2f}s, stop: {self.stop_reason}"
+        )

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random models built in-process (no weights downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+import paradec
+from paradec.model import Model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VOCAB = 96
+
+
+def word_tokenizer(vocab: int = VOCAB) -> PreTrainedTokenizerFast:
+    """Words w0..w{n-4} plus <unk>, <s>, </s>; ids are stable so tests can name tokens."""
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(vocab - 3)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    return fast
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.float64, vocab: int = VOCAB,
+               layers: int = 2, eos: int | None = None, max_positions: int = 256) -> Model:
+    """A random 2-layer model; float64 keeps greedy argmax free of numeric ties."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+                  initializer_range=0.05, bos_token_id=1, eos_token_id=eos,
+                  pad_token_id=0, tie_word_embeddings=False)
+    if arch == "llama":
+        hf = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "qwen2":
+        hf = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        raise ValueError(arch)
+    hf = hf.to(dtype).eval()
+    hf.generation_config.eos_token_id = eos
+    tok = word_tokenizer(vocab)
+    if eos is None:
+        tok.eos_token = None
+    return Model(name=f"tiny-{arch}", hf_model=hf, tokenizer=tok, path=Path("."))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> Model:
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2() -> Model:
+    return tiny_model("qwen2", seed=1)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Model:
+    """The real embedded model in float32 (exactness is promised in float32/float64)."""
+    return paradec.load("smollm2-135m", dtype="float32")
