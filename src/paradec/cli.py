@@ -41,9 +41,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .model import load
 
     model = load(args.model, args.dtype)
-    options = json.loads(args.method_options) if args.method_options else None
-    if options is not None and not isinstance(options, dict):
+    options = json.loads(args.method_options) if args.method_options else {}
+    if not isinstance(options, dict):
         raise ParadecError("--method-options must be a JSON object")
+    if args.draft:
+        options["draft"] = args.draft
     s = stream(
         model,
         args.prompt if args.prompt is not None else EXAMPLE_PROMPT,
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="?", help="the prompt (default: a built-in summarisation example)")
     add_model_args(g)
     g.add_argument("--method", default="plain", help="decoding method, see `paradec methods` (default: %(default)s)")
+    g.add_argument("--draft", metavar="MODEL", help="draft model for the `draft` method (same kinds of spec as --model)")
     g.add_argument("--method-options", metavar="JSON", help='method config as a JSON object, e.g. \'{"max_draft": 8}\'')
     g.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
