@@ -1,6 +1,7 @@
 """Drafters, one module per method; importing this package registers them all."""
 
 from . import plain  # noqa: F401  (registers)
+from . import jacobi  # noqa: F401  (registers)
 from .base import METHODS, Drafter, DrafterConfig, StepContext, make_drafter, register
 
 __all__ = ["METHODS", "Drafter", "DrafterConfig", "StepContext", "make_drafter", "register"]
