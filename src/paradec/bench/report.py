@@ -1,0 +1,230 @@
+"""Figures from per-turn records, and the files a run leaves: JSON, Markdown, PNG, a terminal table.
+
+Every figure is recomputed from the records (``summarize``), so the JSON alone reproduces the report.
+
+- speedup = total plain time / total method time over the same turns (medians over repeats);
+  its spread is the min..max of that ratio computed repeat by repeat;
+- tokens per forward = (accepted draft tokens + forward passes) / forward passes;
+- exactness: per turn, token-id equality with plain decoding (and with transformers' greedy
+  ``generate``), with the first position where they differ.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+BASELINE = "plain"
+HF_REFERENCE = "hf-generate"
+OVERALL = "overall"
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """The first index where two token lists differ (a length difference counts); None when equal.
+
+    >>> first_divergence([5, 6, 7], [5, 6, 7]), first_divergence([5, 6, 7], [5, 9, 7]), first_divergence([5], [5, 6])
+    (None, 1, 1)
+    """
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def annotate_exactness(records: list[dict]) -> None:
+    """Add ``equal_plain``/``diverge_plain`` and ``equal_hf``/``diverge_hf`` to each successful record."""
+    refs = {(r["method"], r["prompt_id"], r["turn"], r["repeat"]): r["token_ids"] for r in records if "token_ids" in r}
+    for r in records:
+        if "token_ids" not in r:
+            continue
+        for ref, key in ((BASELINE, "plain"), (HF_REFERENCE, "hf")):
+            other = refs.get((ref, r["prompt_id"], r["turn"], r["repeat"]))
+            if other is not None:
+                d = first_divergence(r["token_ids"], other)
+                r[f"equal_{key}"], r[f"diverge_{key}"] = d is None, d
+
+
+def _groups(records: list[dict]) -> dict[str, dict[tuple, list[dict]]]:
+    """method → (prompt_id, turn) → successful records, by repeat."""
+    out: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if "seconds" in r:
+            out[r["method"]][(r["prompt_id"], r["turn"])].append(r)
+    return out
+
+
+def _stats(method_turns: dict[tuple, list[dict]], plain_turns: dict[tuple, list[dict]], keys: list[tuple]) -> dict:
+    keys = [k for k in keys if k in method_turns and k in plain_turns]
+    if not keys:
+        return {"turns": 0}
+    med = lambda rs: statistics.median(r["seconds"] for r in rs)  # noqa: E731
+    t_method = sum(med(method_turns[k]) for k in keys)
+    t_plain = sum(med(plain_turns[k]) for k in keys)
+    per_repeat = []
+    for rep in sorted({r["repeat"] for k in keys for r in method_turns[k]}):
+        tm = [r["seconds"] for k in keys for r in method_turns[k] if r["repeat"] == rep]
+        tp = [r["seconds"] for k in keys for r in plain_turns[k] if r["repeat"] == rep]
+        if len(tm) == len(tp) == len(keys) and sum(tm) > 0:
+            per_repeat.append(sum(tp) / sum(tm))
+    firsts = [method_turns[k][0] for k in keys]  # greedy output is the same in every repeat; counts from the first
+    tokens = sum(r["new_tokens"] for r in firsts)
+    forwards = sum(r["forward_passes"] for r in firsts)
+    accepted = sum(r["accepted_tokens"] for r in firsts)
+    out = {
+        "turns": len(keys),
+        "seconds": t_method,
+        "plain_seconds": t_plain,
+        "speedup": t_plain / t_method if t_method > 0 else None,
+        "speedup_min": min(per_repeat, default=None),
+        "speedup_max": max(per_repeat, default=None),
+        "new_tokens": tokens,
+        "tokens_per_second": tokens / t_method if t_method > 0 else None,
+        "forward_passes": forwards,
+        "accepted_tokens": accepted,
+        "tokens_per_forward": (accepted + forwards) / forwards if forwards else None,
+    }
+    for key in ("plain", "hf"):
+        checked = [r for k in keys for r in method_turns[k] if f"equal_{key}" in r]
+        if checked:
+            bad = [r for r in checked if not r[f"equal_{key}"]]
+            out[f"exact_{key}"] = {"checked": len(checked), "mismatches": len(bad),
+                                  "first_divergence": [[r["prompt_id"], r["turn"], r["repeat"], r[f"diverge_{key}"]] for r in bad]}
+    return out
+
+
+def summarize(records: list[dict], methods: list[str]) -> dict:
+    """{method: {category | "overall": figures}} for the methods that produced records."""
+    annotate_exactness(records)
+    groups = _groups(records)
+    plain = groups.get(BASELINE, {})
+    categories = list(dict.fromkeys(r["category"] for r in records))
+    out: dict = {}
+    for m in methods:
+        if m not in groups:
+            continue
+        turns = groups[m]
+        out[m] = {c: _stats(turns, plain, [k for k in plain if plain[k][0]["category"] == c]) for c in categories}
+        out[m][OVERALL] = _stats(turns, plain, list(plain))
+        errors = [r for r in records if r["method"] == m and "error" in r]
+        if errors:
+            out[m][OVERALL]["errors"] = len(errors)
+    return out
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+def _fmt(x, spec=".2f", none="–") -> str:
+    return none if x is None else format(x, spec)
+
+
+def _speedup(s: dict) -> str:
+    if not s.get("turns"):
+        return "–"
+    text = f"{s['speedup']:.2f}×"
+    if s.get("speedup_min") is not None and s["speedup_min"] != s["speedup_max"]:
+        text += f" ({s['speedup_min']:.2f}–{s['speedup_max']:.2f})"
+    return text
+
+
+def _exact(s: dict, key: str) -> str:
+    e = s.get(f"exact_{key}")
+    if not e:
+        return "–"
+    if not e["mismatches"]:
+        return f"{e['checked']}/{e['checked']}"
+    firsts = ", ".join(f"{p}#{t + 1}@{d}" for p, t, _, d in e["first_divergence"][:3])
+    return f"{e['checked'] - e['mismatches']}/{e['checked']} (first diff: {firsts})"
+
+
+def table_rows(summary: dict, categories: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["method"] + categories + [OVERALL, "tok/s", "tokens/forward", "exact vs plain", "exact vs hf-generate"]
+    rows = []
+    for m, per in summary.items():
+        o = per[OVERALL]
+        rows.append([m] + [_speedup(per.get(c, {})) for c in categories] + [
+            _speedup(o), _fmt(o.get("tokens_per_second"), ".1f"), _fmt(o.get("tokens_per_forward")),
+            _exact(o, "plain"), _exact(o, "hf")])
+    return header, rows
+
+
+def rich_table(summary: dict, categories: list[str], title: str = ""):
+    from rich.table import Table
+
+    header, rows = table_rows(summary, categories)
+    table = Table(title=title or "speedup over plain decoding (same prompts, same run)")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def markdown(summary: dict, categories: list[str], meta: dict, unavailable: dict[str, str]) -> str:
+    header, rows = table_rows(summary, categories)
+    lines = [f"# paradec bench: {meta.get('model')} ({meta.get('dtype')})", ""]
+    lines += [f"Command: `{meta.get('command')}`", ""]
+    lines += [f"- started {meta.get('started')}, {meta.get('prompts')} prompts ({', '.join(categories)}), "
+              f"max_new_tokens {meta.get('max_new_tokens')}, repeats {meta.get('repeats')}, greedy, batch 1",
+              f"- {meta.get('threads')} threads on {meta.get('cpu_count')} CPUs ({meta.get('processor')}), torch {meta.get('torch')}",
+              f"- load average (1/5/15 min) before {meta.get('load_before')}, after {meta.get('load_after')}, "
+              f"highest 1-min sample during the run {meta.get('load_max_1min')}"]
+    lines += [f"- **warning:** {w}" for w in meta.get("warnings", [])]
+    lines += ["", "Speedup = total plain-decoding time / total method time on the same turns (median over repeats; "
+              "range over repeats in brackets). Exact = turns whose token ids equal the reference's "
+              "(`prompt#turn@position` of the first difference otherwise).", ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "## Per category", "", "| method | category | turns | tokens | seconds | tok/s | tokens/forward | forward passes | speedup |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m, per in summary.items():
+        for c in categories + [OVERALL]:
+            s = per.get(c, {})
+            if s.get("turns"):
+                lines.append(f"| {m} | {c} | {s['turns']} | {s['new_tokens']} | {s['seconds']:.2f} | "
+                             f"{_fmt(s['tokens_per_second'], '.1f')} | {_fmt(s['tokens_per_forward'])} | "
+                             f"{s['forward_passes']} | {_speedup(s)} |")
+    if unavailable:
+        lines += ["", "## Not run", ""] + [f"- `{n}`: unavailable: {why}" for n, why in unavailable.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, categories: list[str], path: Path, title: str = "") -> None:
+    """Grouped bars: speedup over plain per category (and overall), one bar per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in summary if m != BASELINE]
+    groups = categories + [OVERALL]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(1, len(methods)) ** 0.5 + 2), 4.2))
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        ys = [summary[m].get(g, {}).get("speedup") or 0.0 for g in groups]
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(groups))]
+        ax.bar(xs, ys, width, label=m)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(groups)), [g.replace("_", "\n") for g in groups])
+    ax.set_ylabel("speedup over plain decoding")
+    ax.set_title(title, fontsize=9)
+    if methods:
+        ax.legend(fontsize=8, ncols=min(4, len(methods)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_all(outdir: Path, records: list[dict], methods: list[str], categories: list[str], meta: dict,
+              unavailable: dict[str, str]) -> tuple[dict, dict[str, Path]]:
+    """Write results.json, report.md and speedup.png into ``outdir``; return the summary and the paths."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(records, methods)
+    paths = {"json": outdir / "results.json", "markdown": outdir / "report.md", "plot": outdir / "speedup.png"}
+    paths["json"].write_text(json.dumps({"meta": meta, "unavailable": unavailable, "summary": summary, "records": records}, indent=1))
+    paths["markdown"].write_text(markdown(summary, categories, meta, unavailable))
+    title = f"{meta.get('model')} {meta.get('dtype')}, max_new_tokens {meta.get('max_new_tokens')}, load {meta.get('load_before')}"
+    plot(summary, categories, paths["plot"], title)
+    return summary, paths
