@@ -12,7 +12,7 @@ import sys
 from .errors import ParadecError
 
 # Modules that add a subcommand with ``add_parser(subparsers)``; they import heavy deps lazily.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("paradec.bench.cli",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("paradec.bench.cli", "paradec.serve.cli")
 
 EXAMPLE_PROMPT = (
     "Summarise this passage in two sentences.\n\n"

@@ -1,0 +1,390 @@
+"""The OpenAI-compatible HTTP app around one loaded model: ``create_app(model, ServeConfig(...))``.
+
+Each request is validated in full (body, model name, method, prompt length, token budget) before
+it takes a place in the worker's queue, so every bad input is an immediate 4xx in the OpenAI error
+shape and never reaches the model. Generation runs on the worker thread; its text pieces cross to
+the event loop through an asyncio queue and leave as server-sent events or one JSON body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..api import Stream, encode_prompt, stream
+from ..decode import Result
+from ..drafters import METHODS, make_drafter
+from ..errors import ParadecError
+from ..model import Model
+from . import schemas as s
+from .worker import QueueFull, Worker
+
+log = logging.getLogger(__name__)
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Server settings. ``method``/``method_options``: the default decoding method (a request may
+    name another); ``max_queue``: requests that may wait while one runs (more get 429);
+    ``default_max_tokens``: cap for chat requests without max_tokens (default: the rest of the
+    context window); ``api_key``: required as ``Authorization: Bearer KEY`` on all but /health."""
+
+    method: str = "plain"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    model_name: str | None = None
+    api_key: str | None = None
+    max_queue: int = 32
+    default_max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ParadecError(f"unknown method '{self.method}'; choose one of: {', '.join(sorted(METHODS))}")
+        if not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise ValueError(f"max_queue must be an integer >= 0, got {self.max_queue!r}")
+        if self.default_max_tokens is not None and self.default_max_tokens < 1:
+            raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens!r}")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("api_key must not be empty")
+
+
+class APIError(Exception):
+    """An error answered in the OpenAI shape: ``{"error": {message, type, param, code}}``."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code, self.headers = status, message, type_, param, code, headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(s.error_body(self.message, self.type, self.param, self.code), self.status, headers=self.headers)
+
+
+class Cancelled(Exception):
+    """The generation was stopped before its end (client gone or server shutting down)."""
+
+
+class Generation:
+    """One generation on the worker thread, seen from the event loop as an async iterator of pieces."""
+
+    def __init__(self, worker: Worker, pieces: Stream):
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._stream = pieces
+        self.result: Result | None = None
+        self.job = worker.submit(self._run)  # raises QueueFull
+
+    def _emit(self, kind: str, value: Any = None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    def _run(self, cancelled: threading.Event) -> bool:
+        """Worker thread: step the decoder, checking the cancel flag after every piece."""
+        if cancelled.is_set():
+            self._emit("cancelled")
+            return False
+        pieces = iter(self._stream)
+        try:
+            for piece in pieces:
+                self._emit("piece", piece)
+                if cancelled.is_set():
+                    self._emit("cancelled")
+                    return False
+            self._emit("done", self._stream.result)
+            return True
+        except Exception as exc:  # reported to the client; the worker keeps serving
+            log.exception("generation failed")
+            self._emit("error", exc)
+            return False
+        finally:
+            pieces.close()  # type: ignore[attr-defined]  # drops the KV cache now, not at GC
+
+    async def pieces(self) -> AsyncIterator[str]:
+        while True:
+            kind, value = await self._events.get()
+            if kind == "piece":
+                yield value
+            elif kind == "done":
+                self.result = value
+                return
+            elif kind == "cancelled":
+                raise Cancelled()
+            else:
+                raise value
+
+    async def text(self) -> str:
+        return "".join([piece async for piece in self.pieces()])
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+
+@dataclass
+class Prepared:
+    """A validated request, ready to queue."""
+
+    pieces: Stream
+    prompt_tokens: int
+    method: str
+
+
+class RequireKey:
+    """ASGI middleware: every HTTP route but /health needs ``Authorization: Bearer <key>``.
+
+    Plain ASGI (not BaseHTTPMiddleware) so streaming and disconnect detection pass through untouched.
+    """
+
+    def __init__(self, app, key: str):
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                error = APIError(401, "missing or incorrect API key: send 'Authorization: Bearer <key>'",
+                                 code="invalid_api_key")
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}  # pydantic's names for union members
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """The first invalid field as (message, param), e.g. ("max_tokens: Input should be a valid integer", "max_tokens")."""
+    errors = exc.errors()
+    if errors[0].get("type") == "json_invalid":
+        return f"the request body is not valid JSON: {errors[0].get('ctx', {}).get('error', errors[0].get('msg'))}", None
+
+    def param(err: dict) -> str:
+        # drop "body" and the union member tags pydantic inserts, such as "str" or "list[int]"
+        parts = [str(p) for p in err.get("loc", ()) if p != "body"]
+        return ".".join(p for p in parts if p not in TYPE_TAGS and "[" not in p and "-" not in p)
+
+    first = param(errors[0])
+    if not first:
+        return "the request body must be a JSON object (with Content-Type: application/json)", None
+    messages = list(dict.fromkeys(e.get("msg", "") for e in errors if param(e) == first))  # a union: every option
+    return f"{first}: {' or '.join(messages[:4])}", first
+
+
+def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI app serving ``model``; one worker thread runs its generations one at a time."""
+    config = config or ServeConfig()
+    served = config.model_name or model.name
+    worker = Worker(config.max_queue)
+    vocab = model.hf_model.get_input_embeddings().num_embeddings
+    context = model.max_length
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.close()
+
+    app = FastAPI(title="paradec", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible API for paradec: parallel decoding, same output.")
+    app.state.worker = worker
+    app.state.config = config
+
+    if config.api_key is not None:
+        app.add_middleware(RequireKey, key=config.api_key)
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = validation_message(exc)
+        return APIError(400, message, param=param).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return APIError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", code=code,
+                        headers=getattr(exc, "headers", None)).response()
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").response()
+
+    def model_card() -> dict:
+        return {"id": served, "object": "model", "created": created, "owned_by": "paradec",
+                "paradec": {"methods": sorted(METHODS), "default_method": config.method, "context_length": context}}
+
+    def prepare(req: s.GenerationRequest, prompt: Any, chat: bool, default_limit: int | None) -> Prepared:
+        """Validate everything that can be validated before generation (runs in a thread pool)."""
+        if req.model is not None and req.model != served:
+            raise APIError(404, f"the model '{req.model}' does not exist; this server serves '{served}'",
+                           param="model", code="model_not_found")
+        problem = req.unsupported()
+        if problem:
+            raise APIError(400, problem[1], param=problem[0], code="unsupported_parameter")
+        options_param = "paradec.options"
+        method = req.paradec.method if req.paradec and req.paradec.method else config.method
+        if method not in METHODS:
+            raise APIError(400, f"unknown method '{method}'; choose one of: {', '.join(sorted(METHODS))}",
+                           param="paradec.method", code="method_not_found")
+        options = dict(config.method_options) if method == config.method else {}
+        if req.paradec and req.paradec.options:
+            options.update(req.paradec.options)
+        try:
+            drafter = make_drafter(method, model, **options)
+        except ParadecError as exc:
+            raise APIError(400, str(exc), param=options_param) from exc
+        prompt_param = "messages" if chat else "prompt"
+        if isinstance(prompt, list) and not chat and any(not 0 <= t < vocab for t in prompt):
+            raise APIError(400, f"token ids must be in [0, {vocab})", param="prompt")
+        try:
+            ids = encode_prompt(model, prompt, chat)
+        except ParadecError as exc:
+            raise APIError(400, str(exc), param=prompt_param) from exc
+        room = context - len(ids)
+        if room <= 0:
+            raise APIError(400, f"this model's maximum context length is {context} tokens, but the prompt has "
+                           f"{len(ids)} tokens", param=prompt_param, code="context_length_exceeded")
+        limit = req.token_limit() if isinstance(req, s.ChatCompletionRequest) else req.max_tokens
+        if limit is None:
+            limit = min(room, default_limit or room)
+        elif limit > room:
+            raise APIError(400, f"this model's maximum context length is {context} tokens, but you requested "
+                           f"{len(ids) + limit} tokens ({len(ids)} in the prompt, {limit} for the completion)",
+                           param="max_tokens", code="context_length_exceeded")
+        temperature = 1.0 if req.temperature is None else req.temperature  # OpenAI's default
+        try:
+            pieces = stream(model, ids, drafter, max_new_tokens=limit, temperature=temperature,
+                            top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0,
+                            seed=req.seed, stop=req.stop_list())
+        except ParadecError as exc:
+            raise APIError(400, str(exc)) from exc
+        return Prepared(pieces, len(ids), drafter.name)
+
+    def start(prepared: Prepared) -> Generation:
+        try:
+            return Generation(worker, prepared.pieces)
+        except QueueFull as exc:
+            raise APIError(429, f"the server is busy ({exc}); retry later", "rate_limit_error",
+                           code="queue_full", headers={"Retry-After": "1"}) from exc
+
+    def extra(gen: Generation, prepared: Prepared) -> dict:
+        stats = gen.result.stats
+        return {"usage": s.usage(prepared.prompt_tokens, len(gen.result.token_ids)),
+                "paradec": {"method": prepared.method, "stats": stats.to_dict()}}
+
+    async def until_disconnect(request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def run_to_end(request: Request, gen: Generation) -> str | None:
+        """The whole text, or None if the client went away first (then the generation is cancelled)."""
+        collect = asyncio.ensure_future(gen.text())
+        gone = asyncio.ensure_future(until_disconnect(request))
+        try:
+            await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not collect.done():
+                gen.cancel()
+                collect.cancel()
+        if not collect.done() or collect.cancelled():
+            return None
+        try:
+            return collect.result()
+        except Cancelled:
+            return None
+        except Exception as exc:
+            raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from exc
+
+    def sse(data: dict | str) -> str:
+        return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+    async def event_stream(gen: Generation, prepared: Prepared, req: s.GenerationRequest, chat: bool) -> AsyncIterator[str]:
+        """SSE chunks: (chat: a role delta), one chunk per piece, a last chunk with finish_reason and
+        paradec stats, a usage chunk if ``stream_options.include_usage``, then ``data: [DONE]``."""
+        rid = s.new_id("chatcmpl" if chat else "cmpl")
+        obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(text: str | None, finish: str | None = None, **more: Any) -> dict:
+            if chat:
+                delta = {} if text is None else {"content": text}
+                return s.envelope(rid, obj, served, [s.chat_delta(delta, finish)], **more)
+            return s.envelope(rid, obj, served, [s.completion_choice(text or "", finish)], **more)
+
+        try:
+            if chat:
+                yield sse(s.envelope(rid, obj, served, [s.chat_delta({"role": "assistant", "content": ""}, None)]))
+            try:
+                async for piece in gen.pieces():
+                    yield sse(chunk(piece))
+            except Cancelled:
+                return
+            except Exception as exc:
+                yield sse(s.error_body(f"generation failed: {type(exc).__name__}: {exc}", "server_error"))
+                yield sse("[DONE]")
+                return
+            info = extra(gen, prepared)
+            yield sse(chunk(None, s.FINISH_REASONS.get(gen.result.stats.stop_reason, "stop"), paradec=info["paradec"]))
+            if req.stream_options and req.stream_options.include_usage:
+                yield sse(s.envelope(rid, obj, served, [], usage=info["usage"]))
+            yield sse("[DONE]")
+        finally:  # also on client disconnect, when starlette cancels this generator
+            gen.cancel()
+
+    async def respond(request: Request, req: s.GenerationRequest, prompt: Any, chat: bool, default_limit: int | None) -> Response:
+        prepared = await run_in_threadpool(prepare, req, prompt, chat, default_limit)
+        gen = start(prepared)
+        if req.stream:
+            return StreamingResponse(event_stream(gen, prepared, req, chat), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        text = await run_to_end(request, gen)
+        if text is None:
+            return Response(status_code=499)  # client closed the request; nobody reads this
+        finish = s.FINISH_REASONS.get(gen.result.stats.stop_reason, "stop")
+        if chat:
+            return JSONResponse(s.envelope(s.new_id("chatcmpl"), "chat.completion", served, [s.chat_choice(text, finish)], **extra(gen, prepared)))
+        return JSONResponse(s.envelope(s.new_id("cmpl"), "text_completion", served, [s.completion_choice(text, finish)], **extra(gen, prepared)))
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": served, "running": worker.running, "queued": worker.queued}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict:
+        if model_id != served:
+            raise APIError(404, f"the model '{model_id}' does not exist; this server serves '{served}'",
+                           param="model", code="model_not_found")
+        return model_card()
+
+    @app.post("/v1/completions")
+    async def completions(req: s.CompletionRequest, request: Request) -> Response:
+        return await respond(request, req, req.single_prompt(), False, COMPLETION_DEFAULT_MAX_TOKENS)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: s.ChatCompletionRequest, request: Request) -> Response:
+        return await respond(request, req, req.prompt_messages(), True, config.default_max_tokens)
+
+    return app

@@ -1,0 +1,179 @@
+"""Request bodies of the OpenAI API (the fields paradec honours), and the response builders.
+
+Types are strict (``"16"`` is not an integer) so that a wrong type is a 400, as with OpenAI.
+Unknown fields are ignored, as clients send many; known fields that paradec cannot honour
+(``n > 1``, logprobs, tools, penalties, ...) are refused by ``unsupported()`` rather than ignored.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+Number = Annotated[float, Field(strict=True)]  # accepts 1 and 1.0, refuses "1" and true
+NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
+
+
+class ParadecField(BaseModel):
+    """The extra body field ``"paradec": {"method": "lookahead", "options": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: NonEmptyStr | None = None
+    options: dict[str, Any] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class GenerationRequest(BaseModel):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None  # None: the served model
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[Number, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[StrictInt, Field(ge=0)] | None = None  # extension, as in vLLM
+    seed: Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
+    n: StrictInt | None = None
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: Number | None = None
+    frequency_penalty: Number | None = None
+    logit_bias: dict[str, Any] | None = None
+    user: StrictStr | None = None
+    paradec: ParadecField | None = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """(param, message) for the first requested feature paradec does not provide."""
+        if self.n not in (None, 1):
+            return "n", "only n=1 is supported"
+        if self.presence_penalty or self.frequency_penalty:
+            param = "presence_penalty" if self.presence_penalty else "frequency_penalty"
+            return param, f"{param} is not supported; leave it at 0"
+        if self.logit_bias:
+            return "logit_bias", "logit_bias is not supported"
+        return None
+
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+TokenIds = list[StrictInt]
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] | Annotated[TokenIds, Field(min_length=1)] | list[TokenIds]
+    echo: StrictBool | None = False
+    logprobs: StrictInt | None = None
+    best_of: StrictInt | None = None
+    suffix: StrictStr | None = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.echo:
+            return "echo", "echo is not supported"
+        if self.logprobs is not None:
+            return "logprobs", "logprobs are not supported"
+        if self.best_of not in (None, 1):
+            return "best_of", "only best_of=1 is supported"
+        if self.suffix:
+            return "suffix", "suffix is not supported"
+        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], (str, list)):
+            if len(self.prompt) != 1:
+                return "prompt", "only one prompt per request is supported"
+        return super().unsupported()
+
+    def single_prompt(self) -> str | list[int]:
+        """The prompt as text or token ids (a one-element batch is unwrapped)."""
+        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], (str, list)):
+            return self.prompt[0]
+        return self.prompt
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: StrictStr
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    response_format: ResponseFormat | None = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.logprobs or self.top_logprobs is not None:
+            return "logprobs", "logprobs are not supported"
+        if self.tools or self.functions:
+            return ("tools" if self.tools else "functions"), "tool calling is not supported"
+        if self.response_format is not None and self.response_format.type != "text":
+            return "response_format", "only response_format type 'text' is supported"
+        return super().unsupported()
+
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def prompt_messages(self) -> list[dict]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+
+# ---- responses: plain dicts in the OpenAI shapes, with paradec's stats in an extra field ----
+
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length"}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
+
+def envelope(rid: str, obj: str, model: str, choices: list[dict], **extra: Any) -> dict:
+    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "system_fingerprint": None, "choices": choices, **extra}
+
+
+def completion_choice(text: str, finish_reason: str | None) -> dict:
+    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+
+def chat_choice(text: str, finish_reason: str) -> dict:
+    return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish_reason}
+
+
+def chat_delta(delta: dict, finish_reason: str | None) -> dict:
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

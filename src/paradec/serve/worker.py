@@ -1,0 +1,108 @@
+"""One generation at a time: a single worker thread, a FIFO of waiting jobs, a hard bound on it.
+
+The model is CPU-bound, blocking code with one KV cache per generation; running two generations
+at once would only split the same cores. So jobs run one after another on one thread, the event
+loop stays free for I/O, and a full queue is refused (HTTP 429) instead of growing without limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+JobFn = Callable[[threading.Event], bool]  # runs on the worker thread; True = ran to the end
+
+
+class QueueFull(Exception):
+    """Every slot (the running job plus ``max_queue`` waiting ones) is taken."""
+
+
+class Job:
+    """A submitted unit of work; ``cancel()`` asks it to stop (or not to start) as soon as it can."""
+
+    def __init__(self, fn: JobFn):
+        self.fn = fn
+        self.cancelled = threading.Event()  # read by fn between steps
+        self.finished = threading.Event()  # set by the worker after fn returned
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class Worker:
+    """Runs jobs one at a time, in arrival order; admits at most ``1 + max_queue`` at once.
+
+    A job always runs, even when cancelled while waiting: its function sees the cancel flag and
+    returns at once, which lets it tell its consumer that it ended. The slot of a job is freed only
+    when its function has returned, so "not busy" means the model really is free.
+    """
+
+    def __init__(self, max_queue: int = 32):
+        if not isinstance(max_queue, int) or max_queue < 0:
+            raise ValueError(f"max_queue must be an integer >= 0, got {max_queue!r}")
+        self.capacity = 1 + max_queue
+        self.completed = 0  # jobs whose function ran to the end
+        self.stopped = 0  # jobs that stopped early (cancelled) or raised
+        self._admitted = 0  # running + waiting
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._current: Job | None = None
+        self._pending: set[Job] = set()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="paradec-worker", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> int:
+        return 1 if self._current is not None else 0
+
+    @property
+    def queued(self) -> int:
+        with self._lock:
+            return self._admitted - self.running
+
+    def submit(self, fn: JobFn) -> Job:
+        """Queue ``fn(cancelled_event)``; raise ``QueueFull`` when every slot is taken."""
+        job = Job(fn)
+        with self._lock:
+            if self._closed:
+                raise QueueFull("the server is shutting down")
+            if self._admitted >= self.capacity:
+                raise QueueFull(f"{self._admitted} requests are running or waiting (limit {self.capacity})")
+            self._admitted += 1
+            self._pending.add(job)
+        self._jobs.put(job)
+        return job
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel the running and waiting jobs, let them end, stop the thread."""
+        with self._lock:
+            self._closed = True
+            for job in [*self._pending, self._current]:
+                if job is not None:
+                    job.cancel()
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            with self._lock:
+                self._pending.discard(job)
+                self._current = job
+            try:
+                ok = bool(job.fn(job.cancelled))
+            except Exception:  # the job reports its own errors; this only keeps the worker alive
+                log.exception("a job failed")
+                ok = False
+            with self._lock:
+                self._current = None
+                self._admitted -= 1
+                if ok:
+                    self.completed += 1
+                else:
+                    self.stopped += 1
+            job.finished.set()
