@@ -1,0 +1,163 @@
+"""Token Recycling (Luo et al. 2024): reuse the candidates every forward pass computes anyway.
+
+Each forward yields, for every block row, a distribution over the next token; plain decoding keeps
+one token and throws the rest away. Token Recycling keeps the top-k of every row, *including the
+rows of rejected draft nodes*, in an adjacency table ``M[token] = top-k successors`` (vocab x k
+int32: 1.5 MB for a 49k vocabulary at k = 8). To draft, it walks the table breadth-first from the
+root along a static tree template (paths of ranks, e.g. ``(0,), (1,), (0, 0)``) and the target
+verifies the whole tree in one pass with tree attention. No model, no training; the table keeps
+learning across steps (and across generations of one drafter unless ``persist=False``).
+
+Optionally (``lookup_branches``) the n-gram continuations of the context are grafted onto the same
+tree first, which helps where the output copies its input.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import torch
+
+from ..tree import Draft, paths
+from .base import Drafter, DrafterConfig, StepContext, register
+from .ngram import NgramIndex, TokenTrie, lookup
+
+# Prior acceptance of the candidate of each rank (measured on SmolLM2-135M, see
+# docs/sweeps/ngram_recycling.md); only its ordering and decay shape the default template.
+RANK_PRIOR = (0.42, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)
+
+
+def static_tree(size: int, k: int, max_depth: int, prior: tuple[float, ...] = RANK_PRIOR) -> tuple[tuple[int, ...], ...]:
+    """The ``size`` rank paths of highest prior probability, breadth-first (a static template).
+
+    A path's value is the product of its ranks' priors, so a child never beats its parent and the
+    chosen set is always a tree. Example: ``static_tree(4, 2, 3, (0.5, 0.2))``
+    == ``((0,), (1,), (0, 0), (0, 0, 0))`` (values 0.5, 0.2, 0.25, 0.125; (0, 1) = 0.1 loses).
+    """
+    prior = tuple(prior[:k]) + (prior[-1] if prior else 0.0,) * (k - len(prior))
+    heap: list[tuple[float, tuple[int, ...]]] = [(-prior[r], (r,)) for r in range(k)]
+    heapq.heapify(heap)
+    chosen: list[tuple[int, ...]] = []
+    while heap and len(chosen) < size:
+        neg, path = heapq.heappop(heap)
+        chosen.append(path)
+        if len(path) < max_depth:
+            for r in range(k):
+                heapq.heappush(heap, (neg * prior[r], path + (r,)))
+    return tuple(sorted(chosen, key=lambda p: (len(p), p)))
+
+
+class AdjacencyTable:
+    """``M[t]``: the top-k next tokens the target predicted the last time it read token ``t``.
+
+    Shape (vocab, k), int32, ``-1`` where token ``t`` was never read. Rows are overwritten, not
+    merged: the latest context is the best guess for the next occurrence.
+    """
+
+    def __init__(self, vocab: int, k: int):
+        self.k = k
+        self.M = torch.full((vocab, k), -1, dtype=torch.int32)  # (vocab, k)
+
+    def update(self, tokens: list[int], logits: torch.Tensor) -> None:
+        """tokens: (n,) the tokens the rows read; logits: (n, vocab) what each row predicted next."""
+        top = logits.topk(self.k, dim=-1).indices.to(torch.int32)  # (n, k)
+        last = {t: i for i, t in enumerate(tokens)}  # a token read twice: its latest row wins
+        self.M[list(last)] = top[list(last.values())]
+
+    def seed(self, tokens: list[int]) -> None:
+        """Fill never-seen rows from the context's bigrams (most recent successor first)."""
+        succ: dict[int, list[int]] = {}
+        for a, b in zip(reversed(tokens[:-1]), reversed(tokens[1:])):
+            row = succ.setdefault(a, [])
+            if len(row) < self.k and b not in row:
+                row.append(b)
+        for a, row in succ.items():
+            if a < self.M.shape[0] and self.M[a, 0] < 0:
+                self.M[a, : len(row)] = torch.tensor(row, dtype=torch.int32)
+
+    def bfs(self, root: int, template: tuple[tuple[int, ...], ...], trie: TokenTrie) -> None:
+        """Add the template's nodes to ``trie``: node ``path + (r,)`` is ``M[token at path][r]``.
+
+        ``template`` is breadth-first (parents before children); a node whose parent or own
+        candidate is unknown is skipped with its subtree.
+        """
+        found: dict[tuple[int, ...], list[int]] = {(): []}  # rank path -> token path
+        rows: dict[int, list[int]] = {}
+        for path in template:
+            above = found.get(path[:-1])
+            if above is None:
+                continue
+            parent = above[-1] if above else root
+            if parent not in rows:
+                rows[parent] = self.M[parent].tolist()
+            token = rows[parent][path[-1]]
+            if token < 0:
+                continue
+            found[path] = above + [token]
+            trie.add(found[path])
+
+
+@dataclass(frozen=True)
+class RecyclingConfig(DrafterConfig):
+    """k: candidates kept per token (table width); tree_size / max_depth: the static template
+    (``tree_size`` nodes of highest prior, at most ``max_depth`` deep); persist: keep the table
+    across generations of one drafter (the paper's hot start); seed_context: fill unseen rows from
+    the prompt's bigrams; lookup_branches / lookup_depth: n-gram continuations of the context
+    grafted onto the tree first (0 = pure Token Recycling)."""
+
+    k: int = 8
+    tree_size: int = 12
+    max_depth: int = 5
+    persist: bool = True
+    seed_context: bool = True
+    lookup_branches: int = 0
+    lookup_depth: int = 8
+
+    def __post_init__(self) -> None:
+        for name, low in (("k", 1), ("tree_size", 1), ("max_depth", 1), ("lookup_branches", 0), ("lookup_depth", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("persist", "seed_context"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+
+@register
+class RecyclingDrafter(Drafter):
+    name = "recycling"
+    summary = "Token Recycling: top-k successors of every token from past forwards, BFS tree over a static template"
+    Config = RecyclingConfig
+
+    def __init__(self, model, config: RecyclingConfig | None = None):
+        super().__init__(model, config or RecyclingConfig())
+        c = self.config
+        self.template = static_tree(c.tree_size, c.k, c.max_depth)
+        self.table: AdjacencyTable | None = None
+
+    def begin(self, prompt_ids: list[int], params) -> None:
+        c = self.config
+        if self.table is None or not c.persist:
+            vocab = self.model.hf_model.config.get_text_config().vocab_size
+            self.table = AdjacencyTable(vocab, c.k)
+        if c.seed_context:
+            self.table.seed(prompt_ids)
+        self.index = NgramIndex(2, 4) if c.lookup_branches else None
+
+    def propose(self, ctx: StepContext) -> Draft:
+        c = self.config
+        self.root = ctx.tokens[-1]
+        trie = TokenTrie(min(len(self.template) + c.lookup_branches * c.lookup_depth, ctx.max_nodes))
+        if self.index is not None:
+            self.index.update(ctx.tokens)
+            lookup_trie = lookup(self.index, ctx.tokens, c.lookup_depth, c.lookup_branches, trie.max_nodes)
+            for path in paths(lookup_trie.parents):
+                trie.add([lookup_trie.tokens[i] for i in path])
+        self.table.bfs(self.root, self.template, trie)
+        return trie.draft()
+
+    def observe(self, draft: Draft, logits: torch.Tensor, verdict) -> None:
+        n = 1 + len(draft.tokens)  # root + every node, accepted or not
+        self.table.update([self.root] + draft.tokens, logits[:n])
+
