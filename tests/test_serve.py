@@ -1,0 +1,366 @@
+"""The OpenAI-compatible server, tested live on loopback: the official ``openai`` client for the happy
+paths, raw HTTP for every bad input, concurrency, disconnects, the bounded queue and the API key.
+
+Every server answer is compared with ``paradec.generate`` on the same tiny float64 model (greedy,
+or sampling with a seed), so a mixed-up or truncated response fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+import paradec
+from conftest import tiny_model
+from paradec.serve.app import ServeConfig
+from paradec.serve.worker import QueueFull, Worker
+from serve_helpers import LiveServer, wait_until
+
+CONTEXT = 1024  # the tiny model's context window: room for a long generation that a test interrupts
+TIMEOUT = 60.0  # upper bound on any single HTTP exchange in this file
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model("llama", seed=3, max_positions=CONTEXT)
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    with LiveServer(tiny, ServeConfig(max_queue=32)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+
+
+@pytest.fixture()
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as c:
+        yield c
+
+
+def reference(model, prompt, n, **kw) -> paradec.Result:
+    """A single in-process run, the ground truth for the server's answer."""
+    return paradec.generate(model, prompt, "plain", max_new_tokens=n, **kw)
+
+
+def assert_error(r: httpx.Response, status: int, param: str | None = None, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"], err
+    if param is not None:
+        assert err["param"] == param, err
+    if code is not None:
+        assert err["code"] == code, err
+    return err
+
+
+# ---------- the worker on its own ----------
+
+def test_worker_runs_jobs_one_at_a_time_in_order_and_bounds_the_queue():
+    worker = Worker(max_queue=2)
+    release, order, overlap, active = threading.Event(), [], [], []
+
+    def job(i):
+        def run(cancelled):
+            active.append(i)
+            overlap.append(len(active))
+            if i == 0:
+                release.wait(10)
+            order.append(i)
+            active.remove(i)
+            return True
+        return run
+
+    jobs = [worker.submit(job(i)) for i in range(3)]  # one running + two waiting fill it
+    assert wait_until(lambda: worker.running == 1)
+    with pytest.raises(QueueFull):
+        worker.submit(job(3))
+    jobs[2].cancel()  # cancelled while waiting: its function still runs (and may return at once)
+    release.set()
+    assert all(j.finished.wait(10) for j in jobs)
+    assert order == [0, 1, 2] and max(overlap) == 1
+    assert worker.completed == 3 and worker.running == 0 and worker.queued == 0
+    worker.close()
+
+
+# ---------- happy paths with the official client ----------
+
+def test_health_and_models(server, client, http):
+    assert http.get("/health").json() == {"status": "ok", "model": "tiny-llama", "running": 0, "queued": 0}
+    models = client.models.list().data
+    assert [m.id for m in models] == ["tiny-llama"]
+    assert "plain" in models[0].model_extra["paradec"]["methods"]
+    assert client.models.retrieve("tiny-llama").id == "tiny-llama"
+
+
+@pytest.mark.parametrize("prompt", ["w1 w2 w3", "w40 w7 w7 w19 w2", [5, 9, 11]])
+def test_completion_matches_single_run(tiny, client, prompt):
+    ref = reference(tiny, prompt, 12)
+    r = client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=12, temperature=0)
+    assert r.choices[0].text == ref.text
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens == len(paradec.encode_prompt(tiny, prompt))
+    assert r.usage.completion_tokens == len(ref.token_ids) == 12
+    stats = r.model_extra["paradec"]["stats"]
+    assert r.model_extra["paradec"]["method"] == "plain" and stats["new_tokens"] == 12 and stats["stop_reason"] == "length"
+
+
+def test_chat_matches_single_run(tiny, client):
+    messages = [{"role": "system", "content": "w3 w4"}, {"role": "user", "content": "w10 w11 w12"}]
+    ref = reference(tiny, messages, 10)
+    r = client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=10, temperature=0)
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == ref.text
+    assert r.usage.prompt_tokens == len(paradec.encode_prompt(tiny, messages))
+    assert r.usage.completion_tokens == len(ref.token_ids)
+    # max_completion_tokens (the newer name) works too, and text content parts are joined
+    parts = [{"role": "user", "content": [{"type": "text", "text": "w10 w11"}, {"type": "text", "text": " w12"}]}]
+    r2 = client.chat.completions.create(model="tiny-llama", messages=parts, max_completion_tokens=10, temperature=0)
+    assert r2.choices[0].message.content == reference(tiny, [{"role": "user", "content": "w10 w11 w12"}], 10).text
+
+
+def test_streaming_matches_single_run(tiny, client):
+    ref = reference(tiny, "w8 w9", 9)
+    chunks = list(client.completions.create(model="tiny-llama", prompt="w8 w9", max_tokens=9, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == ref.text
+    assert len([c for c in chunks if c.choices and c.choices[0].text]) > 1  # really streamed, piece by piece
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].choices[0].finish_reason == "length"
+    assert finals[0].model_extra["paradec"]["stats"]["new_tokens"] == 9
+    assert chunks[-1].usage.completion_tokens == 9 and not chunks[-1].choices
+
+    messages = [{"role": "user", "content": "w20 w21"}]
+    chat_ref = reference(tiny, messages, 7)
+    chat = list(client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=7, temperature=0, stream=True))
+    assert chat[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chat) == chat_ref.text
+    assert chat[-1].choices[0].finish_reason == "length"
+
+
+def test_stream_ends_with_done(http):
+    with http.stream("POST", "/v1/completions", json={"prompt": "w1", "max_tokens": 3, "temperature": 0, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+    assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "length"
+
+
+def test_stop_seed_and_method_field(tiny, client):
+    ref = reference(tiny, "w1 w2 w3", 12)
+    words = ref.text.split()
+    stop_word = next(w for w in words[2:] if w not in words[:2])
+    r = client.completions.create(model="tiny-llama", prompt="w1 w2 w3", max_tokens=12, temperature=0, stop=[stop_word])
+    assert r.choices[0].text == ref.text[: ref.text.index(stop_word)] and r.choices[0].finish_reason == "stop"
+
+    sampled = reference(tiny, "w1 w2 w3", 10, temperature=1.0, top_p=0.9, seed=123)
+    outs = [client.completions.create(model="tiny-llama", prompt="w1 w2 w3", max_tokens=10, temperature=1.0, top_p=0.9,
+                                      seed=123).choices[0].text for _ in range(2)]
+    assert outs == [sampled.text, sampled.text]
+
+    r = client.completions.create(model="tiny-llama", prompt="w1 w2 w3", max_tokens=12, temperature=0,
+                                  extra_body={"paradec": {"method": "plain", "options": {}}})
+    assert r.choices[0].text == ref.text and r.model_extra["paradec"]["stats"]["method"] == "plain"
+
+
+# ---------- every bad input: raw HTTP, OpenAI error shape, the right status ----------
+
+LONG = "w1 " * (CONTEXT + 10)
+C, CHAT = "/v1/completions", "/v1/chat/completions"
+MSG = [{"role": "user", "content": "w1"}]
+BAD = [
+    # (id, path, body: dict | raw str, status, param, code)
+    ("malformed-json", C, '{"prompt": "w1", ', 400, None, None),
+    ("malformed-json-chat", CHAT, "{messages: [}", 400, None, None),
+    ("body-not-object", C, "[1, 2]", 400, None, None),
+    ("empty-body", C, "", 400, None, None),
+    ("unknown-model", C, {"model": "gpt-9", "prompt": "w1"}, 404, "model", "model_not_found"),
+    ("unknown-model-chat", CHAT, {"model": "gpt-9", "messages": MSG}, 404, "model", "model_not_found"),
+    ("unknown-method", C, {"prompt": "w1", "paradec": {"method": "telepathy"}}, 400, "paradec.method", "method_not_found"),
+    ("unknown-method-option", C, {"prompt": "w1", "paradec": {"method": "plain", "options": {"k": 3}}}, 400, "paradec.options", None),
+    ("paradec-field-not-object", C, {"prompt": "w1", "paradec": "plain"}, 400, "paradec", None),
+    ("negative-max-tokens", C, {"prompt": "w1", "max_tokens": -5}, 400, "max_tokens", None),
+    ("zero-max-tokens", CHAT, {"messages": MSG, "max_tokens": 0}, 400, "max_tokens", None),
+    ("absurd-max-tokens", C, {"prompt": "w1", "max_tokens": 10**12}, 400, "max_tokens", "context_length_exceeded"),
+    ("absurd-max-tokens-chat", CHAT, {"messages": MSG, "max_tokens": CONTEXT}, 400, "max_tokens", "context_length_exceeded"),
+    ("prompt-too-long", C, {"prompt": LONG, "max_tokens": 1}, 400, "prompt", "context_length_exceeded"),
+    ("messages-too-long", CHAT, {"messages": [{"role": "user", "content": LONG}]}, 400, "messages", "context_length_exceeded"),
+    ("max-tokens-string", C, {"prompt": "w1", "max_tokens": "16"}, 400, "max_tokens", None),
+    ("max-tokens-float", C, {"prompt": "w1", "max_tokens": 4.5}, 400, "max_tokens", None),
+    ("temperature-string", C, {"prompt": "w1", "temperature": "hot"}, 400, "temperature", None),
+    ("temperature-too-high", C, {"prompt": "w1", "temperature": 7}, 400, "temperature", None),
+    ("top-p-zero", C, {"prompt": "w1", "top_p": 0}, 400, "top_p", None),
+    ("seed-float", C, {"prompt": "w1", "seed": 1.5}, 400, "seed", None),
+    ("stream-string", C, {"prompt": "w1", "stream": "yes"}, 400, "stream", None),
+    ("stop-number", C, {"prompt": "w1", "stop": 5}, 400, "stop", None),
+    ("prompt-number", C, {"prompt": 5}, 400, "prompt", None),
+    ("prompt-missing", C, {"max_tokens": 3}, 400, "prompt", None),
+    ("prompt-empty", C, {"prompt": ""}, 400, "prompt", None),
+    ("token-id-out-of-range", C, {"prompt": [1, 10**6]}, 400, "prompt", None),
+    ("several-prompts", C, {"prompt": ["w1", "w2"]}, 400, "prompt", None),
+    ("messages-string", CHAT, {"messages": "hello"}, 400, "messages", None),
+    ("messages-empty", CHAT, {"messages": []}, 400, "messages", None),
+    ("bad-role", CHAT, {"messages": [{"role": "wizard", "content": "w1"}]}, 400, "messages.0.role", None),
+    ("image-part", CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, None, None),
+    ("n-2", C, {"prompt": "w1", "n": 2}, 400, "n", None),
+    ("n-2-chat", CHAT, {"messages": MSG, "n": 2}, 400, "n", None),
+    ("logprobs", C, {"prompt": "w1", "logprobs": 2}, 400, "logprobs", None),
+    ("tools", CHAT, {"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", None),
+    ("penalty", CHAT, {"messages": MSG, "frequency_penalty": 0.5}, 400, "frequency_penalty", None),
+]
+
+
+@pytest.mark.parametrize("path, body, status, param, code", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_gets_openai_error(server, http, path, body, status, param, code):
+    if isinstance(body, str):
+        r = http.post(path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = http.post(path, json=body)
+    assert_error(r, status, param, code)
+
+
+def test_unknown_route_and_wrong_verb(http):
+    assert_error(http.get("/v1/nothing"), 404, code="not_found")
+    assert_error(http.get(C), 405)
+    assert_error(http.get("/v1/models/gpt-9"), 404, code="model_not_found")
+
+
+def test_still_serving_after_bad_inputs(tiny, server, client, http):
+    for body in ('{"prompt": ', "[]", json.dumps({"prompt": LONG})):
+        assert http.post(C, content=body, headers={"content-type": "application/json"}).status_code == 400
+    assert http.get("/health").json()["status"] == "ok"
+    r = client.completions.create(model="tiny-llama", prompt="w1 w2", max_tokens=5, temperature=0)
+    assert r.choices[0].text == reference(tiny, "w1 w2", 5).text
+
+
+# ---------- concurrency, disconnects, the bounded queue ----------
+
+def test_twenty_concurrent_streams_each_get_their_own_output(tiny, server):
+    prompts = [f"w{i + 3} w{(7 * i) % 90 + 3} w{(i * i) % 50 + 3}" for i in range(20)]
+    expected = [reference(tiny, p, 8).text for p in prompts]  # single runs, before the server is busy
+    assert len(set(expected)) > 10  # the comparison can tell the answers apart
+    done_before = server.worker.completed
+
+    async def one(client: openai.AsyncOpenAI, prompt: str) -> str:
+        stream = await client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=8, temperature=0, stream=True)
+        return "".join([c.choices[0].text async for c in stream if c.choices])
+
+    async def all_of_them() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT) as client:
+            return await asyncio.wait_for(asyncio.gather(*(one(client, p) for p in prompts)), 120)
+
+    assert asyncio.run(all_of_them()) == expected
+    assert server.worker.completed - done_before == 20
+
+
+def test_disconnect_mid_stream_stops_generation_and_frees_model(tiny, server, http):
+    stopped_before = server.worker.stopped
+    body = {"prompt": "w1 w2 w3", "max_tokens": CONTEXT - 10, "temperature": 0, "stream": True}
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as quitter:
+        with quitter.stream("POST", C, json=body) as r:
+            got = 0
+            for line in r.iter_lines():
+                got += line.startswith("data: ")
+                if got == 3:
+                    break  # leaving the block closes the connection before the stream is read
+    assert wait_until(lambda: server.worker.running == 0 and server.worker.queued == 0, timeout=20)
+    assert server.worker.stopped == stopped_before + 1  # stopped early, not run to the end
+    r = http.post(C, json={"prompt": "w4 w5", "max_tokens": 6, "temperature": 0})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == reference(tiny, "w4 w5", 6).text
+
+
+def test_disconnect_while_waiting_for_a_whole_response(server):
+    stopped_before = server.worker.stopped
+    body = {"prompt": "w1 w2 w3", "max_tokens": CONTEXT - 10, "temperature": 0}
+    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=0.5)) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            impatient.post(C, json=body)
+    assert wait_until(lambda: server.worker.running == 0 and server.worker.queued == 0, timeout=20)
+    assert server.worker.stopped == stopped_before + 1
+
+
+def test_full_queue_answers_429(tiny):
+    with LiveServer(tiny, ServeConfig(max_queue=1)) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+        release = threading.Event()
+        try:
+            srv.worker.submit(lambda cancelled: release.wait(30))  # occupy the model
+            assert wait_until(lambda: srv.worker.running == 1)
+            answers: queue.Queue = queue.Queue()
+            waiting = threading.Thread(target=lambda: answers.put(http.post(C, json={"prompt": "w6", "max_tokens": 4, "temperature": 0})))
+            waiting.start()
+            assert wait_until(lambda: srv.worker.queued == 1)  # the only queue slot is taken
+            full = http.post(C, json={"prompt": "w7", "max_tokens": 4})
+            assert_error(full, 429, code="queue_full")
+            assert full.headers["retry-after"] == "1"
+            assert_error(http.post(CHAT, json={"messages": MSG, "stream": True}), 429, code="queue_full")
+        finally:
+            release.set()
+        waiting.join(TIMEOUT)
+        r = answers.get(timeout=1)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == reference(tiny, "w6", 4).text
+
+
+# ---------- API key ----------
+
+def test_api_key_required_on_all_but_health(tiny):
+    with LiveServer(tiny, ServeConfig(api_key="s3cret")) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+        assert http.get("/health").status_code == 200
+        assert_error(http.get("/v1/models"), 401, code="invalid_api_key")
+        assert_error(http.post(C, json={"prompt": "w1", "max_tokens": 2}), 401, code="invalid_api_key")
+        assert_error(http.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
+        assert_error(http.get("/docs"), 401)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{srv.url}/v1", api_key="wrong", max_retries=0).models.list()
+        good = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="s3cret", max_retries=0, timeout=TIMEOUT)
+        r = good.completions.create(model="tiny-llama", prompt="w1 w2", max_tokens=4, temperature=0)
+        assert r.choices[0].text == reference(tiny, "w1 w2", 4).text
+
+
+# ---------- the real command ----------
+
+@pytest.mark.slow
+def test_paradec_serve_command_with_the_default_model():
+    """`paradec serve --port 0` loads the embedded model, prints its address, answers /health and a completion."""
+    env = {k: v for k, v in os.environ.items() if k != "PARADEC_API_KEY"}
+    proc = subprocess.Popen([sys.executable, "-m", "paradec.cli", "serve", "--port", "0", "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    try:
+        url, deadline = None, time.monotonic() + 120
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if "listening on " in line:
+                url = line.split("listening on ")[1].strip()
+        assert url and url.startswith("http://127.0.0.1:"), "the server did not report its address"
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+            assert http.get("/health").json()["model"] == "smollm2-135m"
+            r = http.post(C, json={"model": "smollm2-135m", "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert 1 <= body["usage"]["completion_tokens"] <= 3 and body["choices"][0]["text"].strip()
+            assert body["paradec"]["stats"]["new_tokens"] == body["usage"]["completion_tokens"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
