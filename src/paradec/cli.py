@@ -39,7 +39,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .api import stream
     from .model import load
+    from .sampling import SamplingParams
 
+    SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fail before loading
     model = load(args.model, args.dtype)
     options = json.loads(args.method_options) if args.method_options else {}
     if not isinstance(options, dict):

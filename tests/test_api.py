@@ -1,0 +1,90 @@
+"""The Python API end to end: plain decoding, streaming, stop conditions, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import paradec
+from paradec import ContextOverflowError, ParadecError
+
+from conftest import tiny_model
+
+
+def test_real_model_plain_equals_transformers_generate(smollm2):
+    prompt = paradec.encode_prompt(smollm2, "Name three primary colours.", chat=True)
+    ours = paradec.generate(smollm2, prompt, max_new_tokens=24)
+    ref = smollm2.hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=24,
+                                    attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+    ref_ids = ref[0, len(prompt):].tolist()
+    ref_ids = [t for t in ref_ids if t not in smollm2.eos_token_ids]  # ours stops before EOS
+    assert ours.token_ids == ref_ids
+    assert ours.stats.new_tokens == len(ours.token_ids) > 0
+
+
+def test_streamed_pieces_join_to_the_text(smollm2):
+    s = paradec.stream(smollm2, "Écris une phrase en français avec des accents: é, è, à, ç.", chat=True, max_new_tokens=30)
+    pieces = list(s)
+    assert "".join(pieces) == s.result.text
+    assert "\ufffd" not in "".join(pieces)
+    assert s.result.text == smollm2.tokenizer.decode(s.result.token_ids, skip_special_tokens=True)
+
+
+def test_stop_string_cuts_text_and_tokens(tiny_llama):
+    full = paradec.generate(tiny_llama, [4, 5, 6], max_new_tokens=12)
+    words = full.text.split()
+    stop = words[3]
+    cut = paradec.generate(tiny_llama, [4, 5, 6], max_new_tokens=12, stop=[stop])
+    assert cut.stats.stop_reason == "stop"
+    assert stop not in cut.text and full.text.startswith(cut.text)
+    assert cut.token_ids == full.token_ids[: len(cut.token_ids)] and len(cut.token_ids) < len(full.token_ids)
+
+
+def test_eos_stops_generation():
+    free = paradec.generate(tiny_model("llama", seed=2), [4, 5], max_new_tokens=10)
+    eos = free.token_ids[4]
+    model = tiny_model("llama", seed=2, eos=eos)
+    r = paradec.generate(model, [4, 5], max_new_tokens=10)
+    assert r.token_ids == free.token_ids[: free.token_ids.index(eos)] and r.stats.stop_reason == "eos"
+
+
+def test_max_new_tokens_and_stats(tiny_llama):
+    r = paradec.generate(tiny_llama, [4, 5, 6], max_new_tokens=7)
+    s = r.stats
+    assert len(r.token_ids) == s.new_tokens == 7 and s.stop_reason == "length"
+    assert s.forward_passes == 6 and s.mean_accepted_length == 1.0 and s.prompt_tokens == 3
+    assert set(r.to_dict()) == {"text", "token_ids", "stats"}
+
+
+def test_generation_stops_at_the_context_window():
+    model = tiny_model("llama", max_positions=12)
+    r = paradec.generate(model, list(range(4, 12)), max_new_tokens=50)
+    assert r.stats.stop_reason == "context" and 8 + len(r.token_ids) <= 13
+
+
+def test_prompt_longer_than_context_is_refused_before_generating():
+    model = tiny_model("llama", max_positions=12)
+    with pytest.raises(ContextOverflowError, match="12 tokens"):
+        paradec.stream(model, list(range(4, 20)))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_k": -3}, "top_k"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"method": "nope"}, "unknown method"),
+        ({"method_options": {"bogus": 1}}, "no option"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(tiny_llama, kwargs, match):
+    with pytest.raises(ParadecError, match=match):
+        paradec.stream(tiny_llama, "w1 w2", **kwargs)
+
+
+def test_seeded_sampling_is_reproducible(tiny_llama):
+    a = paradec.generate(tiny_llama, [4, 5], temperature=1.0, seed=11, max_new_tokens=10).token_ids
+    b = paradec.generate(tiny_llama, [4, 5], temperature=1.0, seed=11, max_new_tokens=10).token_ids
+    assert a == b
