@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -48,3 +52,40 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
         if value or time.monotonic() > deadline:
             return bool(value)
         time.sleep(interval)
+
+
+class ServeCommand:
+    """``paradec serve --port 0`` as a subprocess; ``url()`` waits for the address it prints."""
+
+    def __init__(self, *args: str):
+        env = {k: v for k, v in os.environ.items() if k != "PARADEC_API_KEY"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "paradec.cli", "serve", "--port", "0", *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self._url: str | None = None
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            self.lines.put(line)
+
+    def url(self, timeout: float = 120.0) -> str | None:
+        deadline = time.monotonic() + timeout
+        while self._url is None and time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if "listening on " in line:
+                self._url = line.split("listening on ")[1].strip()
+        return self._url
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)

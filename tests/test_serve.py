@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import queue
-import subprocess
-import sys
 import threading
-import time
 
 import httpx
 import openai
@@ -24,10 +20,22 @@ import paradec
 from conftest import tiny_model
 from paradec.serve.app import ServeConfig
 from paradec.serve.worker import QueueFull, Worker
-from serve_helpers import LiveServer, wait_until
+from serve_helpers import LiveServer, ServeCommand, wait_until
 
 CONTEXT = 1024  # the tiny model's context window: room for a long generation that a test interrupts
 TIMEOUT = 60.0  # upper bound on any single HTTP exchange in this file
+
+
+@pytest.fixture(scope="module", autouse=True)
+def serve_command(request):
+    """The real command starts with the module (if its test is selected), so that its slow start
+    (importing torch, loading the model) overlaps the other tests."""
+    if not any(item.name == "test_paradec_serve_command_with_the_default_model" for item in request.session.items):
+        yield None
+        return
+    command = ServeCommand("--log-level", "warning")
+    yield command
+    command.stop()
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +325,7 @@ def test_full_queue_answers_429(tiny):
 # ---------- API key ----------
 
 def test_api_key_required_on_all_but_health(tiny):
-    with LiveServer(tiny, ServeConfig(api_key="s3cret")) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+    with LiveServer(tiny, ServeConfig(api_key="s3cret", request_options=False)) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
         assert http.get("/health").status_code == 200
         assert_error(http.get("/v1/models"), 401, code="invalid_api_key")
         assert_error(http.post(C, json={"prompt": "w1", "max_tokens": 2}), 401, code="invalid_api_key")
@@ -328,39 +336,23 @@ def test_api_key_required_on_all_but_health(tiny):
         good = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="s3cret", max_retries=0, timeout=TIMEOUT)
         r = good.completions.create(model="tiny-llama", prompt="w1 w2", max_tokens=4, temperature=0)
         assert r.choices[0].text == reference(tiny, "w1 w2", 4).text
+        # this server was also started without per-request method options
+        refused = http.post(C, headers={"Authorization": "Bearer s3cret"},
+                            json={"prompt": "w1", "paradec": {"method": "plain", "options": {"x": 1}}})
+        assert_error(refused, 400, "paradec.options", "unsupported_parameter")
 
 
 # ---------- the real command ----------
 
 @pytest.mark.slow
-def test_paradec_serve_command_with_the_default_model():
+def test_paradec_serve_command_with_the_default_model(serve_command):
     """`paradec serve --port 0` loads the embedded model, prints its address, answers /health and a completion."""
-    env = {k: v for k, v in os.environ.items() if k != "PARADEC_API_KEY"}
-    proc = subprocess.Popen([sys.executable, "-m", "paradec.cli", "serve", "--port", "0", "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    try:
-        url, deadline = None, time.monotonic() + 120
-        while url is None and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            if "listening on " in line:
-                url = line.split("listening on ")[1].strip()
-        assert url and url.startswith("http://127.0.0.1:"), "the server did not report its address"
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
-            assert http.get("/health").json()["model"] == "smollm2-135m"
-            r = http.post(C, json={"model": "smollm2-135m", "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0})
-            assert r.status_code == 200, r.text
-            body = r.json()
-            assert 1 <= body["usage"]["completion_tokens"] <= 3 and body["choices"][0]["text"].strip()
-            assert body["paradec"]["stats"]["new_tokens"] == body["usage"]["completion_tokens"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    url = serve_command.url()
+    assert url and url.startswith("http://127.0.0.1:"), "".join(serve_command.stderr)
+    with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+        assert http.get("/health").json()["model"] == "smollm2-135m"
+        r = http.post(C, json={"model": "smollm2-135m", "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert 1 <= body["usage"]["completion_tokens"] <= 3 and body["choices"][0]["text"].strip()
+        assert body["paradec"]["stats"]["new_tokens"] == body["usage"]["completion_tokens"]

@@ -9,28 +9,24 @@ the event loop through an asyncio queue and leave as server-sent events or one J
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
-import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..api import Stream, encode_prompt, stream
-from ..decode import Result
 from ..drafters import METHODS, make_drafter
 from ..errors import ParadecError
 from ..model import Model
 from . import schemas as s
-from .worker import QueueFull, Worker
+from .errors import APIError, RequireKey, install_error_handlers
+from .worker import Cancelled, Generation, QueueFull, Worker
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +38,9 @@ class ServeConfig:
     """Server settings. ``method``/``method_options``: the default decoding method (a request may
     name another); ``max_queue``: requests that may wait while one runs (more get 429);
     ``default_max_tokens``: cap for chat requests without max_tokens (default: the rest of the
-    context window); ``api_key``: required as ``Authorization: Bearer KEY`` on all but /health."""
+    context window); ``api_key``: required as ``Authorization: Bearer KEY`` on all but /health;
+    ``request_options``: whether a request may set method options (some, such as a draft model
+    spec, name files on this machine)."""
 
     method: str = "plain"
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -50,6 +48,7 @@ class ServeConfig:
     api_key: str | None = None
     max_queue: int = 32
     default_max_tokens: int | None = None
+    request_options: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -62,79 +61,6 @@ class ServeConfig:
             raise ValueError("api_key must not be empty")
 
 
-class APIError(Exception):
-    """An error answered in the OpenAI shape: ``{"error": {message, type, param, code}}``."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code, self.headers = status, message, type_, param, code, headers
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(s.error_body(self.message, self.type, self.param, self.code), self.status, headers=self.headers)
-
-
-class Cancelled(Exception):
-    """The generation was stopped before its end (client gone or server shutting down)."""
-
-
-class Generation:
-    """One generation on the worker thread, seen from the event loop as an async iterator of pieces."""
-
-    def __init__(self, worker: Worker, pieces: Stream):
-        self._loop = asyncio.get_running_loop()
-        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self._stream = pieces
-        self.result: Result | None = None
-        self.job = worker.submit(self._run)  # raises QueueFull
-
-    def _emit(self, kind: str, value: Any = None) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, value))
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
-
-    def _run(self, cancelled: threading.Event) -> bool:
-        """Worker thread: step the decoder, checking the cancel flag after every piece."""
-        if cancelled.is_set():
-            self._emit("cancelled")
-            return False
-        pieces = iter(self._stream)
-        try:
-            for piece in pieces:
-                self._emit("piece", piece)
-                if cancelled.is_set():
-                    self._emit("cancelled")
-                    return False
-            self._emit("done", self._stream.result)
-            return True
-        except Exception as exc:  # reported to the client; the worker keeps serving
-            log.exception("generation failed")
-            self._emit("error", exc)
-            return False
-        finally:
-            pieces.close()  # type: ignore[attr-defined]  # drops the KV cache now, not at GC
-
-    async def pieces(self) -> AsyncIterator[str]:
-        while True:
-            kind, value = await self._events.get()
-            if kind == "piece":
-                yield value
-            elif kind == "done":
-                self.result = value
-                return
-            elif kind == "cancelled":
-                raise Cancelled()
-            else:
-                raise value
-
-    async def text(self) -> str:
-        return "".join([piece async for piece in self.pieces()])
-
-    def cancel(self) -> None:
-        self.job.cancel()
-
-
 @dataclass
 class Prepared:
     """A validated request, ready to queue."""
@@ -142,48 +68,6 @@ class Prepared:
     pieces: Stream
     prompt_tokens: int
     method: str
-
-
-class RequireKey:
-    """ASGI middleware: every HTTP route but /health needs ``Authorization: Bearer <key>``.
-
-    Plain ASGI (not BaseHTTPMiddleware) so streaming and disconnect detection pass through untouched.
-    """
-
-    def __init__(self, app, key: str):
-        self.app = app
-        self.expected = f"Bearer {key}".encode()
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                error = APIError(401, "missing or incorrect API key: send 'Authorization: Bearer <key>'",
-                                 code="invalid_api_key")
-                await error.response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}  # pydantic's names for union members
-
-
-def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """The first invalid field as (message, param), e.g. ("max_tokens: Input should be a valid integer", "max_tokens")."""
-    errors = exc.errors()
-    if errors[0].get("type") == "json_invalid":
-        return f"the request body is not valid JSON: {errors[0].get('ctx', {}).get('error', errors[0].get('msg'))}", None
-
-    def param(err: dict) -> str:
-        # drop "body" and the union member tags pydantic inserts, such as "str" or "list[int]"
-        parts = [str(p) for p in err.get("loc", ()) if p != "body"]
-        return ".".join(p for p in parts if p not in TYPE_TAGS and "[" not in p and "-" not in p)
-
-    first = param(errors[0])
-    if not first:
-        return "the request body must be a JSON object (with Content-Type: application/json)", None
-    messages = list(dict.fromkeys(e.get("msg", "") for e in errors if param(e) == first))  # a union: every option
-    return f"{first}: {' or '.join(messages[:4])}", first
 
 
 def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
@@ -207,26 +91,7 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
 
     if config.api_key is not None:
         app.add_middleware(RequireKey, key=config.api_key)
-
-    @app.exception_handler(APIError)
-    async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = validation_message(exc)
-        return APIError(400, message, param=param).response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return APIError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", code=code,
-                        headers=getattr(exc, "headers", None)).response()
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").response()
+    install_error_handlers(app)
 
     def model_card() -> dict:
         return {"id": served, "object": "model", "created": created, "owned_by": "paradec",
@@ -246,6 +111,9 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
             raise APIError(400, f"unknown method '{method}'; choose one of: {', '.join(sorted(METHODS))}",
                            param="paradec.method", code="method_not_found")
         options = dict(config.method_options) if method == config.method else {}
+        if req.paradec and req.paradec.options and not config.request_options:
+            raise APIError(400, "this server does not accept method options in requests (started with "
+                           "--no-request-options)", param=options_param, code="unsupported_parameter")
         if req.paradec and req.paradec.options:
             options.update(req.paradec.options)
         try:

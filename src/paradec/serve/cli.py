@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import logging
 import os
 import socket
 import sys
 
 from ..errors import ParadecError
-
-log = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> None:
@@ -28,6 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--method", default="plain", help="default decoding method, see `paradec methods` (default: %(default)s)")
     p.add_argument("--draft", metavar="MODEL", help="draft model for the `draft` method (same kinds of spec as --model)")
     p.add_argument("--method-options", metavar="JSON", help="options of the default method as a JSON object")
+    p.add_argument("--no-request-options", dest="request_options", action="store_false",
+                   help='refuse per-request method options ("paradec": {"options": ...}); requests may still pick a method')
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default: %(default)s)")
     p.add_argument("--api-key", default=os.environ.get("PARADEC_API_KEY") or None,
@@ -65,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .app import ServeConfig, create_app
     except ImportError as exc:
         raise ParadecError(f"the server needs fastapi and uvicorn ({exc}); install them with: pip install 'paradec[serve]'") from exc
+    from ..drafters import METHODS, make_drafter
     from ..model import load
 
     options = json.loads(args.method_options) if args.method_options else {}
@@ -72,19 +72,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ParadecError("--method-options must be a JSON object")
     if args.draft:
         options["draft"] = args.draft
+    if args.method not in METHODS:
+        raise ParadecError(f"unknown method '{args.method}'; choose one of: {', '.join(sorted(METHODS))}")
     if args.max_queue < 0:
         raise ParadecError("--max-queue must be >= 0")
     if args.default_max_tokens is not None and args.default_max_tokens < 1:
         raise ParadecError("--default-max-tokens must be >= 1")
+    if not 0 <= args.port <= 65535:
+        raise ParadecError(f"--port must be in 0..65535, got {args.port}")
+    sock = bind(args.host, args.port)  # before the model loads, so that a busy port fails fast
     model = load(args.model, args.dtype)
+    make_drafter(args.method, model, **options)  # a bad default method configuration fails now, not per request
     config = ServeConfig(method=args.method, method_options=options, model_name=args.served_model_name,
-                         api_key=args.api_key, max_queue=args.max_queue, default_max_tokens=args.default_max_tokens)
+                         api_key=args.api_key, max_queue=args.max_queue, default_max_tokens=args.default_max_tokens,
+                         request_options=args.request_options)
     app = create_app(model, config)
-    # fail on a bad default method configuration now, not on the first request
-    from ..drafters import make_drafter
-
-    make_drafter(config.method, model, **config.method_options)
-    sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"paradec serve: model '{config.model_name or model.name}' ({model.dtype}), method '{config.method}', "

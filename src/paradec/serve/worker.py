@@ -3,14 +3,19 @@
 The model is CPU-bound, blocking code with one KV cache per generation; running two generations
 at once would only split the same cores. So jobs run one after another on one thread, the event
 loop stays free for I/O, and a full queue is refused (HTTP 429) instead of growing without limit.
+``Generation`` carries one decoding job's text pieces from that thread to the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
-from typing import Callable
+from typing import Any, AsyncIterator, Callable
+
+from ..api import Stream
+from ..decode import Result
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +111,64 @@ class Worker:
                 else:
                     self.stopped += 1
             job.finished.set()
+
+
+class Cancelled(Exception):
+    """The generation was stopped before its end (client gone or server shutting down)."""
+
+
+class Generation:
+    """One generation on the worker thread, seen from the event loop as an async iterator of pieces."""
+
+    def __init__(self, worker: Worker, pieces: Stream):
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._stream = pieces
+        self.result: Result | None = None
+        self.job = worker.submit(self._run)  # raises QueueFull
+
+    def _emit(self, kind: str, value: Any = None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    def _run(self, cancelled: threading.Event) -> bool:
+        """Worker thread: step the decoder, checking the cancel flag after every piece."""
+        if cancelled.is_set():
+            self._emit("cancelled")
+            return False
+        pieces = iter(self._stream)
+        try:
+            for piece in pieces:
+                self._emit("piece", piece)
+                if cancelled.is_set():
+                    self._emit("cancelled")
+                    return False
+            self._emit("done", self._stream.result)
+            return True
+        except Exception as exc:  # reported to the client; the worker keeps serving
+            log.exception("generation failed")
+            self._emit("error", exc)
+            return False
+        finally:
+            pieces.close()  # type: ignore[attr-defined]  # drops the KV cache now, not at GC
+
+    async def pieces(self) -> AsyncIterator[str]:
+        while True:
+            kind, value = await self._events.get()
+            if kind == "piece":
+                yield value
+            elif kind == "done":
+                self.result = value
+                return
+            elif kind == "cancelled":
+                raise Cancelled()
+            else:
+                raise value
+
+    async def text(self) -> str:
+        return "".join([piece async for piece in self.pieces()])
+
+    def cancel(self) -> None:
+        self.job.cancel()
