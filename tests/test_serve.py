@@ -185,6 +185,21 @@ def test_stop_seed_and_method_field(tiny, client):
     assert r.choices[0].text == ref.text and r.model_extra["paradec"]["stats"]["method"] == "plain"
 
 
+def test_every_registered_method_can_be_chosen_per_request(tiny, http):
+    """Each method that runs with its default options answers with plain greedy's text (they are
+    lossless), twice: the second request reuses the drafter the first one warmed up."""
+    ref = reference(tiny, "w5 w6 w5 w6 w5", 16).text
+    for method in sorted(paradec.METHODS):
+        for _ in range(2):
+            r = http.post(C, json={"prompt": "w5 w6 w5 w6 w5", "max_tokens": 16, "temperature": 0, "paradec": {"method": method}})
+            if r.status_code == 400 and r.json()["error"]["param"] == "paradec.options":
+                break  # this method needs options (e.g. a draft model); its own tests cover it
+            assert r.status_code == 200, (method, r.text)
+            body = r.json()
+            assert body["paradec"]["method"] == body["paradec"]["stats"]["method"] == method
+            assert body["choices"][0]["text"] == ref, method
+
+
 # ---------- every bad input: raw HTTP, OpenAI error shape, the right status ----------
 
 LONG = "w1 " * (CONTEXT + 10)
@@ -253,6 +268,28 @@ def test_still_serving_after_bad_inputs(tiny, server, client, http):
     assert http.get("/health").json()["status"] == "ok"
     r = client.completions.create(model="tiny-llama", prompt="w1 w2", max_tokens=5, temperature=0)
     assert r.choices[0].text == reference(tiny, "w1 w2", 5).text
+
+
+def test_failure_during_generation_is_reported_and_server_keeps_serving(tiny, server, http, monkeypatch):
+    import paradec.serve.app as app_module
+
+    def broken(*args, **kwargs):  # validates like the real one, then fails after the first piece
+        real = paradec.stream(*args, **kwargs)
+
+        def pieces():
+            yield from iter(real)
+            raise RuntimeError("the model fell over")
+        return paradec.Stream(pieces())
+
+    monkeypatch.setattr(app_module, "stream", broken)
+    err = assert_error(http.post(C, json={"prompt": "w1", "max_tokens": 3}), 500)
+    assert err["type"] == "server_error" and "fell over" in err["message"]
+    with http.stream("POST", C, json={"prompt": "w1", "max_tokens": 3, "stream": True}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert "fell over" in json.loads(lines[-2][6:])["error"]["message"] and lines[-1] == "data: [DONE]"
+    monkeypatch.undo()
+    r = http.post(C, json={"prompt": "w2", "max_tokens": 4, "temperature": 0})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == reference(tiny, "w2", 4).text
 
 
 # ---------- concurrency, disconnects, the bounded queue ----------

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -21,7 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..api import Stream, encode_prompt, stream
-from ..drafters import METHODS, make_drafter
+from ..drafters import METHODS, Drafter, make_drafter
 from ..errors import ParadecError
 from ..model import Model
 from . import schemas as s
@@ -31,6 +33,7 @@ from .worker import Cancelled, Generation, QueueFull, Worker
 log = logging.getLogger(__name__)
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+MAX_DRAFTERS = 8  # drafters kept for reuse, least recently used dropped first
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,22 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
         return {"id": served, "object": "model", "created": created, "owned_by": "paradec",
                 "paradec": {"methods": sorted(METHODS), "default_method": config.method, "context_length": context}}
 
+    drafters: OrderedDict[tuple[str, str], Drafter] = OrderedDict()
+    drafters_lock = threading.Lock()
+
+    def drafter_for(method: str, options: dict) -> Drafter:
+        """One drafter per (method, options), reused by later requests. Generations run one at a time,
+        so sharing is safe (``begin`` resets per-generation state), construction is paid once, and
+        methods that learn across generations (Token Recycling's hot start) keep what they learnt."""
+        key = (method, json.dumps(options, sort_keys=True, default=repr))
+        with drafters_lock:
+            if key not in drafters:
+                drafters[key] = make_drafter(method, model, **options)
+                if len(drafters) > MAX_DRAFTERS:
+                    drafters.popitem(last=False)
+            drafters.move_to_end(key)
+            return drafters[key]
+
     def prepare(req: s.GenerationRequest, prompt: Any, chat: bool, default_limit: int | None) -> Prepared:
         """Validate everything that can be validated before generation (runs in a thread pool)."""
         if req.model is not None and req.model != served:
@@ -117,7 +136,7 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
         if req.paradec and req.paradec.options:
             options.update(req.paradec.options)
         try:
-            drafter = make_drafter(method, model, **options)
+            drafter = drafter_for(method, options)
         except ParadecError as exc:
             raise APIError(400, str(exc), param=options_param) from exc
         prompt_param = "messages" if chat else "prompt"
