@@ -328,14 +328,22 @@ def test_disconnect_mid_stream_stops_generation_and_frees_model(tiny, server, ht
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == reference(tiny, "w4 w5", 6).text
 
 
-def test_disconnect_while_waiting_for_a_whole_response(server):
-    stopped_before = server.worker.stopped
-    body = {"prompt": "w1 w2 w3", "max_tokens": CONTEXT - 10, "temperature": 0}
-    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=0.5)) as impatient:
-        with pytest.raises(httpx.ReadTimeout):
-            impatient.post(C, json=body)
+def test_disconnect_while_queued_for_a_whole_response(server):
+    """A non-streamed request whose client gives up while it waits in the queue never runs."""
+    stopped_before, completed_before = server.worker.stopped, server.worker.completed
+    release = threading.Event()
+    try:
+        server.worker.submit(lambda cancelled: release.wait(30))  # occupy the model
+        body = {"prompt": "w1 w2 w3", "max_tokens": CONTEXT - 10, "temperature": 0}
+        with httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=1.0)) as impatient:
+            with pytest.raises(httpx.ReadTimeout):
+                impatient.post(C, json=body)  # queued behind the blocker; the client hangs up after 1 s
+        assert wait_until(lambda: server.worker.queued == 1)
+    finally:
+        release.set()
     assert wait_until(lambda: server.worker.running == 0 and server.worker.queued == 0, timeout=20)
-    assert server.worker.stopped == stopped_before + 1
+    # the blocker completed; the abandoned request was skipped, not run for ~1000 tokens
+    assert (server.worker.completed, server.worker.stopped) == (completed_before + 1, stopped_before + 1)
 
 
 def test_full_queue_answers_429(tiny):
