@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -78,6 +77,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--output", default="bench-results", metavar="DIR",
                    help="where results.json, report.md and speedup.png go (default: %(default)s)")
     p.set_defaults(func=cmd_bench)
+    _DEFAULTS.update({dest: p.get_default(dest) for dest in _OPTIONS})
+
+
+_OPTIONS = ("model", "dtype", "methods", "method_options", "draft", "categories", "limit", "seed", "questions",
+            "max_new_tokens", "repeats", "threads", "no_peers", "output")
+_DEFAULTS: dict = {}
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run: every option that differs from its default."""
+    words = ["paradec", "bench"]
+    for dest in _OPTIONS:
+        value = getattr(args, dest)
+        if value == _DEFAULTS.get(dest) or value is None or value is False:
+            continue
+        words += [f"--{dest.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return shlex.join(words)
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -163,7 +179,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         contenders += ready
         outcome.unavailable.update(missing)
 
-    meta = {"command": "paradec bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else []),
+    meta = {"command": command_line(args),
             "model": args.model, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
             "limit": args.limit, "seed": args.seed, "prompts": len(prompts), "questions": args.questions,
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -178,7 +194,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = [c.name for c in contenders if c.name not in outcome.unavailable]
     summary, paths = report.write_all(Path(args.output), outcome.records, methods, categories, meta, outcome.unavailable)
 
-    Console().print(report.rich_table(summary, categories,
+    stdout = Console()
+    if not stdout.is_terminal:
+        stdout = Console(width=200)  # a file or pipe: do not wrap the table at 80 columns
+    stdout.print(report.rich_table(summary, categories,
                                       f"{args.model} {args.dtype}: speedup over plain decoding, same prompts, same run"))
     for name, why in outcome.unavailable.items():
         console.print(f"[yellow]{name}: unavailable: {why}[/yellow]")

@@ -155,7 +155,7 @@ def rich_table(summary: dict, categories: list[str], title: str = ""):
     header, rows = table_rows(summary, categories)
     table = Table(title=title or "speedup over plain decoding (same prompts, same run)")
     for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in rows:
         table.add_row(*row)
     return table

@@ -1,0 +1,103 @@
+"""Benchmark figures computed from hand-made records: speedup, tokens per forward, exactness."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from paradec.bench import report
+from paradec.bench.runner import resolve_methods, default_methods
+from paradec.errors import ParadecError
+
+
+def rec(method, prompt, seconds, ids, forwards, accepted, category="qa", turn=0, repeat=0, kind="paradec"):
+    return {"prompt_id": prompt, "category": category, "turn": turn, "repeat": repeat, "method": method, "kind": kind,
+            "prompt_tokens": 10, "seconds": seconds, "new_tokens": len(ids), "forward_passes": forwards,
+            "accepted_tokens": accepted, "token_ids": ids}
+
+
+A, B = [1, 2, 3, 4, 5, 6], [7, 8, 9, 10]
+
+
+def records():
+    return [
+        rec("plain", "qa-1", 2.0, A, 5, 0), rec("ngram", "qa-1", 1.0, A, 2, 3), rec("hf-generate", "qa-1", 2.2, A, 5, 0, kind="peer"),
+        rec("plain", "code-1", 4.0, B, 3, 0, "code"), rec("ngram", "code-1", 1.0, [7, 8, 0, 10], 1, 2, "code"),
+        rec("hf-generate", "code-1", 4.4, B, 3, 0, "code", kind="peer"),
+    ]
+
+
+def test_first_divergence():
+    assert report.first_divergence(A, A) is None
+    assert report.first_divergence(A, [1, 2, 0, 4, 5, 6]) == 2
+    assert report.first_divergence(A, A[:4]) == 4  # a shorter output differs where it ends
+    assert report.first_divergence([], []) is None
+
+
+def test_speedup_is_total_plain_time_over_total_method_time():
+    s = report.summarize(records(), ["plain", "ngram", "hf-generate"])
+    assert s["ngram"]["overall"]["speedup"] == pytest.approx((2.0 + 4.0) / (1.0 + 1.0))  # not the mean of 2x and 4x
+    assert s["ngram"]["qa"]["speedup"] == pytest.approx(2.0)
+    assert s["ngram"]["code"]["speedup"] == pytest.approx(4.0)
+    assert s["plain"]["overall"]["speedup"] == pytest.approx(1.0)
+    assert s["hf-generate"]["overall"]["speedup"] == pytest.approx(6.0 / 6.6)
+    assert s["ngram"]["overall"]["tokens_per_second"] == pytest.approx(10 / 2.0)
+
+
+def test_tokens_per_forward_counts_accepted_drafts_plus_the_bonus():
+    s = report.summarize(records(), ["plain", "ngram"])
+    assert s["ngram"]["overall"]["tokens_per_forward"] == pytest.approx((3 + 2 + 2 + 1) / (2 + 1))
+    assert s["plain"]["overall"]["tokens_per_forward"] == pytest.approx(1.0)
+    assert s["ngram"]["overall"]["forward_passes"] == 3
+
+
+def test_exactness_reports_the_mismatch_and_its_first_position():
+    s = report.summarize(records(), ["plain", "ngram", "hf-generate"])
+    e = s["ngram"]["overall"]["exact_plain"]
+    assert (e["checked"], e["mismatches"], e["first_divergence"]) == (2, 1, [["code-1", 0, 0, 2]])
+    assert s["ngram"]["qa"]["exact_plain"]["mismatches"] == 0
+    assert s["ngram"]["overall"]["exact_hf"]["mismatches"] == 1
+    assert s["plain"]["overall"]["exact_hf"] == {"checked": 2, "mismatches": 0, "first_divergence": []}
+    header, rows = report.table_rows(s, ["qa", "code"])
+    ngram = dict(zip(header, rows[1]))
+    assert ngram["exact vs plain"] == "1/2 (first diff: code-1#1@2)"
+
+
+def test_repeats_take_medians_and_report_the_spread():
+    rs = []
+    for rep, (tp, tm) in enumerate([(2.0, 1.0), (3.0, 1.0), (2.0, 2.0)]):
+        rs += [rec("plain", "qa-1", tp, A, 5, 0, repeat=rep), rec("ngram", "qa-1", tm, A, 2, 3, repeat=rep)]
+    o = report.summarize(rs, ["plain", "ngram"])["ngram"]["overall"]
+    assert o["speedup"] == pytest.approx(2.0 / 1.0)  # median plain 2.0 / median ngram 1.0
+    assert (o["speedup_min"], o["speedup_max"]) == (pytest.approx(1.0), pytest.approx(3.0))
+    assert o["exact_plain"]["checked"] == 3
+
+
+def test_failed_turns_are_counted_and_left_out_of_the_ratio():
+    rs = records()[:2] + [{"prompt_id": "code-1", "category": "code", "turn": 0, "repeat": 0, "method": "ngram",
+                           "kind": "paradec", "error": "RuntimeError: boom"}] + [records()[3]]
+    o = report.summarize(rs, ["plain", "ngram"])["ngram"]["overall"]
+    assert o["errors"] == 1 and o["turns"] == 1 and o["speedup"] == pytest.approx(2.0)
+
+
+def test_files_are_written_and_agree(tmp_path):
+    meta = {"model": "m", "dtype": "float32", "command": "paradec bench", "load_before": [0.1, 0.1, 0.1], "warnings": ["busy"]}
+    summary, paths = report.write_all(tmp_path, records(), ["plain", "ngram", "hf-generate"], ["qa", "code"], meta,
+                                      {"lade": "not installed"})
+    saved = json.loads(paths["json"].read_text())
+    assert saved["summary"] == json.loads(json.dumps(summary)) and len(saved["records"]) == 6
+    assert report.summarize(saved["records"], ["plain", "ngram"])["ngram"]["overall"]["speedup"] == pytest.approx(3.0)
+    md = paths["markdown"].read_text()
+    assert "| ngram | 2.00× | 4.00× | 3.00× |" in md and "`lade`: unavailable: not installed" in md and "busy" in md
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_method_lists_resolve_at_run_time():
+    names = default_methods()
+    assert names[0] == "plain"
+    assert resolve_methods(None) == names
+    assert resolve_methods("ngram") == ["plain", "ngram"]  # the baseline is always added, first
+    assert resolve_methods("default,plain") == names
+    with pytest.raises(ParadecError, match="unknown method"):
+        resolve_methods("plain,nope")
