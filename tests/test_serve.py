@@ -387,6 +387,17 @@ def test_api_key_required_on_all_but_health(tiny):
         assert_error(refused, 400, "paradec.options", "unsupported_parameter")
 
 
+def test_cli_defaults_loopback_and_key_from_environment(monkeypatch):
+    from paradec.cli import build_parser
+
+    monkeypatch.delenv("PARADEC_API_KEY", raising=False)
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.api_key, args.method, args.request_options) == ("127.0.0.1", 8000, None, "plain", True)
+    monkeypatch.setenv("PARADEC_API_KEY", "from-env")
+    assert build_parser().parse_args(["serve"]).api_key == "from-env"
+    assert build_parser().parse_args(["serve", "--api-key", "flag"]).api_key == "flag"
+
+
 # ---------- the real command ----------
 
 @pytest.mark.slow
