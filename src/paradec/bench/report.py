@@ -191,8 +191,8 @@ def markdown(summary: dict, categories: list[str], meta: dict, unavailable: dict
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict, categories: list[str], path: Path, title: str = "") -> None:
-    """Grouped bars: speedup over plain per category (and overall), one bar per method."""
+def plot(summary: dict, categories: list[str], path: Path, title: str = "", peers: set[str] = frozenset()) -> None:
+    """Grouped bars: speedup over plain per category (and overall), one bar per method; peers hatched."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,18 +200,22 @@ def plot(summary: dict, categories: list[str], path: Path, title: str = "") -> N
 
     methods = [m for m in summary if m != BASELINE]
     groups = categories + [OVERALL]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(1, len(methods)) ** 0.5 + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.35 * len(groups) * max(len(methods), 1) + 2), 4.5))
     width = 0.8 / max(len(methods), 1)
+    top = 1.0
     for i, m in enumerate(methods):
         ys = [summary[m].get(g, {}).get("speedup") or 0.0 for g in groups]
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(groups))]
-        ax.bar(xs, ys, width, label=m)
+        ax.bar(xs, ys, width, label=m + (" (peer)" if m in peers else ""), hatch="//" if m in peers else None,
+               edgecolor="white" if m in peers else None)
+        top = max(top, *ys)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_ylim(0, top * 1.1)
     ax.set_xticks(range(len(groups)), [g.replace("_", "\n") for g in groups])
     ax.set_ylabel("speedup over plain decoding")
     ax.set_title(title, fontsize=9)
     if methods:
-        ax.legend(fontsize=8, ncols=min(4, len(methods)))
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=min(5, len(methods)), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -226,5 +230,6 @@ def write_all(outdir: Path, records: list[dict], methods: list[str], categories:
     paths["json"].write_text(json.dumps({"meta": meta, "unavailable": unavailable, "summary": summary, "records": records}, indent=1))
     paths["markdown"].write_text(markdown(summary, categories, meta, unavailable))
     title = f"{meta.get('model')} {meta.get('dtype')}, max_new_tokens {meta.get('max_new_tokens')}, load {meta.get('load_before')}"
-    plot(summary, categories, paths["plot"], title)
+    peers = {r["method"] for r in records if r.get("kind") == "peer"}
+    plot(summary, categories, paths["plot"], title, peers)
     return summary, paths
