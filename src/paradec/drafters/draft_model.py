@@ -1,0 +1,91 @@
+"""``draft``: speculative decoding with a separate, smaller draft model (Leviathan et al. 2023; Chen et al. 2023).
+
+The draft model reads the committed tokens into its own KV cache and proposes a chain or a
+dynamic tree (see ``draft_tree.py``); the target verifies it in one forward. Greedy output equals
+plain greedy output and sampling keeps the target distribution, whatever the draft proposes.
+
+Both models must share one vocabulary (the same token ids mean the same strings); mapping
+between different tokenizers is not done here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from ..errors import ParadecError
+from ..model import Model, load
+from .base import register
+from .draft_runner import DraftRunner
+from .draft_tree import DraftTreeConfig, TreeDrafter
+
+
+@dataclass(frozen=True)
+class DraftModelConfig(DraftTreeConfig):
+    """draft: the draft model, as a model spec (built-in name, HF directory, .gguf) or a loaded ``Model``;
+    it is loaded in the target's dtype."""
+
+    draft: str | Model = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.draft, Model) and not (isinstance(self.draft, str) and self.draft):
+            raise ValueError("the draft method needs a draft model: pass --draft MODEL (method option 'draft')")
+
+
+@register
+class DraftModelDrafter(TreeDrafter):
+    name = "draft"
+    summary = (
+        "speculative decoding with a smaller draft model of the same vocabulary (--draft MODEL); "
+        "chain or dynamic tree (tree_nodes), adaptive length"
+    )
+    Config = DraftModelConfig
+    config: DraftModelConfig
+
+    def make_runner(self) -> DraftRunner:
+        self.draft_model = _load_draft(self.config.draft, self.model.dtype)
+        check_same_vocab(self.model, self.draft_model)
+        hf = self.draft_model.hf_model
+
+        def forward(ids, positions, mask, cache):  # (1, n), (1, n), (1, 1, n, past + n) -> (n, vocab)
+            out = hf(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache, use_cache=True)
+            return out.logits[0]
+
+        max_length = int(getattr(hf.config.get_text_config(), "max_position_embeddings", 0) or 2**31)
+        from transformers import DynamicCache
+
+        return DraftRunner(forward, hf.dtype, max_length, lambda: DynamicCache(config=hf.config))
+
+
+def _load_draft(spec: str | Model, dtype: torch.dtype) -> Model:
+    if isinstance(spec, Model):
+        return spec
+    return _load_cached(spec, dtype)
+
+
+@lru_cache(maxsize=2)
+def _load_cached(spec: str, dtype: torch.dtype) -> Model:
+    """Draft models are reused across generations (a benchmark builds one drafter per prompt)."""
+    return load(spec, dtype)
+
+
+def check_same_vocab(target: Model, draft: Model) -> None:
+    """Raise a ParadecError naming both tokenizers unless they map the same strings to the same ids."""
+    t_vocab, d_vocab = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
+    if t_vocab == d_vocab:
+        return
+    differ = sum(1 for tok, i in d_vocab.items() if t_vocab.get(tok) != i) + sum(1 for tok in t_vocab if tok not in d_vocab)
+    raise ParadecError(
+        f"the draft model '{draft.name}' and the target model '{target.name}' use different vocabularies: "
+        f"draft tokenizer {_describe(draft)} vs target tokenizer {_describe(target)} ({differ} entries differ); "
+        "the draft method needs a draft model with the target's tokenizer"
+    )
+
+
+def _describe(model: Model) -> str:
+    tok = model.tokenizer
+    where = getattr(tok, "name_or_path", "") or str(model.path)
+    return f"{type(tok).__name__}('{where}', {len(tok.get_vocab())} tokens)"

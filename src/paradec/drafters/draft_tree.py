@@ -1,0 +1,170 @@
+"""Drafting with a small LM: chains or dynamic trees, with adaptive length. Shared by ``draft`` and ``layerskip``.
+
+Each step, level by level (one drafting-LM forward per level, as in EAGLE-2):
+
+1. ``score`` of a node = product of the draft probabilities along its path: the draft's own guess
+   that the whole path is accepted (DySpec / SpecDec++ use the same quantity).
+2. A node is expanded only while ``score × max q`` (the guess for its best child) reaches
+   ``min_confidence``; children of the root are always drafted (their logits cost nothing extra).
+3. Where the draft is unsure (top probability below ``branch_below``) a node gets up to ``branch``
+   children instead of one, while the tree's node budget ``tree_nodes`` lasts; richer paths first.
+4. Greedy: the children are the draft's top-k tokens. Sampling: they are drawn *without
+   replacement* from q, and every child records q in ``Draft.q``; the core's recursive rejection
+   sampling (``verify.py``) then keeps the target distribution exactly. How many children a node
+   gets is decided before they are drawn, never from their own values (that would bias them).
+
+Adaptive length (the schedule transformers uses for assisted generation): the depth limit grows by
+2 after a step whose whole draft was accepted and shrinks by 1 otherwise, within [1, max_draft].
+
+Worked example (greedy, branch=2, branch_below=0.7): root q = {a: .5, c: .3, ...} is unsure
+→ children a, c; then q(·|a) = {b: .9} is sure → one child b. Tree ``a─b, c``: parents [-1, 0, -1]
+in creation order [a, c, b] → tokens [a, c, b], parents [-1, -1, 0].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..sampling import SamplingParams, target_probs
+from ..tree import Draft, depths
+from .base import Drafter, DrafterConfig, StepContext
+from .draft_runner import DraftRunner
+
+# Measured on SmolLM2-135M / Qwen2.5-Coder (see docs/draft_models.md).
+DEFAULT_MAX_DRAFT = 8
+DEFAULT_MIN_CONFIDENCE = 0.3
+
+
+@dataclass(frozen=True)
+class DraftTreeConfig(DrafterConfig):
+    """Options shared by the LM drafters.
+
+    max_draft:      deepest draft (the cap of the adaptive depth)
+    adaptive:       grow the depth limit by 2 after full acceptance, shrink by 1 otherwise
+    min_confidence: stop a path once the draft's probability for it drops below this (0 = never)
+    tree_nodes:     node budget of a dynamic tree; 0 drafts a chain
+    branch:         children at a position where the draft is unsure (trees only)
+    branch_below:   the draft is unsure where its top probability is below this
+    """
+
+    max_draft: int = DEFAULT_MAX_DRAFT
+    adaptive: bool = True
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    tree_nodes: int = 0
+    branch: int = 3
+    branch_below: float = 0.7
+
+    def __post_init__(self) -> None:
+        for name in ("max_draft", "branch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.tree_nodes, int) or isinstance(self.tree_nodes, bool) or self.tree_nodes < 0:
+            raise ValueError(f"tree_nodes must be an integer >= 0 (0 = a chain), got {self.tree_nodes!r}")
+        for name in ("min_confidence", "branch_below"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"adaptive must be true or false, got {self.adaptive!r}")
+
+
+class TreeDrafter(Drafter):
+    """Base of the LM drafters: subclasses give ``make_runner()``; this class builds the drafts."""
+
+    config: DraftTreeConfig
+
+    def __init__(self, model, config: DraftTreeConfig):
+        super().__init__(model, config)
+        self.vocab = model.hf_model.config.get_text_config().vocab_size  # width of the target's logits
+        self.runner: DraftRunner = self.make_runner()
+        self.depth = config.max_draft
+
+    def make_runner(self) -> DraftRunner:
+        raise NotImplementedError
+
+    def begin(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        self.runner.reset()
+        self.depth = self.config.max_draft
+
+    def propose(self, ctx: StepContext) -> Draft:
+        cfg = self.config
+        depth_limit = min(self.depth, ctx.max_nodes)
+        budget = min(cfg.tree_nodes or depth_limit, ctx.max_nodes)
+        if depth_limit < 1 or len(ctx.tokens) + budget > self.runner.max_length:
+            return Draft()  # no room left in the target's or the drafting LM's context window
+        branch = cfg.branch if cfg.tree_nodes else 1
+        root_logits = self.runner.sync(ctx.tokens)  # (vocab,)
+
+        tokens: list[int] = []
+        parents: list[int] = []
+        qs: list[torch.Tensor | None] = []
+        score: list[float] = []
+        frontier = [(-1, 1.0, root_logits)]  # (node, path score, logits after it)
+        for level in range(1, depth_limit + 1):
+            born: list[int] = []
+            for node, s, logits in sorted(frontier, key=lambda f: -f[1]):
+                q = self._dist(logits, ctx.params)  # (vocab,) float64
+                top = float(q.max())
+                if node >= 0 and s * top < cfg.min_confidence:
+                    continue
+                k = min(branch if top < cfg.branch_below else 1, budget - len(tokens))
+                if k <= 0:
+                    break
+                for x in self._pick(q, k, ctx):
+                    tokens.append(x)
+                    parents.append(node)
+                    qs.append(None if ctx.params.greedy else q)
+                    score.append(s * float(q[x]))
+                    born.append(len(tokens) - 1)
+            # feed the new nodes that may still be expanded, for their children's distributions
+            grow = [i for i in born if score[i] >= cfg.min_confidence] if cfg.min_confidence else born
+            if level == depth_limit or len(tokens) >= budget or not grow:
+                break
+            d = depths(parents)
+            logits = self.runner.feed(grow, [tokens[i] for i in grow], [d[i] for i in grow], [_ancestors(parents, i) for i in grow])
+            frontier = [(i, score[i], logits[j]) for j, i in enumerate(grow)]
+        return Draft(tokens=tokens, parents=parents, q=None if ctx.params.greedy else qs)
+
+    def observe(self, draft: Draft, logits: torch.Tensor, verdict) -> None:
+        self.runner.keep_path(verdict.accepted)
+        if self.config.adaptive and len(draft):
+            full = len(verdict.accepted) == max(depths(draft.parents))
+            self.depth = min(self.depth + 2, self.config.max_draft) if full else max(self.depth - 1, 1)
+
+    def _dist(self, logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """The draft distribution over the target's vocabulary: q for sampling, softmax for greedy."""
+        logits = logits.to(torch.float64)
+        if logits.shape[-1] > self.vocab:  # padded LM head: rows past the vocabulary are no tokens
+            logits = logits[: self.vocab]
+        elif logits.shape[-1] < self.vocab:
+            logits = torch.cat([logits, logits.new_full((self.vocab - logits.shape[-1],), float("-inf"))])
+        if params.greedy:
+            return torch.softmax(logits, -1)
+        return target_probs(logits, params)
+
+    @staticmethod
+    def _pick(q: torch.Tensor, k: int, ctx: StepContext) -> list[int]:
+        """k distinct tokens: the top-k (greedy) or k draws without replacement from q (sampling)."""
+        if ctx.params.greedy:
+            return torch.topk(q, k).indices.tolist()
+        q = q.clone()
+        out: list[int] = []
+        for _ in range(k):
+            if q.sum() <= 0:  # q's support is smaller than k
+                break
+            x = int(torch.multinomial(q, 1, generator=ctx.generator))
+            out.append(x)
+            q[x] = 0.0
+        return out
+
+
+def _ancestors(parents: list[int], node: int) -> list[int]:
+    out = []
+    p = parents[node]
+    while p >= 0:
+        out.append(p)
+        p = parents[p]
+    return out
