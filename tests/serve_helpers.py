@@ -29,7 +29,7 @@ class LiveServer:
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self):
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
@@ -59,8 +59,13 @@ class ServeCommand:
 
     def __init__(self, *args: str):
         env = {k: v for k, v in os.environ.items() if k != "PARADEC_API_KEY"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "paradec.cli", "serve", "--port", "0", *args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "paradec.cli", "serve", "--port", "0", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

@@ -15,12 +15,12 @@ import threading
 import httpx
 import openai
 import pytest
+from conftest import tiny_model
+from serve_helpers import LiveServer, ServeCommand, wait_until
 
 import paradec
-from conftest import tiny_model
 from paradec.serve.app import ServeConfig
 from paradec.serve.worker import QueueFull, Worker
-from serve_helpers import LiveServer, ServeCommand, wait_until
 
 CONTEXT = 1024  # the tiny model's context window: room for a long generation that a test interrupts
 TIMEOUT = 60.0  # upper bound on any single HTTP exchange in this file
@@ -78,6 +78,7 @@ def assert_error(r: httpx.Response, status: int, param: str | None = None, code:
 
 # ---------- the worker on its own ----------
 
+
 def test_worker_runs_jobs_one_at_a_time_in_order_and_bounds_the_queue():
     worker = Worker(max_queue=2)
     release, order, overlap, active = threading.Event(), [], [], []
@@ -91,6 +92,7 @@ def test_worker_runs_jobs_one_at_a_time_in_order_and_bounds_the_queue():
             order.append(i)
             active.remove(i)
             return True
+
         return run
 
     jobs = [worker.submit(job(i)) for i in range(3)]  # one running + two waiting fill it
@@ -106,6 +108,7 @@ def test_worker_runs_jobs_one_at_a_time_in_order_and_bounds_the_queue():
 
 
 # ---------- happy paths with the official client ----------
+
 
 def test_health_and_models(server, client, http):
     assert http.get("/health").json() == {"status": "ok", "model": "tiny-llama", "running": 0, "queued": 0}
@@ -124,7 +127,9 @@ def test_completion_matches_single_run(tiny, client, prompt):
     assert r.usage.prompt_tokens == len(paradec.encode_prompt(tiny, prompt))
     assert r.usage.completion_tokens == len(ref.token_ids) == 12
     stats = r.model_extra["paradec"]["stats"]
-    assert r.model_extra["paradec"]["method"] == "plain" and stats["new_tokens"] == 12 and stats["stop_reason"] == "length"
+    assert (
+        r.model_extra["paradec"]["method"] == "plain" and stats["new_tokens"] == 12 and stats["stop_reason"] == "length"
+    )
 
 
 def test_chat_matches_single_run(tiny, client):
@@ -143,8 +148,16 @@ def test_chat_matches_single_run(tiny, client):
 
 def test_streaming_matches_single_run(tiny, client):
     ref = reference(tiny, "w8 w9", 9)
-    chunks = list(client.completions.create(model="tiny-llama", prompt="w8 w9", max_tokens=9, temperature=0, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="tiny-llama",
+            prompt="w8 w9",
+            max_tokens=9,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == ref.text
     assert len([c for c in chunks if c.choices and c.choices[0].text]) > 1  # really streamed, piece by piece
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -154,14 +167,18 @@ def test_streaming_matches_single_run(tiny, client):
 
     messages = [{"role": "user", "content": "w20 w21"}]
     chat_ref = reference(tiny, messages, 7)
-    chat = list(client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=7, temperature=0, stream=True))
+    chat = list(
+        client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=7, temperature=0, stream=True)
+    )
     assert chat[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chat) == chat_ref.text
     assert chat[-1].choices[0].finish_reason == "length"
 
 
 def test_stream_ends_with_done(http):
-    with http.stream("POST", "/v1/completions", json={"prompt": "w1", "max_tokens": 3, "temperature": 0, "stream": True}) as r:
+    with http.stream(
+        "POST", "/v1/completions", json={"prompt": "w1", "max_tokens": 3, "temperature": 0, "stream": True}
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
@@ -176,12 +193,23 @@ def test_stop_seed_and_method_field(tiny, client):
     assert r.choices[0].text == ref.text[: ref.text.index(stop_word)] and r.choices[0].finish_reason == "stop"
 
     sampled = reference(tiny, "w1 w2 w3", 10, temperature=1.0, top_p=0.9, seed=123)
-    outs = [client.completions.create(model="tiny-llama", prompt="w1 w2 w3", max_tokens=10, temperature=1.0, top_p=0.9,
-                                      seed=123).choices[0].text for _ in range(2)]
+    outs = [
+        client.completions.create(
+            model="tiny-llama", prompt="w1 w2 w3", max_tokens=10, temperature=1.0, top_p=0.9, seed=123
+        )
+        .choices[0]
+        .text
+        for _ in range(2)
+    ]
     assert outs == [sampled.text, sampled.text]
 
-    r = client.completions.create(model="tiny-llama", prompt="w1 w2 w3", max_tokens=12, temperature=0,
-                                  extra_body={"paradec": {"method": "plain", "options": {}}})
+    r = client.completions.create(
+        model="tiny-llama",
+        prompt="w1 w2 w3",
+        max_tokens=12,
+        temperature=0,
+        extra_body={"paradec": {"method": "plain", "options": {}}},
+    )
     assert r.choices[0].text == ref.text and r.model_extra["paradec"]["stats"]["method"] == "plain"
 
 
@@ -191,7 +219,9 @@ def test_every_registered_method_can_be_chosen_per_request(tiny, http):
     ref = reference(tiny, "w5 w6 w5 w6 w5", 16).text
     for method in sorted(paradec.METHODS):
         for _ in range(2):
-            r = http.post(C, json={"prompt": "w5 w6 w5 w6 w5", "max_tokens": 16, "temperature": 0, "paradec": {"method": method}})
+            r = http.post(
+                C, json={"prompt": "w5 w6 w5 w6 w5", "max_tokens": 16, "temperature": 0, "paradec": {"method": method}}
+            )
             if r.status_code == 400 and r.json()["error"]["param"] == "paradec.options":
                 break  # this method needs options (e.g. a draft model); its own tests cover it
             assert r.status_code == 200, (method, r.text)
@@ -205,6 +235,7 @@ def test_every_registered_method_can_be_chosen_per_request(tiny, http):
 LONG = "w1 " * (CONTEXT + 10)
 C, CHAT = "/v1/completions", "/v1/chat/completions"
 MSG = [{"role": "user", "content": "w1"}]
+# fmt: off
 BAD = [
     # (id, path, body: dict | raw str, status, param, code)
     ("malformed-json", C, '{"prompt": "w1", ', 400, None, None),
@@ -245,6 +276,7 @@ BAD = [
     ("tools", CHAT, {"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", None),
     ("penalty", CHAT, {"messages": MSG, "frequency_penalty": 0.5}, 400, "frequency_penalty", None),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("path, body, status, param, code", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
@@ -271,7 +303,7 @@ def test_still_serving_after_bad_inputs(tiny, server, client, http):
 
 
 def test_failure_during_generation_is_reported_and_server_keeps_serving(tiny, server, http, monkeypatch):
-    import paradec.serve.app as app_module
+    import paradec.serve.engine as engine_module
 
     def broken(*args, **kwargs):  # validates like the real one, then fails after the first piece
         real = paradec.stream(*args, **kwargs)
@@ -279,9 +311,10 @@ def test_failure_during_generation_is_reported_and_server_keeps_serving(tiny, se
         def pieces():
             yield from iter(real)
             raise RuntimeError("the model fell over")
+
         return paradec.Stream(pieces())
 
-    monkeypatch.setattr(app_module, "stream", broken)
+    monkeypatch.setattr(engine_module, "stream", broken)
     err = assert_error(http.post(C, json={"prompt": "w1", "max_tokens": 3}), 500)
     assert err["type"] == "server_error" and "fell over" in err["message"]
     with http.stream("POST", C, json={"prompt": "w1", "max_tokens": 3, "stream": True}) as r:
@@ -294,6 +327,7 @@ def test_failure_during_generation_is_reported_and_server_keeps_serving(tiny, se
 
 # ---------- concurrency, disconnects, the bounded queue ----------
 
+
 def test_twenty_concurrent_streams_each_get_their_own_output(tiny, server):
     prompts = [f"w{i + 3} w{(7 * i) % 90 + 3} w{(i * i) % 50 + 3}" for i in range(20)]
     expected = [reference(tiny, p, 8).text for p in prompts]  # single runs, before the server is busy
@@ -301,11 +335,15 @@ def test_twenty_concurrent_streams_each_get_their_own_output(tiny, server):
     done_before = server.worker.completed
 
     async def one(client: openai.AsyncOpenAI, prompt: str) -> str:
-        stream = await client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=8, temperature=0, stream=True)
+        stream = await client.completions.create(
+            model="tiny-llama", prompt=prompt, max_tokens=8, temperature=0, stream=True
+        )
         return "".join([c.choices[0].text async for c in stream if c.choices])
 
     async def all_of_them() -> list[str]:
-        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT) as client:
+        async with openai.AsyncOpenAI(
+            base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT
+        ) as client:
             return await asyncio.wait_for(asyncio.gather(*(one(client, p) for p in prompts)), 120)
 
     assert asyncio.run(all_of_them()) == expected
@@ -315,13 +353,12 @@ def test_twenty_concurrent_streams_each_get_their_own_output(tiny, server):
 def test_disconnect_mid_stream_stops_generation_and_frees_model(tiny, server, http):
     stopped_before = server.worker.stopped
     body = {"prompt": "w1 w2 w3", "max_tokens": CONTEXT - 10, "temperature": 0, "stream": True}
-    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as quitter:
-        with quitter.stream("POST", C, json=body) as r:
-            got = 0
-            for line in r.iter_lines():
-                got += line.startswith("data: ")
-                if got == 3:
-                    break  # leaving the block closes the connection before the stream is read
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as quitter, quitter.stream("POST", C, json=body) as r:
+        got = 0
+        for line in r.iter_lines():
+            got += line.startswith("data: ")
+            if got == 3:
+                break  # leaving the block closes the connection before the stream is read
     assert wait_until(lambda: server.worker.running == 0 and server.worker.queued == 0, timeout=20)
     assert server.worker.stopped == stopped_before + 1  # stopped early, not run to the end
     r = http.post(C, json={"prompt": "w4 w5", "max_tokens": 6, "temperature": 0})
@@ -335,9 +372,11 @@ def test_disconnect_while_queued_for_a_whole_response(server):
     try:
         server.worker.submit(lambda cancelled: release.wait(30))  # occupy the model
         body = {"prompt": "w1 w2 w3", "max_tokens": CONTEXT - 10, "temperature": 0}
-        with httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=1.0)) as impatient:
-            with pytest.raises(httpx.ReadTimeout):
-                impatient.post(C, json=body)  # queued behind the blocker; the client hangs up after 1 s
+        with (
+            httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=1.0)) as impatient,
+            pytest.raises(httpx.ReadTimeout),
+        ):
+            impatient.post(C, json=body)  # queued behind the blocker; the client hangs up after 1 s
         assert wait_until(lambda: server.worker.queued == 1)
     finally:
         release.set()
@@ -353,7 +392,9 @@ def test_full_queue_answers_429(tiny):
             srv.worker.submit(lambda cancelled: release.wait(30))  # occupy the model
             assert wait_until(lambda: srv.worker.running == 1)
             answers: queue.Queue = queue.Queue()
-            waiting = threading.Thread(target=lambda: answers.put(http.post(C, json={"prompt": "w6", "max_tokens": 4, "temperature": 0})))
+            waiting = threading.Thread(
+                target=lambda: answers.put(http.post(C, json={"prompt": "w6", "max_tokens": 4, "temperature": 0}))
+            )
             waiting.start()
             assert wait_until(lambda: srv.worker.queued == 1)  # the only queue slot is taken
             full = http.post(C, json={"prompt": "w7", "max_tokens": 4})
@@ -369,8 +410,12 @@ def test_full_queue_answers_429(tiny):
 
 # ---------- API key ----------
 
+
 def test_api_key_required_on_all_but_health(tiny):
-    with LiveServer(tiny, ServeConfig(api_key="s3cret", request_options=False)) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+    with (
+        LiveServer(tiny, ServeConfig(api_key="s3cret", request_options=False)) as srv,
+        httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http,
+    ):
         assert http.get("/health").status_code == 200
         assert_error(http.get("/v1/models"), 401, code="invalid_api_key")
         assert_error(http.post(C, json={"prompt": "w1", "max_tokens": 2}), 401, code="invalid_api_key")
@@ -382,8 +427,11 @@ def test_api_key_required_on_all_but_health(tiny):
         r = good.completions.create(model="tiny-llama", prompt="w1 w2", max_tokens=4, temperature=0)
         assert r.choices[0].text == reference(tiny, "w1 w2", 4).text
         # this server was also started without per-request method options
-        refused = http.post(C, headers={"Authorization": "Bearer s3cret"},
-                            json={"prompt": "w1", "paradec": {"method": "plain", "options": {"x": 1}}})
+        refused = http.post(
+            C,
+            headers={"Authorization": "Bearer s3cret"},
+            json={"prompt": "w1", "paradec": {"method": "plain", "options": {"x": 1}}},
+        )
         assert_error(refused, 400, "paradec.options", "unsupported_parameter")
 
 
@@ -392,13 +440,20 @@ def test_cli_defaults_loopback_and_key_from_environment(monkeypatch):
 
     monkeypatch.delenv("PARADEC_API_KEY", raising=False)
     args = build_parser().parse_args(["serve"])
-    assert (args.host, args.port, args.api_key, args.method, args.request_options) == ("127.0.0.1", 8000, None, "plain", True)
+    assert (args.host, args.port, args.api_key, args.method, args.request_options) == (
+        "127.0.0.1",
+        8000,
+        None,
+        "plain",
+        True,
+    )
     monkeypatch.setenv("PARADEC_API_KEY", "from-env")
     assert build_parser().parse_args(["serve"]).api_key == "from-env"
     assert build_parser().parse_args(["serve", "--api-key", "flag"]).api_key == "flag"
 
 
 # ---------- the real command ----------
+
 
 @pytest.mark.slow
 def test_paradec_serve_command_with_the_default_model(serve_command):
@@ -407,7 +462,9 @@ def test_paradec_serve_command_with_the_default_model(serve_command):
     assert url and url.startswith("http://127.0.0.1:"), "".join(serve_command.stderr)
     with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
         assert http.get("/health").json()["model"] == "smollm2-135m"
-        r = http.post(C, json={"model": "smollm2-135m", "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0})
+        r = http.post(
+            C, json={"model": "smollm2-135m", "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0}
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert 1 <= body["usage"]["completion_tokens"] <= 3 and body["choices"][0]["text"].strip()

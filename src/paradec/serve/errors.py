@@ -18,13 +18,29 @@ log = logging.getLogger(__name__)
 class APIError(Exception):
     """An error answered in the OpenAI shape: ``{"error": {message, type, param, code}}``."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code, self.headers = status, message, type_, param, code, headers
+        self.status, self.message, self.type, self.param, self.code, self.headers = (
+            status,
+            message,
+            type_,
+            param,
+            code,
+            headers,
+        )
 
     def response(self) -> JSONResponse:
-        return JSONResponse(s.error_body(self.message, self.type, self.param, self.code), self.status, headers=self.headers)
+        return JSONResponse(
+            s.error_body(self.message, self.type, self.param, self.code), self.status, headers=self.headers
+        )
 
 
 class RequireKey:
@@ -41,8 +57,9 @@ class RequireKey:
         if scope["type"] == "http" and scope["path"] != "/health":
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                error = APIError(401, "missing or incorrect API key: send 'Authorization: Bearer <key>'",
-                                 code="invalid_api_key")
+                error = APIError(
+                    401, "missing or incorrect API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
+                )
                 await error.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -52,10 +69,16 @@ TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}  # pydantic'
 
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """The first invalid field as (message, param), e.g. ("max_tokens: Input should be a valid integer", "max_tokens")."""
+    """The first invalid field as (message, param).
+
+    e.g. ("max_tokens: Input should be a valid integer", "max_tokens")
+    """
     errors = exc.errors()
     if errors[0].get("type") == "json_invalid":
-        return f"the request body is not valid JSON: {errors[0].get('ctx', {}).get('error', errors[0].get('msg'))}", None
+        return (
+            f"the request body is not valid JSON: {errors[0].get('ctx', {}).get('error', errors[0].get('msg'))}",
+            None,
+        )
 
     def param(err: dict) -> str:
         # drop "body" and the union member tags pydantic inserts, such as "str" or "list[int]"
@@ -84,8 +107,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return APIError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", code=code,
-                        headers=getattr(exc, "headers", None)).response()
+        return APIError(
+            exc.status_code,
+            f"{exc.detail}: {request.method} {request.url.path}",
+            code=code,
+            headers=getattr(exc, "headers", None),
+        ).response()
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -62,6 +62,9 @@ class GenerationRequest(BaseModel):
             return "logit_bias", "logit_bias is not supported"
         return None
 
+    def token_limit(self) -> int | None:
+        return self.max_tokens
+
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
@@ -70,7 +73,12 @@ TokenIds = list[StrictInt]
 
 
 class CompletionRequest(GenerationRequest):
-    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] | Annotated[TokenIds, Field(min_length=1)] | list[TokenIds]
+    prompt: (
+        StrictStr
+        | Annotated[list[StrictStr], Field(min_length=1)]
+        | Annotated[TokenIds, Field(min_length=1)]
+        | list[TokenIds]
+    )
     echo: StrictBool | None = False
     logprobs: StrictInt | None = None
     best_of: StrictInt | None = None
@@ -85,9 +93,9 @@ class CompletionRequest(GenerationRequest):
             return "best_of", "only best_of=1 is supported"
         if self.suffix:
             return "suffix", "suffix is not supported"
-        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], (str, list)):
-            if len(self.prompt) != 1:
-                return "prompt", "only one prompt per request is supported"
+        batched = isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], (str, list))
+        if batched and len(self.prompt) != 1:
+            return "prompt", "only one prompt per request is supported"
         return super().unsupported()
 
     def single_prompt(self) -> str | list[int]:
@@ -156,11 +164,23 @@ def new_id(prefix: str) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def envelope(rid: str, obj: str, model: str, choices: list[dict], **extra: Any) -> dict:
-    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "system_fingerprint": None, "choices": choices, **extra}
+    return {
+        "id": rid,
+        "object": obj,
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+        **extra,
+    }
 
 
 def completion_choice(text: str, finish_reason: str | None) -> dict:
@@ -168,12 +188,19 @@ def completion_choice(text: str, finish_reason: str | None) -> dict:
 
 
 def chat_choice(text: str, finish_reason: str) -> dict:
-    return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish_reason}
+    return {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": None,
+        "finish_reason": finish_reason,
+    }
 
 
 def chat_delta(delta: dict, finish_reason: str | None) -> dict:
     return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
-def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
+def error_body(
+    message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import queue
 import threading
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from ..api import Stream
 from ..decode import Result
