@@ -47,7 +47,7 @@ def test_bench_smoke_run_writes_consistent_files(tiny_dir, tmp_path, capsys):
     saved = json.loads((out / "results.json").read_text())
     records = saved["records"]
     ran = {r["method"] for r in records}
-    assert {"plain", "ngram", "hf-generate", "hf-prompt-lookup"} <= ran
+    assert {"plain", "ngram", "hf-generate", "hf-prompt-lookup", "hf-early-exit"} <= ran
     assert "lade" in saved["unavailable"] and "hf-assisted" in saved["unavailable"]
     # one prompt with two turns, two repeats, every contender
     assert {(r["turn"], r["repeat"]) for r in records if r["method"] == "ngram"} == {(0, 0), (0, 1), (1, 0), (1, 1)}
@@ -57,7 +57,7 @@ def test_bench_smoke_run_writes_consistent_files(tiny_dir, tmp_path, capsys):
     assert {r["prompt_tokens"] for r in records if r["turn"] == 1} == {5 + 12 + 2}
     # lossless in float64: every method equals plain and transformers' generate on both turns
     summary = saved["summary"]
-    for m in ("ngram", "hf-generate", "hf-prompt-lookup"):
+    for m in ("ngram", "hf-generate", "hf-prompt-lookup", "hf-early-exit"):
         assert summary[m]["overall"]["exact_plain"] == {"checked": 4, "mismatches": 0, "first_divergence": []}
     assert summary["plain"]["overall"]["exact_hf"]["mismatches"] == 0
     # the JSON alone reproduces the summary

@@ -35,6 +35,11 @@ contender, methods interleaved on each prompt (plain first), wall time per turn 
 without detokenisation. Speedup = total plain time / total method time on the same turns.
 Exactness: token ids per turn against paradec plain (same dtype) and transformers generate.
 
+peers (same process, same weights; --no-peers skips them): hf-generate (transformers greedy
+generate), hf-prompt-lookup (prompt_lookup_num_tokens=10), hf-early-exit (assistant_early_exit,
+first quarter of the layers), hf-assisted (assistant_model, needs --draft), lade (LookaheadDecoding,
+where it installs and runs). A peer that cannot run is listed as unavailable with the reason.
+
 examples:
   paradec bench                                   # defaults, ~10 min on 2 CPU cores
   paradec bench --methods plain,ngram --categories code,summarization --limit 5

@@ -3,6 +3,7 @@
 - ``hf-generate``: transformers' own greedy ``generate`` (also the second reference for exactness);
 - ``hf-prompt-lookup``: its prompt lookup decoding (``prompt_lookup_num_tokens``);
 - ``hf-assisted``: its assisted generation with a draft model (only with ``--draft``);
+- ``hf-early-exit``: its self-speculative early-exit drafting (LayerSkip) with the first quarter of the layers;
 - ``lade``: the LookaheadDecoding package, where it installs and runs.
 
 A peer that cannot run is returned with the reason, never silently dropped.
@@ -22,7 +23,11 @@ PROMPT_LOOKUP_TOKENS = 10  # transformers' documented example value
 
 
 class HFGenerate:
-    """transformers ``generate`` with a fixed greedy config; forward passes counted with a hook."""
+    """transformers ``generate`` with a fixed greedy config.
+
+    Target forward passes are counted by a hook on the last decoder layer, which only full forwards
+    reach (an early-exit draft stops before it).
+    """
 
     kind = "peer"
 
@@ -46,7 +51,8 @@ class HFGenerate:
         def count(*_):
             calls[0] += 1
 
-        hook = hf.register_forward_pre_hook(count)
+        layers = getattr(hf.get_decoder(), "layers", None)
+        hook = (layers[-1] if layers else hf).register_forward_pre_hook(count)
         try:
             ids = torch.tensor([prompt_ids])  # (1, prompt)
             start = time.perf_counter()
@@ -78,9 +84,14 @@ def lade_reason() -> str:
 
 def make_peers(model: Model, draft: Model | None = None) -> tuple[list, dict[str, str]]:
     """The peers that can run, and {name: reason} for those that cannot."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # assisted generation warns about its own internal arguments
+    layers = model.hf_model.config.get_text_config().num_hidden_layers
     peers: list = [
         HFGenerate(model, "hf-generate"),
         HFGenerate(model, "hf-prompt-lookup", prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS),
+        HFGenerate(model, "hf-early-exit", assistant_early_exit=max(1, layers // 4)),
     ]
     unavailable: dict[str, str] = {}
     if draft is not None:
