@@ -408,6 +408,22 @@ def test_full_queue_answers_429(tiny):
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == reference(tiny, "w6", 4).text
 
 
+def test_shutdown_ends_open_streams_and_refuses_new_requests(tiny):
+    """What `paradec serve` does on Ctrl-C before uvicorn waits for connections: close the engine."""
+    with LiveServer(tiny) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+        body = {"prompt": "w1 w2 w3", "max_tokens": CONTEXT - 10, "temperature": 0, "stream": True}
+        with http.stream("POST", C, json=body) as r:
+            lines = []
+            for line in r.iter_lines():
+                lines.append(line)
+                if len(lines) == 3:
+                    srv.app.state.engine.close()
+            lines = [line for line in lines if line]
+        assert json.loads(lines[-2][6:])["error"]["code"] == "shutting_down" and lines[-1] == "data: [DONE]"
+        assert srv.worker.stopped == 1 and srv.worker.completed == 0
+        assert_error(http.post(C, json={"prompt": "w1", "max_tokens": 2}), 503, code="shutting_down")
+
+
 # ---------- API key ----------
 
 

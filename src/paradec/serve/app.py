@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from ..drafters import METHODS
 from ..model import Model
 from . import schemas as s
-from .engine import Engine, Prepared, ServeConfig
+from .engine import SHUTTING_DOWN, Engine, Prepared, ServeConfig
 from .errors import APIError, RequireKey, install_error_handlers
 from .worker import Cancelled, Generation
 
@@ -54,7 +54,8 @@ async def until_disconnect(request: Request) -> None:
 
 
 async def run_to_end(request: Request, gen: Generation) -> str | None:
-    """The whole text, or None if the client went away first (then the generation is cancelled)."""
+    """The whole text, or None if the client went away first (then the generation is cancelled).
+    A generation cancelled by the server (shutting down) is a 503."""
     collect = asyncio.ensure_future(gen.text())
     gone = asyncio.ensure_future(until_disconnect(request))
     try:
@@ -69,7 +70,7 @@ async def run_to_end(request: Request, gen: Generation) -> str | None:
     try:
         return collect.result()
     except Cancelled:
-        return None
+        raise SHUTTING_DOWN from None
     except Exception as exc:
         raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from exc
 
@@ -94,7 +95,9 @@ async def event_stream(
         try:
             async for piece in gen.pieces():
                 yield sse(chunk(piece))
-        except Cancelled:
+        except Cancelled:  # by the server: the client's own disconnect cancels this generator instead
+            yield sse(s.error_body(SHUTTING_DOWN.message, SHUTTING_DOWN.type, code=SHUTTING_DOWN.code))
+            yield sse("[DONE]")
             return
         except Exception as exc:  # noqa: BLE001  (any failure is reported in the stream; the server goes on)
             yield sse(s.error_body(f"generation failed: {type(exc).__name__}: {exc}", "server_error"))

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sys
+import threading
 
 from ..errors import ParadecError
 
@@ -132,6 +133,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if not is_loopback(args.host) and not args.api_key:
         print("paradec serve: warning: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=3))
-    server.run(sockets=[sock])
+    engine = app.state.engine
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # End the generations first, so that open streams finish (with an error event) and
+            # their connections close; uvicorn then shuts down without waiting for them.
+            threading.Thread(target=engine.close, daemon=True).start()
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)).run(sockets=[sock])
     return 0

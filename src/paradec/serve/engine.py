@@ -19,9 +19,10 @@ from ..errors import ParadecError
 from ..model import Model
 from . import schemas as s
 from .errors import APIError
-from .worker import Generation, QueueFull, Worker
+from .worker import Closed, Generation, QueueFull, Worker
 
 MAX_DRAFTERS = 8  # drafters kept for reuse, least recently used dropped first
+SHUTTING_DOWN = APIError(503, "the server is shutting down", "server_error", code="shutting_down")
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class Engine:
         return Prepared(pieces, len(ids), drafter.name)
 
     def start(self, prepared: Prepared) -> Generation:
-        """Queue a prepared request; 429 when the queue is full."""
+        """Queue a prepared request; 429 when the queue is full, 503 when shutting down."""
         try:
             return Generation(self.worker, prepared.pieces)
         except QueueFull as exc:
@@ -122,6 +123,8 @@ class Engine:
                 code="queue_full",
                 headers={"Retry-After": "1"},
             ) from exc
+        except Closed as exc:
+            raise SHUTTING_DOWN from exc
 
     def drafter(self, field: s.ParadecField | None) -> Drafter:
         """The request's method (or the server's) with its options, as a drafter."""

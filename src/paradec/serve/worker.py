@@ -27,6 +27,10 @@ class QueueFull(Exception):
     """Every slot (the running job plus ``max_queue`` waiting ones) is taken."""
 
 
+class Closed(Exception):
+    """The worker is shutting down and takes no more jobs."""
+
+
 class Job:
     """A submitted unit of work; ``cancel()`` asks it to stop (or not to start) as soon as it can."""
 
@@ -72,11 +76,11 @@ class Worker:
             return self._admitted - self.running
 
     def submit(self, fn: JobFn) -> Job:
-        """Queue ``fn(cancelled_event)``; raise ``QueueFull`` when every slot is taken."""
+        """Queue ``fn(cancelled_event)``; raise ``QueueFull`` when every slot is taken, ``Closed`` after ``close``."""
         job = Job(fn)
         with self._lock:
             if self._closed:
-                raise QueueFull("the server is shutting down")
+                raise Closed("the server is shutting down")
             if self._admitted >= self.capacity:
                 raise QueueFull(f"{self._admitted} requests are running or waiting (limit {self.capacity})")
             self._admitted += 1
