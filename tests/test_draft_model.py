@@ -128,9 +128,9 @@ def test_draft_spec_string_loads_through_paradec_load(pair, monkeypatch):
 def test_real_model_greedy_equals_plain(smollm2):
     """SmolLM2 drafting for itself in float32 (its only same-vocabulary draft), chain and tree."""
     prompt = "def add(a, b):\n"
-    truth = paradec.generate(smollm2, prompt, "plain", max_new_tokens=12).token_ids
+    truth = paradec.generate(smollm2, prompt, "plain", max_new_tokens=10).token_ids
     for options in (dict(), dict(tree_nodes=8, branch_below=0.9)):
-        result = paradec.generate(smollm2, prompt, "draft", max_new_tokens=12, method_options=dict(draft=smollm2, **options))
+        result = paradec.generate(smollm2, prompt, "draft", max_new_tokens=10, method_options=dict(draft=smollm2, **options))
         assert result.token_ids == truth
         assert result.stats.mean_accepted_length > 2  # a perfect draft is accepted
 
