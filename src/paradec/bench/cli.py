@@ -66,8 +66,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--draft", metavar="MODEL", help="draft model for methods that take one, and for the hf-assisted peer")
     p.add_argument("--categories", default=DEFAULT_CATEGORIES, metavar="A,B",
                    help="task categories (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
-                   help="prompts per category, a fixed seeded subset (default: %(default)s)")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help=f"prompts per category, a fixed seeded subset (default: {DEFAULT_LIMIT}; with --questions: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset (default: %(default)s)")
     p.add_argument("--questions", metavar="PATH",
                    help='your own prompts in Spec-Bench\'s question.jsonl format ({"question_id", "category", "turns": [...]}) '
@@ -103,7 +103,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 def _validate(args: argparse.Namespace) -> None:
     for name in ("limit", "max_new_tokens", "repeats", "threads"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ParadecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
 
 
@@ -111,6 +111,7 @@ class RichProgress:
     """The run's progress bar (rich), one step per timed generation."""
 
     def __init__(self, console):
+        self.console, self.done, self.total = console, 0, 0
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.bar = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
@@ -118,12 +119,16 @@ class RichProgress:
         self.task = None
 
     def start(self, total: int) -> None:
+        self.total = total
         self.task = self.bar.add_task("benchmark", total=total)
 
     def describe(self, text: str) -> None:
         self.bar.update(self.task, description=text[:40])
+        if not self.console.is_terminal:  # a log file gets one line per generation instead of a live bar
+            self.console.print(f"[{self.done + 1}/{self.total}] {text}", highlight=False)
 
     def advance(self) -> None:
+        self.done += 1
         self.bar.advance(self.task)
 
 
@@ -160,7 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.questions:
         prompts = data.load_questions(args.questions, categories if explicit_categories else None, args.limit)
     else:
-        prompts = data.load_prompts(categories, args.limit, args.seed)
+        prompts = data.load_prompts(categories, args.limit or DEFAULT_LIMIT, args.seed)
     categories = list(dict.fromkeys(p.category for p in prompts))
     names = runner.resolve_methods(args.methods, args.draft)
     unknown = set(options) - set(METHODS)
@@ -186,7 +191,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     meta = {"command": command_line(args),
             "model": args.model, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-            "limit": args.limit, "seed": args.seed, "prompts": len(prompts), "questions": args.questions,
+            "limit": args.limit or (None if args.questions else DEFAULT_LIMIT), "seed": args.seed, "prompts": len(prompts), "questions": args.questions,
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "methods": [c.name for c in contenders], **runner.machine_info(args.threads)}
     outcome.meta = meta
