@@ -3,7 +3,7 @@
 One forward pass carries two branches (layout of the llama.cpp example, W = 4, N = 3)::
 
     lookahead branch (aux rows, never verified): N - 1 levels of W tokens
-        level 0:  root  a1  a2  a3          offsets 0 1 2 3   (column 0 of level 0 *is* the root)
+        level 0:  root  a1  a2  a3          offsets 0 1 2 3   (the root's row stands for a0)
         level 1:  b0    b1  b2  b3          offsets 1 2 3 4
         column i reads root, a1..ai, then the column's own tokens upwards (b_i at offset i + 1):
         one causal sequence per column, so the last level's row i predicts the token at offset i + N - 1.
@@ -91,7 +91,7 @@ class LookaheadDrafter(Drafter):
         self.pool = NGramPool(c.ngram, c.guesses)
         rng = random.Random(c.seed)
         source = list(prompt_ids) or [0]
-        # levels[j][i]: the window's token at level j, column i (levels[0][0] stands for the root)
+        # levels[j][i]: the window's token at level j, column i
         self.levels = [[rng.choice(source) for _ in range(c.window)] for _ in range(c.ngram - 1)]
         self.pooled = 0 if c.pool_from_context else None  # how many context tokens were pooled
 
@@ -100,9 +100,9 @@ class LookaheadDrafter(Drafter):
         if self.pooled is not None:
             self.pool.add_sequence(ctx.tokens, self.pooled)
             self.pooled = len(ctx.tokens)
-        root = ctx.tokens[-1]
-        self.levels[0][0] = root
-        tokens, parents = trie(self.pool.lookup(root, c.guesses))
+        # the root takes the block row of level 0, column 0; levels[0][0] keeps the token that
+        # column 0 was refined from, so that column 0's n-gram stays a chain of predictions
+        tokens, parents = trie(self.pool.lookup(ctx.tokens[-1], c.guesses))
         cells, offsets, mask, _ = lookahead_layout(c.window, c.ngram)
         return Draft(tokens=tokens, parents=parents, aux_tokens=[self.levels[j][i] for j, i in cells],
                      aux_offsets=list(offsets), aux_mask=mask)

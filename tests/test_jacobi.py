@@ -1,0 +1,218 @@
+"""Jacobi decoding: convergence on scripted models, exactness vs plain greedy, sampling distribution."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+import paradec
+from paradec.drafters.base import StepContext, make_drafter
+from paradec.drafters.jacobi import JacobiConfig, JacobiDrafter
+from paradec.errors import ParadecError
+from paradec.sampling import SamplingParams, target_probs
+from paradec.tree import Draft, block_mask
+from paradec.verify import verify_greedy
+
+from conftest import tiny_model
+
+V = 50  # vocabulary of the scripted models
+
+
+# --- a scripted target: the "model" is a Python function of the visible sequence -------------------
+
+def scripted_logits(context: list[int], draft: Draft, next_token) -> torch.Tensor:
+    """Logits (block, V) of a fake model: each block row sees the committed context and the block rows
+    its mask allows (in row order, which is position order for chains and lookahead columns)."""
+    block = [context[-1]] + draft.tokens + draft.aux_tokens
+    mask = block_mask(draft)
+    rows = []
+    for r in range(len(block)):
+        seen = context[:-1] + [block[c] for c in range(len(block)) if mask[r, c]]
+        row = torch.full((V,), -1.0, dtype=torch.float64)
+        row[next_token(seen)] = 1.0
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def scripted_run(drafter, next_token, prompt: list[int], n: int) -> tuple[list[int], list[Draft], list[int]]:
+    """Greedy decoding of n tokens through propose → fake forward → verify → observe.
+
+    Returns (generated tokens, drafts, accepted length per step)."""
+    params = SamplingParams()
+    tokens = list(prompt) + [next_token(list(prompt))]  # the prefill's token
+    drafter.begin(list(prompt), params)
+    drafts, accepted = [], []
+    while len(tokens) - len(prompt) < n:
+        draft = drafter.propose(StepContext(tokens, len(prompt), 10**6, params, None))
+        logits = scripted_logits(tokens, draft, next_token)
+        verdict = verify_greedy(draft, logits)
+        drafter.observe(draft, logits, verdict)
+        tokens += verdict.tokens
+        drafts.append(draft)
+        accepted.append(len(verdict.accepted))
+    return tokens[len(prompt) :][:n], drafts, accepted
+
+
+def autoregressive(next_token, prompt: list[int], n: int) -> list[int]:
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(next_token(seq))
+    return seq[len(prompt) :]
+
+
+def markov(seq):  # the next token depends on the previous one only
+    return (seq[-1] * 7 + 3) % V
+
+
+def by_position(seq):  # the next token depends on its position only: Jacobi's best case
+    return (len(seq) * 13) % V
+
+
+def whole_prefix(seq):  # the next token depends on everything: Jacobi rarely converges
+    return hash(tuple(seq)) % V
+
+
+# --- pure parts -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [dict(window=0), dict(window=65), dict(window=2.5), dict(patience=-1), dict(pause=-2)])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        JacobiConfig(**bad)
+    with pytest.raises(ParadecError):
+        make_drafter("jacobi", None, **bad)
+
+
+@pytest.mark.parametrize("fn", [markov, by_position, whole_prefix])
+@pytest.mark.parametrize("window", [1, 3, 6])
+def test_scripted_output_equals_autoregressive(fn, window):
+    prompt = [3, 17, 8]
+    out, _, _ = scripted_run(JacobiDrafter(None, JacobiConfig(window=window)), fn, prompt, 40)
+    assert out == autoregressive(fn, prompt, 40)
+
+
+def test_converges_in_one_iteration_when_tokens_depend_on_position_only():
+    """Every guess is refined to its fixed point in one pass, so the next pass accepts the whole
+    window; after a full acceptance the window restarts from padding (nothing lies beyond it)."""
+    k = 5
+    _, drafts, accepted = scripted_run(JacobiDrafter(None, JacobiConfig(window=k)), by_position, [1, 2], 60)
+    assert accepted[1::2] == [k] * len(accepted[1::2])  # refined windows: fully converged
+    assert all(len(d) == k for d in drafts)
+
+
+def test_refined_window_is_the_rows_after_the_bonus():
+    """Step 2's window = the step-1 predictions of the rows after the accepted prefix and bonus."""
+    k = 4
+    drafter = JacobiDrafter(None, JacobiConfig(window=k))
+    prompt = [5, 6]
+    tokens = prompt + [markov(prompt)]
+    params = SamplingParams()
+    drafter.begin(prompt, params)
+    d1 = drafter.propose(StepContext(tokens, 2, 100, params, None))
+    assert d1.tokens == [tokens[-1]] * k  # no iterate yet: padding repeats the root
+    logits = scripted_logits(tokens, d1, markov)
+    verdict = verify_greedy(d1, logits)
+    drafter.observe(d1, logits, verdict)
+    m = len(verdict.accepted)
+    d2 = drafter.propose(StepContext(tokens + verdict.tokens, 2, 100, params, None))
+    refined = logits[m + 1 : k + 1].argmax(-1).tolist()
+    assert d2.tokens[: len(refined)] == refined and len(d2) == k
+
+
+def test_pauses_after_patience_misses_then_restarts():
+    drafter = JacobiDrafter(None, JacobiConfig(window=3, patience=2, pause=3))
+    _, drafts, accepted = scripted_run(drafter, whole_prefix, [9, 4, 11], 30)
+    sizes = [len(d) for d in drafts]
+    assert accepted[:10] == [0] * 10  # the premise: this model defeats Jacobi
+    assert sizes[:10] == [3, 3, 0, 0, 0, 3, 3, 0, 0, 0]
+
+
+# --- exactness against plain greedy -----------------------------------------------------------------
+
+@pytest.mark.parametrize("arch,seed", [("llama", 3), ("qwen2", 4)])
+def test_greedy_matches_plain_on_tiny_models(arch, seed):
+    model = tiny_model(arch, seed=seed)
+    rng = random.Random(seed)
+    for _ in range(2):
+        prompt = [rng.randrange(3, 96) for _ in range(rng.randrange(1, 12))]
+        plain = paradec.generate(model, prompt, "plain", max_new_tokens=40).token_ids
+        for options in (dict(window=1), dict(window=5), dict(window=3, patience=1, pause=2)):
+            out = paradec.generate(model, prompt, "jacobi", max_new_tokens=40, method_options=options).token_ids
+            assert out == plain, options
+
+
+@pytest.mark.parametrize("prompt", ["The capital of France is", "def fibonacci(n):"])
+def test_greedy_matches_plain_on_smollm2(smollm2, prompt):
+    plain = paradec.generate(smollm2, prompt, "plain", max_new_tokens=24)
+    out = paradec.generate(smollm2, prompt, "jacobi", max_new_tokens=24, method_options=dict(window=4))
+    assert out.token_ids == plain.token_ids
+    assert out.stats.forward_passes <= plain.stats.forward_passes
+
+
+# --- sampling keeps the distribution ----------------------------------------------------------------
+
+SV = 16  # vocabulary of the sampling model
+PROMPT = [4, 9, 7]
+RUNS = 2500
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    m = tiny_model("llama", seed=5, vocab=SV)
+    m.hf_model.config.initializer_range = 0.3  # some confident and some flat rows
+    torch.manual_seed(5)
+    m.hf_model.apply(m.hf_model._init_weights)
+    return m
+
+
+class PointMassJacobi(JacobiDrafter):
+    """Negative control: samples its guesses like SJD but tells verification they were chosen
+    deterministically (no ``q``), which over-accepts them and must bias the output."""
+
+    def propose(self, ctx):
+        d = super().propose(ctx)
+        return Draft.chain(d.tokens)
+
+
+def exact_pair(model, params) -> torch.Tensor:
+    """p(t2, t3): the 2nd and 3rd generated tokens, the first two decided by verification, (SV, SV)."""
+    with torch.inference_mode():
+        hf = model.hf_model
+        p1 = target_probs(hf(torch.tensor([PROMPT])).logits[0, -1], params)  # (SV,)
+        firsts = torch.tensor([PROMPT + [a] for a in range(SV)])
+        p2 = target_probs(hf(firsts).logits[:, -1], params)  # (SV, SV): t1 → t2
+        pairs = torch.tensor([PROMPT + [a, b] for a in range(SV) for b in range(SV)])
+        p3 = target_probs(hf(pairs).logits[:, -1], params).view(SV, SV, SV)  # t1, t2 → t3
+    return (p1[:, None, None] * p2[:, :, None] * p3).sum(0)
+
+
+def empirical_pair(model, drafter, params) -> torch.Tensor:
+    counts = torch.zeros(SV, SV, dtype=torch.float64)
+    for seed in range(RUNS):
+        ids = paradec.generate(model, PROMPT, drafter, max_new_tokens=3, temperature=params.temperature,
+                               top_k=params.top_k, seed=seed).token_ids
+        counts[ids[1], ids[2]] += 1
+    return counts / RUNS
+
+
+def tv_threshold(p: torch.Tensor) -> float:
+    """Twice the expected TV distance between p and the empirical distribution of RUNS draws."""
+    return 2 * 0.5 * sum(math.sqrt(2 * x * (1 - x) / (math.pi * RUNS)) for x in p.flatten().tolist())
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0), SamplingParams(temperature=0.8, top_k=6)])
+def test_sampling_keeps_the_distribution(small_model, params):
+    """Step 1 verifies padding guesses (point masses); step 2 verifies guesses drawn from step-1 rows
+    with their q (SJD). Tokens 2-3 therefore go through both acceptance rules."""
+    p = exact_pair(small_model, params)
+    tv = 0.5 * (empirical_pair(small_model, JacobiDrafter(small_model, JacobiConfig(window=3)), params) - p).abs().sum().item()
+    assert tv < tv_threshold(p), f"TV {tv:.4f} vs threshold {tv_threshold(p):.4f}"
+
+
+def test_negative_control_detects_a_missing_q(small_model):
+    params = SamplingParams(temperature=1.0)
+    p = exact_pair(small_model, params)
+    tv = 0.5 * (empirical_pair(small_model, PointMassJacobi(small_model, JacobiConfig(window=3)), params) - p).abs().sum().item()
+    assert tv > tv_threshold(p), f"TV {tv:.4f} should exceed {tv_threshold(p):.4f}"

@@ -1,0 +1,165 @@
+"""Lookahead decoding: n-gram pool, trie, window layout, harvest on a scripted model, exactness."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import paradec
+from paradec.drafters.base import make_drafter
+from paradec.drafters.lookahead import LookaheadConfig, LookaheadDrafter, lookahead_layout
+from paradec.drafters.ngram_pool import NGramPool, trie
+from paradec.errors import ParadecError
+from paradec.tree import Draft, block_mask, block_positions
+
+from conftest import tiny_model
+from test_jacobi import autoregressive, by_position, markov, scripted_run, whole_prefix
+
+
+# --- the pool and the trie --------------------------------------------------------------------------
+
+def test_pool_lookup_is_most_recent_first_and_bounded():
+    pool = NGramPool(n=3, capacity=2)
+    pool.add_sequence([5, 6, 7, 5, 6, 8])  # 567 675 756 568
+    assert pool.lookup(5) == [(6, 8), (6, 7)]
+    assert pool.lookup(6) == [(7, 5)] and pool.lookup(7) == [(5, 6)]
+    assert pool.lookup(9) == [] and len(pool) == 4
+    pool.add([5, 6, 7])  # seen again: back to the front
+    assert pool.lookup(5) == [(6, 7), (6, 8)]
+    pool.add([5, 1, 1])  # capacity 2: the least recently seen (6, 8) is forgotten
+    assert pool.lookup(5) == [(1, 1), (6, 7)]
+    assert pool.lookup(5, limit=1) == [(1, 1)]
+
+
+def test_pool_add_sequence_from_an_index_and_overlapping_ngrams():
+    pool = NGramPool(n=2, capacity=4)
+    pool.add_sequence([1, 1, 1, 2], start=3)  # only the 2-gram ending at index 3
+    assert pool.lookup(1) == [(2,)]
+    pool.add_sequence([1, 1, 1, 2])  # overlapping 11, 11 are one entry
+    assert pool.lookup(1) == [(2,), (1,)]
+    pool.add_sequence([4])  # shorter than n: nothing
+    assert pool.lookup(4) == []
+
+
+def test_pool_rejects_bad_sizes():
+    with pytest.raises(ValueError):
+        NGramPool(n=1, capacity=3)
+    with pytest.raises(ValueError):
+        NGramPool(n=3, capacity=0)
+    with pytest.raises(ValueError):
+        NGramPool(n=3, capacity=2).add([1, 2])
+
+
+def test_trie_merges_shared_prefixes_in_order():
+    tokens, parents = trie([(6, 8, 1), (6, 7, 2), (9, 9, 9), (6, 8, 3)])
+    assert tokens == [6, 8, 1, 7, 2, 9, 9, 9, 3]
+    assert parents == [-1, 0, 1, 0, 3, -1, 5, 6, 1]
+    assert trie([]) == ([], [])
+
+
+# --- the lookahead branch's layout ------------------------------------------------------------------
+
+def test_layout_w4_n3_matches_the_hand_drawn_window():
+    cells, offsets, mask, top = lookahead_layout(4, 3)
+    assert cells == ((0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3))
+    assert offsets == (1, 2, 3, 1, 2, 3, 4)
+    # columns of [root, a1, a2, a3, b0, b1, b2, b3]
+    expected = [
+        [1, 1, 0, 0, 0, 0, 0, 0],  # a1: root a1
+        [1, 1, 1, 0, 0, 0, 0, 0],  # a2: root a1 a2
+        [1, 1, 1, 1, 0, 0, 0, 0],  # a3
+        [1, 0, 0, 0, 1, 0, 0, 0],  # b0: root b0
+        [1, 1, 0, 0, 0, 1, 0, 0],  # b1: root a1 b1
+        [1, 1, 1, 0, 0, 0, 1, 0],  # b2: root a1 a2 b2
+        [1, 1, 1, 1, 0, 0, 0, 1],  # b3
+    ]
+    assert mask.int().tolist() == expected
+    assert top == (3, 4, 5, 6)
+
+
+@pytest.mark.parametrize("W,N", [(1, 2), (3, 2), (4, 3), (5, 4), (2, 5)])
+def test_every_window_row_reads_one_contiguous_causal_sequence(W, N):
+    """Each aux row sees exactly one token at each position 0..its own (root included)."""
+    cells, offsets, mask, top = lookahead_layout(W, N)
+    draft = Draft(tokens=[7, 8], parents=[-1, 0], aux_tokens=[0] * len(cells), aux_offsets=list(offsets), aux_mask=mask)
+    full, pos = block_mask(draft), block_positions(draft)
+    assert len(cells) == W * (N - 1) - 1
+    for r in range(3, draft.block_size):
+        seen = [pos[c] for c in range(draft.block_size) if full[r, c]]
+        assert seen == list(range(pos[r] + 1)), (r, seen)
+        assert not full[r, 1:3].any()  # the window never sees the verified tree
+    assert all(offsets[t] == N - 2 + i for i, t in enumerate(top) if t >= 0)
+    assert (top[0] == -1) == (N == 2)
+
+
+@pytest.mark.parametrize("bad", [dict(window=0), dict(ngram=1), dict(ngram=17), dict(guesses=0), dict(pool_from_context=1), dict(seed="x")])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        LookaheadConfig(**bad)
+    with pytest.raises(ParadecError):
+        make_drafter("lookahead", None, **bad)
+
+
+# --- behaviour on scripted models -------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn", [markov, by_position, whole_prefix])
+@pytest.mark.parametrize("W,N,G", [(1, 2, 1), (4, 3, 2), (5, 4, 3)])
+def test_scripted_output_equals_autoregressive(fn, W, N, G):
+    prompt = [3, 17, 8]
+    drafter = LookaheadDrafter(None, LookaheadConfig(window=W, ngram=N, guesses=G, pool_from_context=False))
+    out, _, _ = scripted_run(drafter, fn, prompt, 50)
+    assert out == autoregressive(fn, prompt, 50)
+
+
+@pytest.mark.parametrize("W,N", [(5, 3), (4, 4)])
+def test_window_harvests_true_ngrams_of_a_markov_model(W, N):
+    """For a model whose next token depends on the previous one only, each column of the window
+    becomes a chain of true predictions after N - 1 warm-up steps, so the harvested n-grams are
+    true, and once the root's n-gram is pooled a step accepts all N - 1 drafted tokens. No context
+    pooling: the window alone must find them. The prompt lies on one cycle of the model (8 9 16 15),
+    so the window (initialised from the prompt) explores that cycle."""
+    cycle = [8, 9, 16, 15]
+    drafter = LookaheadDrafter(None, LookaheadConfig(window=W, ngram=N, guesses=2, pool_from_context=False))
+    _, drafts, accepted = scripted_run(drafter, markov, cycle, 60)
+    assert accepted[-5:] == [N - 1] * 5
+    for key in cycle:  # the newest n-gram of every key is true
+        assert list(drafter.pool.lookup(key)[0]) == autoregressive(markov, [key], N - 1)
+
+
+def test_context_pool_drafts_a_repeated_phrase_without_the_window():
+    """``pool_from_context`` pools the prompt's n-grams: a model that copies the prompt is drafted
+    from the first step."""
+    prompt = [5, 9, 2, 7, 4, 1, 3, 8]
+
+    def copy_prompt(seq):  # continues by cycling through the prompt
+        return prompt[(len(seq)) % len(prompt)]
+
+    drafter = LookaheadDrafter(None, LookaheadConfig(window=2, ngram=4, guesses=1, pool_from_context=True))
+    out, _, accepted = scripted_run(drafter, copy_prompt, prompt, 24)
+    assert out == autoregressive(copy_prompt, prompt, 24)
+    assert accepted[0] == 3
+
+
+# --- exactness against plain greedy -----------------------------------------------------------------
+
+@pytest.mark.parametrize("arch,seed", [("llama", 3), ("qwen2", 4)])
+def test_greedy_matches_plain_on_tiny_models(arch, seed):
+    model = tiny_model(arch, seed=seed)
+    rng = random.Random(seed)
+    for _ in range(2):
+        prompt = [rng.randrange(3, 96) for _ in range(rng.randrange(1, 12))]
+        plain = paradec.generate(model, prompt, "plain", max_new_tokens=48)
+        for options in (dict(window=1, ngram=2, guesses=1), dict(), dict(window=5, ngram=4, guesses=4, pool_from_context=False)):
+            out = paradec.generate(model, prompt, "lookahead", max_new_tokens=48, method_options=options)
+            assert out.token_ids == plain.token_ids, options
+            assert out.stats.forward_passes <= plain.stats.forward_passes
+
+
+@pytest.mark.parametrize("prompt", ["The capital of France is", "List the days of the week: Monday, Tuesday,"])
+def test_greedy_matches_plain_on_smollm2(smollm2, prompt):
+    plain = paradec.generate(smollm2, prompt, "plain", max_new_tokens=24)
+    out = paradec.generate(smollm2, prompt, "lookahead", max_new_tokens=24)
+    assert out.token_ids == plain.token_ids
+    assert out.stats.forward_passes <= plain.stats.forward_passes
