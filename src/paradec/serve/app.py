@@ -143,6 +143,7 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
         }
 
     async def respond(request: Request, req: s.GenerationRequest, prompt: Any, chat: bool, default: int | None):
+        engine.check_capacity()
         prepared = await run_in_threadpool(engine.prepare, req, prompt, chat, default)
         gen = engine.start(prepared)
         if req.stream:

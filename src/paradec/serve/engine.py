@@ -116,15 +116,24 @@ class Engine:
         try:
             return Generation(self.worker, prepared.pieces)
         except QueueFull as exc:
-            raise APIError(
-                429,
-                f"the server is busy ({exc}); retry later",
-                "rate_limit_error",
-                code="queue_full",
-                headers={"Retry-After": "1"},
-            ) from exc
+            raise self.busy(str(exc)) from exc
         except Closed as exc:
             raise SHUTTING_DOWN from exc
+
+    def check_capacity(self) -> None:
+        """Refuse early (before tokenizing) when the queue is already full; ``start`` decides for sure."""
+        if self.worker.full:
+            raise self.busy(f"{self.worker.capacity} requests are running or waiting")
+
+    @staticmethod
+    def busy(why: str) -> APIError:
+        return APIError(
+            429,
+            f"the server is busy ({why}); retry later",
+            "rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": "1"},
+        )
 
     def drafter(self, field: s.ParadecField | None) -> Drafter:
         """The request's method (or the server's) with its options, as a drafter."""

@@ -75,6 +75,11 @@ class Worker:
         with self._lock:
             return self._admitted - self.running
 
+    @property
+    def full(self) -> bool:
+        with self._lock:
+            return self._admitted >= self.capacity
+
     def submit(self, fn: JobFn) -> Job:
         """Queue ``fn(cancelled_event)``; raise ``QueueFull`` when every slot is taken, ``Closed`` after ``close``."""
         job = Job(fn)
