@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from ..drafters import METHODS
 from ..model import Model
 from . import schemas as s
-from .engine import SHUTTING_DOWN, Engine, Prepared, ServeConfig
+from .engine import Engine, Prepared, ServeConfig, shutting_down
 from .errors import APIError, RequireKey, install_error_handlers
 from .worker import Cancelled, Generation
 
@@ -70,7 +70,7 @@ async def run_to_end(request: Request, gen: Generation) -> str | None:
     try:
         return collect.result()
     except Cancelled:
-        raise SHUTTING_DOWN from None
+        raise shutting_down() from None
     except Exception as exc:
         raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from exc
 
@@ -96,7 +96,8 @@ async def event_stream(
             async for piece in gen.pieces():
                 yield sse(chunk(piece))
         except Cancelled:  # by the server: the client's own disconnect cancels this generator instead
-            yield sse(s.error_body(SHUTTING_DOWN.message, SHUTTING_DOWN.type, code=SHUTTING_DOWN.code))
+            err = shutting_down()
+            yield sse(s.error_body(err.message, err.type, code=err.code))
             yield sse("[DONE]")
             return
         except Exception as exc:  # noqa: BLE001  (any failure is reported in the stream; the server goes on)

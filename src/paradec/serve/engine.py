@@ -22,7 +22,10 @@ from .errors import APIError
 from .worker import Closed, Generation, QueueFull, Worker
 
 MAX_DRAFTERS = 8  # drafters kept for reuse, least recently used dropped first
-SHUTTING_DOWN = APIError(503, "the server is shutting down", "server_error", code="shutting_down")
+
+
+def shutting_down() -> APIError:
+    return APIError(503, "the server is shutting down", "server_error", code="shutting_down")
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class Engine:
         except QueueFull as exc:
             raise self.busy(str(exc)) from exc
         except Closed as exc:
-            raise SHUTTING_DOWN from exc
+            raise shutting_down() from exc
 
     def check_capacity(self) -> None:
         """Refuse early (before tokenizing) when the queue is already full; ``start`` decides for sure."""
