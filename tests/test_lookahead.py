@@ -94,7 +94,8 @@ def test_every_window_row_reads_one_contiguous_causal_sequence(W, N):
     assert (top[0] == -1) == (N == 2)
 
 
-@pytest.mark.parametrize("bad", [dict(window=0), dict(ngram=1), dict(ngram=17), dict(guesses=0), dict(pool_from_context=1), dict(seed="x")])
+@pytest.mark.parametrize("bad", [dict(window=0), dict(ngram=1), dict(ngram=17), dict(guesses=0), dict(pool_from_context=1),
+                                 dict(patience=-1), dict(pause=1.5), dict(seed="x")])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         LookaheadConfig(**bad)
@@ -128,6 +129,14 @@ def test_window_harvests_true_ngrams_of_a_markov_model(W, N):
         assert list(drafter.pool.lookup(key)[0]) == autoregressive(markov, [key], N - 1)
 
 
+def test_window_pauses_after_patience_misses():
+    drafter = LookaheadDrafter(None, LookaheadConfig(window=3, ngram=3, guesses=2, patience=2, pause=2,
+                                                     pool_from_context=False))
+    _, drafts, accepted = scripted_run(drafter, whole_prefix, [9, 4, 11], 30)
+    assert accepted[:8] == [0] * 8  # the premise: nothing is ever right
+    assert [bool(d.aux_tokens) for d in drafts[:8]] == [True, True, False, False, True, True, False, False]
+
+
 def test_context_pool_drafts_a_repeated_phrase_without_the_window():
     """``pool_from_context`` pools the prompt's n-grams: a model that copies the prompt is drafted
     from the first step."""
@@ -151,7 +160,8 @@ def test_greedy_matches_plain_on_tiny_models(arch, seed):
     for _ in range(2):
         prompt = [rng.randrange(3, 96) for _ in range(rng.randrange(1, 12))]
         plain = paradec.generate(model, prompt, "plain", max_new_tokens=48)
-        for options in (dict(window=1, ngram=2, guesses=1), dict(), dict(window=5, ngram=4, guesses=4, pool_from_context=False)):
+        for options in (dict(window=1, ngram=2, guesses=1), dict(), dict(window=5, ngram=4, guesses=4, pool_from_context=False),
+                        dict(patience=1, pause=2)):
             out = paradec.generate(model, prompt, "lookahead", max_new_tokens=48, method_options=options)
             assert out.token_ids == plain.token_ids, options
             assert out.stats.forward_passes <= plain.stats.forward_passes

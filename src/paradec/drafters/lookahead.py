@@ -38,6 +38,8 @@ class LookaheadConfig(DrafterConfig):
     ngram: int = 3  # N: n-gram size; the window keeps N - 1 levels, drafts are N - 1 tokens deep
     guesses: int = 3  # G: most pooled n-grams verified per step (also the pool's capacity per key)
     pool_from_context: bool = True  # also pool the n-grams of the prompt and the committed text
+    patience: int = 0  # steps in a row without an accepted token before the window pauses; 0 = never
+    pause: int = 0  # steps per pause: only pooled n-grams are drafted, the window is not run
     seed: int = 0  # initial window tokens are drawn from the prompt with this seed
 
     def __post_init__(self) -> None:
@@ -49,6 +51,10 @@ class LookaheadConfig(DrafterConfig):
             raise ValueError(f"guesses (G) must be an integer in [1, 64], got {self.guesses!r}")
         if not isinstance(self.pool_from_context, bool):
             raise ValueError(f"pool_from_context must be true or false, got {self.pool_from_context!r}")
+        for name in ("patience", "pause"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
@@ -94,6 +100,9 @@ class LookaheadDrafter(Drafter):
         # levels[j][i]: the window's token at level j, column i
         self.levels = [[rng.choice(source) for _ in range(c.window)] for _ in range(c.ngram - 1)]
         self.pooled = 0 if c.pool_from_context else None  # how many context tokens were pooled
+        self.misses = 0  # steps in a row that accepted nothing
+        self.paused = 0  # steps left in the current pause
+        self.window_sent = False  # whether the last draft carried the lookahead branch
 
     def propose(self, ctx: StepContext) -> Draft:
         c = self.config
@@ -103,6 +112,10 @@ class LookaheadDrafter(Drafter):
         # the root takes the block row of level 0, column 0; levels[0][0] keeps the token that
         # column 0 was refined from, so that column 0's n-gram stays a chain of predictions
         tokens, parents = trie(self.pool.lookup(ctx.tokens[-1], c.guesses))
+        self.window_sent = not self.paused
+        if self.paused:
+            self.paused -= 1
+            return Draft(tokens=tokens, parents=parents)
         cells, offsets, mask, _ = lookahead_layout(c.window, c.ngram)
         return Draft(tokens=tokens, parents=parents, aux_tokens=[self.levels[j][i] for j, i in cells],
                      aux_offsets=list(offsets), aux_mask=mask)
@@ -111,9 +124,12 @@ class LookaheadDrafter(Drafter):
         """logits: (block, vocab); the last level's rows refine the window."""
         c = self.config
         W, N = c.window, c.ngram
+        self.misses = 0 if verdict.accepted else self.misses + 1
+        if c.patience and c.pause and self.misses >= c.patience:
+            self.misses, self.paused = 0, c.pause
         cells, _, _, top = lookahead_layout(W, N)
-        if len(draft.aux_tokens) != len(cells):
-            return  # the loop cut the aux rows (no room left in the context window)
+        if not self.window_sent or len(draft.aux_tokens) != len(cells):
+            return  # paused, or the loop cut the aux rows (no room left in the context window)
         first_aux = 1 + len(draft.tokens)  # block row of aux row 0
         rows = [first_aux + r if r >= 0 else 0 for r in top]
         new = logits[rows].argmax(-1).tolist()  # (W,): the next Jacobi iterate of the top level

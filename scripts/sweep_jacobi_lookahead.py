@@ -1,0 +1,141 @@
+"""Sweep Jacobi and Lookahead settings on the embedded model; print Markdown tables.
+
+1. Cost model: the time of one forward over k new rows relative to one row, measured by
+   alternating k in random order many times and taking medians (robust to a shared machine).
+2. For each configuration, greedy decoding on an input-grounded prompt (summarise an XSum article)
+   and open-ended ones (a Natural Questions question, a QuAC dialogue turn): tokens per forward and
+   rows per forward (root + draft tree + lookahead window), both independent of machine load;
+   the *estimated* speedup tokens/forward ÷ cost(rows/forward); and the *measured* speedup against
+   plain decoding run on the same prompt just before (decode time only, prefill excluded), which
+   is noisy when the machine is shared (the load average is printed with it).
+
+    python scripts/sweep_jacobi_lookahead.py --dtype bfloat16 float32 --tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+
+import torch
+
+import paradec
+from paradec.api import encode_prompt
+from paradec.bench.data import load_prompts
+from paradec.drafters import Drafter, make_drafter
+
+CONFIGS = {
+    "jacobi": [dict(window=1), dict(window=4), dict(window=8), dict(window=4, patience=2, pause=6)],
+    "lookahead": [
+        dict(window=3, ngram=3, guesses=2),
+        dict(window=4, ngram=3, guesses=3),
+        dict(window=6, ngram=3, guesses=3),
+        dict(window=4, ngram=4, guesses=3),
+        dict(window=5, ngram=4, guesses=4),
+        dict(window=4, ngram=3, guesses=3, pool_from_context=False),
+        dict(window=4, ngram=3, guesses=3, patience=1, pause=3),
+    ],
+}
+
+
+class Counted(Drafter):
+    """Wraps a drafter to count the rows it makes the target read (root + tree + aux)."""
+
+    def __init__(self, inner: Drafter):
+        self.inner, self.name, self.rows, self.steps = inner, inner.name, 0, 0
+
+    def begin(self, prompt_ids, params):
+        self.inner.begin(prompt_ids, params)
+
+    def propose(self, ctx):
+        draft = self.inner.propose(ctx)
+        self.rows += draft.block_size
+        self.steps += 1
+        return draft
+
+    def observe(self, draft, logits, verdict):
+        self.inner.observe(draft, logits, verdict)
+
+
+def run(model, ids, method, options, tokens):
+    drafter = Counted(make_drafter(method, model, **options))
+    r = paradec.generate(model, ids, drafter, max_new_tokens=tokens)
+    return r, drafter.rows / max(drafter.steps, 1)
+
+
+def cost_model(model, ks=(1, 2, 4, 8, 12, 16, 24, 32), reps=7, context=300) -> dict[int, float]:
+    """Median time of a forward over k rows (causal block) divided by that over 1 row."""
+    target = model.target()
+    target.prefill([100 + i % 1000 for i in range(context)])
+    times: dict[int, list[float]] = {k: [] for k in ks}
+    order = random.Random(0)
+    for _ in range(reps):
+        for k in order.sample(list(ks), len(ks)):
+            mask = torch.tril(torch.ones(k, k, dtype=torch.bool))
+            start = time.perf_counter()
+            target.forward(list(range(500, 500 + k)), list(range(k)), mask)
+            times[k].append(time.perf_counter() - start)
+            target.commit([])
+    base = statistics.median(times[1])
+    return {k: statistics.median(v) / base for k, v in times.items()}
+
+
+def cost_of(costs: dict[int, float], rows: float) -> float:
+    """Linear interpolation of the cost model at a (mean) number of rows."""
+    ks = sorted(costs)
+    for a, b in zip(ks, ks[1:]):
+        if rows <= b:
+            return costs[a] + (costs[b] - costs[a]) * (max(rows, a) - a) / (b - a)
+    return costs[ks[-1]] * rows / ks[-1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtype", nargs="+", default=["bfloat16", "float32"])
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--methods", nargs="+", default=list(CONFIGS))
+    ap.add_argument("--only", type=int, nargs="*", help="indices into each method's config list")
+    ap.add_argument("--categories", nargs="+", default=["summarization", "qa", "multi_turn"])
+    ap.add_argument("--json", help="also append raw rows to this JSON-lines file")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+
+    prompts = load_prompts(args.categories, 1)
+    for dtype in args.dtype:
+        model = paradec.load("smollm2-135m", dtype=dtype)
+        costs = cost_model(model)
+        print(f"\n{dtype}: cost of a forward over k rows relative to 1 (load {os.getloadavg()[0]:.1f}): "
+              + ", ".join(f"{k}: {c:.2f}" for k, c in costs.items()))
+        print("\n| dtype | prompt | method | config | tokens/forward | rows/forward | est. speedup | measured | load |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for prompt in prompts:
+            ids = encode_prompt(model, [{"role": "user", "content": prompt.turns[0]}])
+            paradec.generate(model, ids, "plain", max_new_tokens=4)  # warm-up
+            for method in args.methods:
+                for i, options in enumerate(CONFIGS[method]):
+                    if args.only and i not in args.only:
+                        continue
+                    base = paradec.generate(model, ids, "plain", max_new_tokens=args.tokens)
+                    r, rows = run(model, ids, method, options, args.tokens)
+                    same = r.token_ids == base.token_ids
+                    tpf = r.stats.mean_accepted_length
+                    estimate = tpf / cost_of(costs, rows)
+                    measured = (base.stats.decode_time / len(base.token_ids)) / (r.stats.decode_time / len(r.token_ids))
+                    load = os.getloadavg()[0]
+                    cfg = ", ".join(f"{k}={v}" for k, v in options.items())
+                    flag = "" if same or dtype != "float32" else " (DIFF)"
+                    print(f"| {dtype} | {prompt.category} | {method} | {cfg} | {tpf:.2f} | {rows:.1f} | {estimate:.2f}x | "
+                          f"{measured:.2f}x{flag} | {load:.1f} |", flush=True)
+                    if args.json:
+                        with open(args.json, "a") as f:
+                            f.write(json.dumps(dict(dtype=dtype, prompt=prompt.id, method=method, options=options,
+                                                    tokens_per_forward=tpf, rows=rows, estimate=estimate,
+                                                    measured=measured, same=same, load=load, costs=costs)) + "\n")
+
+
+if __name__ == "__main__":
+    main()
