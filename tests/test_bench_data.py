@@ -45,7 +45,8 @@ def test_code_prompts_hold_the_function_stub():
 
 
 def test_rag_retrieves_the_relevant_passage_first():
-    assert data.bm25_top("do koalas eat eucalyptus leaves", ["Tea leaves.", "Koalas eat eucalyptus.", "Penguins."], 2) == [1, 0]
+    docs = ["Tea leaves.", "Koalas eat eucalyptus.", "Penguins."]
+    assert data.bm25_top("do koalas eat eucalyptus leaves", docs, 2) == [1, 0]
     for p in data.rag(ROOTS, 4, 0):
         question = p.turns[0].rsplit("Question: ", 1)[1].lower()
         first_doc = p.turns[0].split("Document [1] ", 1)[1].split("\n")[0].lower()

@@ -22,7 +22,8 @@ A, B = [1, 2, 3, 4, 5, 6], [7, 8, 9, 10]
 
 def records():
     return [
-        rec("plain", "qa-1", 2.0, A, 5, 0), rec("ngram", "qa-1", 1.0, A, 2, 3), rec("hf-generate", "qa-1", 2.2, A, 5, 0, kind="peer"),
+        rec("plain", "qa-1", 2.0, A, 5, 0), rec("ngram", "qa-1", 1.0, A, 2, 3),
+        rec("hf-generate", "qa-1", 2.2, A, 5, 0, kind="peer"),
         rec("plain", "code-1", 4.0, B, 3, 0, "code"), rec("ngram", "code-1", 1.0, [7, 8, 0, 10], 1, 2, "code"),
         rec("hf-generate", "code-1", 4.4, B, 3, 0, "code", kind="peer"),
     ]
@@ -82,7 +83,8 @@ def test_failed_turns_are_counted_and_left_out_of_the_ratio():
 
 
 def test_files_are_written_and_agree(tmp_path):
-    meta = {"model": "m", "dtype": "float32", "command": "paradec bench", "load_before": [0.1, 0.1, 0.1], "warnings": ["busy"]}
+    meta = {"model": "m", "dtype": "float32", "command": "paradec bench", "load_before": [0.1, 0.1, 0.1],
+            "warnings": ["busy"]}
     summary, paths = report.write_all(tmp_path, records(), ["plain", "ngram", "hf-generate"], ["qa", "code"], meta,
                                       {"lade": "not installed"})
     saved = json.loads(paths["json"].read_text())

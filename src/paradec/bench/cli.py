@@ -53,7 +53,8 @@ def add_parser(subparsers) -> None:
         description="Benchmark paradec's decoding methods against plain decoding and against peers "
                     "(transformers generate, prompt lookup, assisted generation, ...), on prompts built from real data.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m", help="built-in name, Hugging Face model directory or .gguf file (default: %(default)s)")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="built-in name, Hugging Face model directory or .gguf file (default: %(default)s)")
     p.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16", "float64"],
                    help="weights and compute dtype (default: %(default)s, where every lossless method must match plain "
                         "decoding token for token; bfloat16 is ~1.7x faster on CPU, but its batched and one-token kernels "
@@ -70,7 +71,8 @@ def add_parser(subparsers) -> None:
                    help=f"prompts per category, a fixed seeded subset (default: {DEFAULT_LIMIT}; with --questions: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset (default: %(default)s)")
     p.add_argument("--questions", metavar="PATH",
-                   help='your own prompts in Spec-Bench\'s question.jsonl format ({"question_id", "category", "turns": [...]}) '
+                   help="your own prompts in Spec-Bench's question.jsonl format "
+                        '({"question_id", "category", "turns": [...]}) '
                         "instead of the built-in data; --categories (if given) and --limit filter them")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
                    help="tokens generated per turn, the same for every contender (default: %(default)s)")
@@ -191,7 +193,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     meta = {"command": command_line(args),
             "model": args.model, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-            "limit": args.limit or (None if args.questions else DEFAULT_LIMIT), "seed": args.seed, "prompts": len(prompts), "questions": args.questions,
+            "limit": args.limit or (None if args.questions else DEFAULT_LIMIT), "seed": args.seed,
+            "prompts": len(prompts), "questions": args.questions,
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "methods": [c.name for c in contenders], **runner.machine_info(args.threads)}
     outcome.meta = meta

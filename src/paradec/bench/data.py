@@ -124,7 +124,8 @@ def code(roots, limit, seed) -> list[Prompt]:
     rows = read_jsonl(HUMANEVAL.locate(roots))
     chosen = pick(rows, "code", seed, limit, lambda r: bool(r.get("prompt")))
     return [Prompt(f"code-{r['task_id'].replace('/', '_')}", "code",
-                   (f"Complete the following Python function.\n\n```python\n{r['prompt'].rstrip()}\n```",), HUMANEVAL.label(i))
+                   (f"Complete the following Python function.\n\n```python\n{r['prompt'].rstrip()}\n```",),
+                   HUMANEVAL.label(i))
             for i, r in chosen]
 
 
@@ -237,7 +238,8 @@ def load_questions(path: str | Path, categories: Iterable[str] | None = None, li
                 row = json.loads(line)
                 turns = row["turns"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ParadecError(f"{path}:{n}: not a Spec-Bench question ({{\"question_id\", \"category\", \"turns\"}}): {exc}") from None
+                expected = '{"question_id", "category", "turns"}'
+                raise ParadecError(f"{path}:{n}: not a Spec-Bench question ({expected}): {exc}") from None
             if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t for t in turns):
                 raise ParadecError(f"{path}:{n}: 'turns' must be a non-empty list of strings")
             category = str(row.get("category", "questions"))

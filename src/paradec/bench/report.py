@@ -90,7 +90,8 @@ def _stats(method_turns: dict[tuple, list[dict]], plain_turns: dict[tuple, list[
         if checked:
             bad = [r for r in checked if not r[f"equal_{key}"]]
             out[f"exact_{key}"] = {"checked": len(checked), "mismatches": len(bad),
-                                  "first_divergence": [[r["prompt_id"], r["turn"], r["repeat"], r[f"diverge_{key}"]] for r in bad]}
+                                  "first_divergence": [[r["prompt_id"], r["turn"], r["repeat"], r[f"diverge_{key}"]]
+                                                       for r in bad]}
     return out
 
 
@@ -167,7 +168,8 @@ def markdown(summary: dict, categories: list[str], meta: dict, unavailable: dict
     lines += [f"Command: `{meta.get('command')}`", ""]
     lines += [f"- started {meta.get('started')}, {meta.get('prompts')} prompts ({', '.join(categories)}), "
               f"max_new_tokens {meta.get('max_new_tokens')}, repeats {meta.get('repeats')}, greedy, batch 1",
-              f"- {meta.get('threads')} threads on {meta.get('cpu_count')} CPUs ({meta.get('processor')}), torch {meta.get('torch')}",
+              f"- {meta.get('threads')} threads on {meta.get('cpu_count')} CPUs ({meta.get('processor')}), "
+              f"torch {meta.get('torch')}",
               f"- load average (1/5/15 min) before {meta.get('load_before')}, after {meta.get('load_after')}, "
               f"highest 1-min sample during the run {meta.get('load_max_1min')}"]
     lines += [f"- **warning:** {w}" for w in meta.get("warnings", [])]
@@ -177,7 +179,8 @@ def markdown(summary: dict, categories: list[str], meta: dict, unavailable: dict
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "## Per category", "", "| method | category | turns | tokens | seconds | tok/s | tokens/forward | forward passes | speedup |",
+    lines += ["", "## Per category", "",
+              "| method | category | turns | tokens | seconds | tok/s | tokens/forward | forward passes | speedup |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m, per in summary.items():
         for c in categories + [OVERALL]:
@@ -227,9 +230,11 @@ def write_all(outdir: Path, records: list[dict], methods: list[str], categories:
     outdir.mkdir(parents=True, exist_ok=True)
     summary = summarize(records, methods)
     paths = {"json": outdir / "results.json", "markdown": outdir / "report.md", "plot": outdir / "speedup.png"}
-    paths["json"].write_text(json.dumps({"meta": meta, "unavailable": unavailable, "summary": summary, "records": records}, indent=1))
+    everything = {"meta": meta, "unavailable": unavailable, "summary": summary, "records": records}
+    paths["json"].write_text(json.dumps(everything, indent=1))
     paths["markdown"].write_text(markdown(summary, categories, meta, unavailable))
-    title = f"{meta.get('model')} {meta.get('dtype')}, max_new_tokens {meta.get('max_new_tokens')}, load {meta.get('load_before')}"
+    title = (f"{meta.get('model')} {meta.get('dtype')}, max_new_tokens {meta.get('max_new_tokens')}, "
+             f"load before {meta.get('load_before')}")
     peers = {r["method"] for r in records if r.get("kind") == "peer"}
     plot(summary, categories, paths["plot"], title, peers)
     return summary, paths

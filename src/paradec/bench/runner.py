@@ -144,7 +144,8 @@ def warm_up(contenders: list[Contender], ids: list[int], outcome: Outcome) -> li
         try:
             c.run(ids, 8)
         except Exception as exc:  # a peer library may fail in any way; report it, keep benchmarking
-            outcome.unavailable[c.name] = f"failed on warm-up: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            outcome.unavailable[c.name] = f"failed on warm-up: {type(exc).__name__}: {first_line}"
             continue
         ready.append(c)
     return ready
