@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
