@@ -124,12 +124,12 @@ class LookaheadDrafter(Drafter):
         """logits: (block, vocab); the last level's rows refine the window."""
         c = self.config
         W, N = c.window, c.ngram
-        self.misses = 0 if verdict.accepted else self.misses + 1
-        if c.patience and c.pause and self.misses >= c.patience:
-            self.misses, self.paused = 0, c.pause
         cells, _, _, top = lookahead_layout(W, N)
         if not self.window_sent or len(draft.aux_tokens) != len(cells):
             return  # paused, or the loop cut the aux rows (no room left in the context window)
+        self.misses = 0 if verdict.accepted else self.misses + 1
+        if c.patience and c.pause and self.misses >= c.patience:
+            self.misses, self.paused = 0, c.pause
         first_aux = 1 + len(draft.tokens)  # block row of aux row 0
         rows = [first_aux + r if r >= 0 else 0 for r in top]
         new = logits[rows].argmax(-1).tolist()  # (W,): the next Jacobi iterate of the top level
