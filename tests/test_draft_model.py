@@ -234,4 +234,4 @@ def test_chi2_pvalue_helper_is_sane():
     p = torch.full((4,), 0.25, dtype=torch.float64)
     assert chi2_pvalue(torch.tensor([250.0, 250, 250, 250]), p) == pytest.approx(1.0)
     assert chi2_pvalue(torch.tensor([400.0, 200, 200, 200]), p) < 1e-10
-    assert math.isclose(chi2_pvalue(torch.tensor([260.0, 240, 250, 250]), p), 0.8013, abs_tol=1e-3)
+    assert math.isclose(chi2_pvalue(torch.tensor([260.0, 240, 250, 250]), p), 0.84947, abs_tol=1e-4)  # scipy.stats.chi2.sf(0.8, 3)
