@@ -62,8 +62,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--config", action="append", help="method [JSON options]; repeatable (default: the grid)")
     ap.add_argument("--categories", default=",".join(CATEGORIES))
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a heavily shared machine: "
+                    "2 threads stall each other there, 8x slower when we measured)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     configs = args.config or GRID
     model = paradec.load("smollm2-135m", dtype=args.dtype)
     prompts = load_prompts(args.categories.split(","), args.limit)
@@ -89,7 +91,7 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
             print(f"  {p.category:14s} {config:50s} {base.stats.tokens_per_second:5.1f} -> "
                   f"{res.stats.tokens_per_second:5.1f} tok/s, {res.stats.mean_accepted_length:.2f} tok/fwd", flush=True)
-    print(f"\n{args.dtype}, {len(prompts)} prompts, {args.max_new_tokens} new tokens max, "
+    print(f"\n{args.dtype}, {args.threads} thread(s), {len(prompts)} prompts, {args.max_new_tokens} new tokens max, "
           f"{time.time() - start:.0f} s, load average (1 min) {min(loads):.1f}-{max(loads):.1f}\n")
     print("| dtype | category | config | tokens/forward | speedup vs plain | exact |")
     print("| --- | --- | --- | ---: | ---: | --- |")

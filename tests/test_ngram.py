@@ -93,7 +93,7 @@ def test_config_rejects_bad_values(bad):
 
 
 def test_adaptive_depth_follows_acceptance():
-    drafter = NgramDrafter(None, NgramConfig(max_depth=8, min_depth=2))
+    drafter = NgramDrafter(None, NgramConfig(max_depth=8, min_depth=2, max_nodes=16))
     drafter.begin([1], SamplingParams())
     tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2]
     draft = drafter.propose(StepContext(tokens, 3, 100, SamplingParams(), None))

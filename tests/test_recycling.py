@@ -84,7 +84,8 @@ def test_seed_fills_only_unseen_rows_from_the_context_bigrams():
 
 
 @pytest.mark.parametrize("bad", [dict(k=0), dict(tree_size=0), dict(max_depth=-2), dict(lookup_branches=-1),
-                                 dict(persist=1), dict(seed_context="no"), dict(k=2.0)])
+                                 dict(persist=1), dict(seed_context="no"), dict(k=2.0),
+                                 dict(min_accept=-0.5)])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         RecyclingConfig(**bad)
@@ -93,7 +94,8 @@ def test_config_rejects_bad_values(bad):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-@pytest.mark.parametrize("options", [{}, {"tree_size": 30, "max_depth": 8, "seed_context": False}, {"lookup_branches": 2, "k": 3}])
+@pytest.mark.parametrize("options", [{}, {"tree_size": 30, "max_depth": 8, "seed_context": False, "lookup_branches": 0},
+                                     {"lookup_branches": 2, "k": 3, "min_accept": 0.8}])
 def test_greedy_matches_plain_on_tiny_models(arch, options):
     model = tiny_model(arch, seed=3)
     rng = random.Random(2)
@@ -186,7 +188,7 @@ def test_sampling_keeps_the_model_distribution():
     table, exact = exact_tables(tiny, prompt, 4, params)  # step 2 reads t1 t2 + a depth-2 tree
     model = TableModel(name="table", hf_model=tiny.hf_model, tokenizer=tiny.tokenizer, path=tiny.path)
     model.logits_of = table
-    drafter = RecyclingDrafter(model, RecyclingConfig(k=3, tree_size=6, max_depth=2))
+    drafter = RecyclingDrafter(model, RecyclingConfig(k=3, tree_size=6, max_depth=2, lookup_branches=0, min_accept=0.0))
     counts = torch.zeros(vocab * vocab, dtype=torch.float64)
     accepted = 0
     for seed in range(runs):

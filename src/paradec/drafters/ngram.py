@@ -15,7 +15,10 @@ or repeat themselves.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+import torch
 
 from ..tree import Draft, depths
 from .base import Drafter, DrafterConfig, StepContext, register
@@ -119,24 +122,30 @@ class NgramConfig(DrafterConfig):
     """max_n / min_n: longest and shortest suffix matched; max_depth: deepest draft (tokens per
     branch); min_depth: the depth the adaptive length never goes below; max_branches: distinct
     continuations in the tree; max_nodes: tree size cap (the forward's extra rows); adaptive: follow
-    recent acceptance (else always draft max_depth)."""
+    recent acceptance (else always draft max_depth). ``None`` = the measured default for the model's
+    dtype (``BY_DTYPE``): extra rows are nearly free in bfloat16 but not in float32."""
 
     max_n: int = 4
     min_n: int = 2
-    max_depth: int = 10
+    max_depth: int | None = None
     min_depth: int = 2
-    max_branches: int = 3
-    max_nodes: int = 16
+    max_branches: int = 2
+    max_nodes: int | None = None
     adaptive: bool = True
+
+    # dtype -> (max_depth, max_nodes), from docs/sweeps/ngram_recycling.md; other dtypes use float32's
+    BY_DTYPE = {torch.bfloat16: (10, 16), torch.float16: (10, 16), torch.float32: (4, 6)}
 
     def __post_init__(self) -> None:
         for name in ("max_n", "min_n", "max_depth", "min_depth", "max_branches", "max_nodes"):
             value = getattr(self, name)
+            if value is None and name in ("max_depth", "max_nodes"):
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.min_n > self.max_n:
             raise ValueError(f"min_n ({self.min_n}) must not exceed max_n ({self.max_n})")
-        if self.min_depth > self.max_depth:
+        if self.max_depth is not None and self.min_depth > self.max_depth:
             raise ValueError(f"min_depth ({self.min_depth}) must not exceed max_depth ({self.max_depth})")
         if not isinstance(self.adaptive, bool):
             raise ValueError(f"adaptive must be true or false, got {self.adaptive!r}")
@@ -149,7 +158,11 @@ class NgramDrafter(Drafter):
     Config = NgramConfig
 
     def __init__(self, model, config: NgramConfig | None = None):
-        super().__init__(model, config or NgramConfig())
+        config = config or NgramConfig()
+        depth, nodes = NgramConfig.BY_DTYPE.get(getattr(model, "dtype", None), NgramConfig.BY_DTYPE[torch.float32])
+        config = dataclasses.replace(config, max_depth=config.max_depth or max(depth, config.min_depth),
+                                     max_nodes=config.max_nodes or nodes)
+        super().__init__(model, config)
 
     def begin(self, prompt_ids: list[int], params) -> None:
         c = self.config

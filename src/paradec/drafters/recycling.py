@@ -14,6 +14,7 @@ tree first, which helps where the output copies its input.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from dataclasses import dataclass
 
@@ -104,21 +105,31 @@ class RecyclingConfig(DrafterConfig):
     (``tree_size`` nodes of highest prior, at most ``max_depth`` deep); persist: keep the table
     across generations of one drafter (the paper's hot start); seed_context: fill unseen rows from
     the prompt's bigrams; lookup_branches / lookup_depth: n-gram continuations of the context
-    grafted onto the tree first (0 = pure Token Recycling)."""
+    grafted onto the tree first (0 = pure Token Recycling). ``None`` = the measured default for the
+    model's dtype (``BY_DTYPE``): extra rows are nearly free in bfloat16 but not in float32."""
 
     k: int = 8
-    tree_size: int = 12
-    max_depth: int = 5
+    tree_size: int | None = None
+    max_depth: int | None = None
     persist: bool = True
     seed_context: bool = True
-    lookup_branches: int = 0
-    lookup_depth: int = 8
+    lookup_branches: int = 1
+    lookup_depth: int | None = None
+    min_accept: float | None = None
+
+    # dtype -> (tree_size, max_depth, lookup_depth, min_accept), from docs/sweeps/ngram_recycling.md
+    BY_DTYPE = {torch.bfloat16: (12, 5, 8, 0.0), torch.float16: (12, 5, 8, 0.0), torch.float32: (4, 3, 4, 0.3)}
+    PROBE_EVERY = 4  # while gated off, still draft every 4th step to notice when drafts turn good
 
     def __post_init__(self) -> None:
         for name, low in (("k", 1), ("tree_size", 1), ("max_depth", 1), ("lookup_branches", 0), ("lookup_depth", 1)):
             value = getattr(self, name)
+            if value is None and name in ("tree_size", "max_depth", "lookup_depth"):
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.min_accept is not None and not (isinstance(self.min_accept, (int, float)) and 0 <= self.min_accept):
+            raise ValueError(f"min_accept must be a number >= 0, got {self.min_accept!r}")
         for name in ("persist", "seed_context"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -131,7 +142,12 @@ class RecyclingDrafter(Drafter):
     Config = RecyclingConfig
 
     def __init__(self, model, config: RecyclingConfig | None = None):
-        super().__init__(model, config or RecyclingConfig())
+        config = config or RecyclingConfig()
+        size, depth, look, gate = RecyclingConfig.BY_DTYPE.get(getattr(model, "dtype", None), RecyclingConfig.BY_DTYPE[torch.float32])
+        config = dataclasses.replace(config, tree_size=config.tree_size or size, max_depth=config.max_depth or depth,
+                                     lookup_depth=config.lookup_depth or look,
+                                     min_accept=gate if config.min_accept is None else config.min_accept)
+        super().__init__(model, config)
         c = self.config
         self.template = static_tree(c.tree_size, c.k, c.max_depth)
         self.table: AdjacencyTable | None = None
@@ -144,6 +160,7 @@ class RecyclingDrafter(Drafter):
         if c.seed_context:
             self.table.seed(prompt_ids)
         self.index = NgramIndex(2, 4) if c.lookup_branches else None
+        self.accept_ema, self.skipped = 1.0, 0  # cost gate: recent accepted tokens per drafted step
 
     def propose(self, ctx: StepContext) -> Draft:
         c = self.config
@@ -154,10 +171,18 @@ class RecyclingDrafter(Drafter):
             lookup_trie = lookup(self.index, ctx.tokens, c.lookup_depth, c.lookup_branches, trie.max_nodes)
             for path in paths(lookup_trie.parents):
                 trie.add([lookup_trie.tokens[i] for i in path])
+        if len(trie) == 0 and self.accept_ema < c.min_accept and self.skipped < c.PROBE_EVERY - 1:
+            # Recycled drafts have been failing and extra rows are not free (float32): save the
+            # forward's extra cost; n-gram matches above are still drafted, being cheap to trust.
+            self.skipped += 1
+            return Draft()
+        self.skipped = 0
         self.table.bfs(self.root, self.template, trie)
         return trie.draft()
 
     def observe(self, draft: Draft, logits: torch.Tensor, verdict) -> None:
         n = 1 + len(draft.tokens)  # root + every node, accepted or not
         self.table.update([self.root] + draft.tokens, logits[:n])
+        if draft.tokens:
+            self.accept_ema = 0.8 * self.accept_ema + 0.2 * len(verdict.accepted)
 
