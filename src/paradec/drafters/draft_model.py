@@ -50,8 +50,9 @@ class DraftModelDrafter(TreeDrafter):
         check_same_vocab(self.model, self.draft_model)
         hf = self.draft_model.hf_model
 
-        def forward(ids, positions, mask, cache):  # (1, n), (1, n), (1, 1, n, past + n) -> (n, vocab)
-            out = hf(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache, use_cache=True)
+        def forward(ids, positions, mask, cache, last_only):  # (1, n), (1, n), (1, 1, n, past + n) -> (n | 1, vocab)
+            out = hf(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache, use_cache=True,
+                     logits_to_keep=1 if last_only else 0)
             return out.logits[0]
 
         max_length = int(getattr(hf.config.get_text_config(), "max_position_embeddings", 0) or 2**31)

@@ -21,8 +21,9 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-# (input_ids (1, n), position_ids (1, n), additive mask (1, 1, n, past + n), cache) -> logits (n, vocab)
-ForwardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, DynamicCache], torch.Tensor]
+# (input_ids (1, n), position_ids (1, n), additive mask (1, 1, n, past + n), cache, last_only)
+#   -> logits (n, vocab), or (1, vocab) for the last row only when last_only (a long prompt's rows are not needed)
+ForwardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, DynamicCache, bool], torch.Tensor]
 
 
 class DraftRunner:
@@ -60,7 +61,7 @@ class DraftRunner:
         self._keep(common, [])
         self.tokens = list(tokens[:common])
         new = tokens[common:]
-        logits = self._run(new, list(range(common, len(tokens))), torch.ones(len(new), len(new)).tril().bool())
+        logits = self._run(new, list(range(common, len(tokens))), torch.ones(len(new), len(new)).tril().bool(), last_only=True)
         self.tokens = list(tokens)
         return logits[-1]
 
@@ -102,7 +103,8 @@ class DraftRunner:
         self._keep(len(self.tokens), [self.rows[node] for node in kept])
         self.tokens.extend(tokens)
 
-    def _run(self, tokens: list[int], positions: list[int], see_new: torch.Tensor, see_fed: torch.Tensor | None = None) -> torch.Tensor:
+    def _run(self, tokens: list[int], positions: list[int], see_new: torch.Tensor, see_fed: torch.Tensor | None = None,
+             last_only: bool = False) -> torch.Tensor:
         """Forward ``tokens`` after every row now cached. see_new: (n, n) among the new rows;
         see_fed: (n, fed) towards this step's earlier fed rows (None: see them all)."""
         committed, n = len(self.tokens), len(tokens)
@@ -112,7 +114,7 @@ class DraftRunner:
         attend[:, self.length :] = see_new
         mask = torch.zeros(1, 1, n, self.length + n, dtype=self.dtype)
         mask.masked_fill_(~attend, torch.finfo(self.dtype).min)  # additive float mask, as in HFTarget
-        return self._forward(torch.tensor([tokens]), torch.tensor([positions]), mask, self.cache)
+        return self._forward(torch.tensor([tokens]), torch.tensor([positions]), mask, self.cache, last_only)
 
     def _keep(self, length: int, rows: list[int]) -> None:
         """Keep cache rows ``0..length-1`` then ``rows`` (ascending), in that order; forget fed rows."""

@@ -80,13 +80,13 @@ class LayerSkipDrafter(TreeDrafter):
         layers = base.layers[:n]
         head = self.exit_head if self.exit_head is not None else TargetExitHead(base.norm, hf.get_output_embeddings())
 
-        def forward(ids, positions, mask, cache):  # (1, n), (1, n), (1, 1, n, past + n) -> (n, vocab)
+        def forward(ids, positions, mask, cache, last_only):  # (1, n), (1, n), (1, 1, n, past + n) -> (n | 1, vocab)
             hidden = base.embed_tokens(ids)  # (1, n, d)
             rope = base.rotary_emb(hidden, position_ids=positions)
             for layer in layers:
                 hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=positions,
                                past_key_values=cache, use_cache=True)
-            return head(hidden[0])
+            return head(hidden[0, -1:] if last_only else hidden[0])
 
         max_length = int(getattr(hf.config.get_text_config(), "max_position_embeddings", 0) or 2**31)
         return DraftRunner(forward, hf.dtype, max_length)
