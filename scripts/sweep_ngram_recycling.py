@@ -91,7 +91,7 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
             print(f"  {p.category:14s} {config:50s} {base.stats.tokens_per_second:5.1f} -> "
                   f"{res.stats.tokens_per_second:5.1f} tok/s, {res.stats.mean_accepted_length:.2f} tok/fwd", flush=True)
-    print(f"\n{args.dtype}, {args.threads} thread(s), {len(prompts)} prompts, {args.max_new_tokens} new tokens max, "
+    print(f"\n{args.dtype}, {args.threads} thread(s), {args.limit} prompt(s) per category, {args.max_new_tokens} new tokens max, "
           f"{time.time() - start:.0f} s, load average (1 min) {min(loads):.1f}-{max(loads):.1f}\n")
     print("| dtype | category | config | tokens/forward | speedup vs plain | exact |")
     print("| --- | --- | --- | ---: | ---: | --- |")

@@ -84,7 +84,8 @@ def test_trie_merges_prefixes_and_respects_the_node_budget():
 
 
 @pytest.mark.parametrize("bad", [dict(max_n=0), dict(min_n=3, max_n=2), dict(max_depth=1, min_depth=2),
-                                 dict(max_nodes=-1), dict(adaptive="yes"), dict(max_branches=1.5)])
+                                 dict(max_nodes=-1), dict(adaptive="yes"), dict(max_branches=1.5),
+                                 dict(min_accept=-1)])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         NgramConfig(**bad)
@@ -104,8 +105,21 @@ def test_adaptive_depth_follows_acceptance():
     assert drafter.depth == 5  # all accepted: look further
 
 
+def test_cost_gate_skips_failing_matches_but_probes_again():
+    drafter = NgramDrafter(None, NgramConfig(min_accept=0.5, max_depth=4, max_nodes=8, adaptive=False))
+    drafter.begin([1], SamplingParams())
+    ctx = StepContext([1, 2, 3, 1, 2], 2, 100, SamplingParams(), None)
+    sizes = []
+    for _ in range(12):
+        draft = drafter.propose(ctx)
+        sizes.append(len(draft))
+        drafter.observe(draft, None, Verdict(accepted=[], tokens=[9]))  # every draft rejected
+    assert sizes[:4] == [4, 4, 4, 4]  # 1.0 -> 0.8 -> 0.64 -> 0.51 -> 0.41: then gated
+    assert sizes[4:] == [0, 0, 0, 4, 0, 0, 0, 4]  # every 4th step still probes
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-@pytest.mark.parametrize("options", [{}, {"max_branches": 1, "adaptive": False}, {"min_n": 1, "max_nodes": 5}])
+@pytest.mark.parametrize("options", [{}, {"max_branches": 1, "adaptive": False}, {"min_n": 1, "max_nodes": 5, "min_accept": 0.5}])
 def test_greedy_matches_plain_on_tiny_models(arch, options):
     model = tiny_model(arch, seed=3)
     rng = random.Random(1)

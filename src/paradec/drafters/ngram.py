@@ -122,8 +122,10 @@ class NgramConfig(DrafterConfig):
     """max_n / min_n: longest and shortest suffix matched; max_depth: deepest draft (tokens per
     branch); min_depth: the depth the adaptive length never goes below; max_branches: distinct
     continuations in the tree; max_nodes: tree size cap (the forward's extra rows); adaptive: follow
-    recent acceptance (else always draft max_depth). ``None`` = the measured default for the model's
-    dtype (``BY_DTYPE``): extra rows are nearly free in bfloat16 but not in float32."""
+    recent acceptance (else always draft max_depth); min_accept: below this many accepted tokens per
+    drafted step (moving average) draft only every ``PROBE_EVERY``-th step, since a rejected draft
+    still costs extra rows. ``None`` = the measured default for the model's dtype (``BY_DTYPE``):
+    extra rows are nearly free in bfloat16 but not in float32."""
 
     max_n: int = 4
     min_n: int = 2
@@ -132,9 +134,11 @@ class NgramConfig(DrafterConfig):
     max_branches: int = 2
     max_nodes: int | None = None
     adaptive: bool = True
+    min_accept: float | None = None
 
-    # dtype -> (max_depth, max_nodes), from docs/sweeps/ngram_recycling.md; other dtypes use float32's
-    BY_DTYPE = {torch.bfloat16: (10, 16), torch.float16: (10, 16), torch.float32: (4, 6)}
+    # dtype -> (max_depth, max_nodes, min_accept), from docs/sweeps/ngram_recycling.md; others: float32's
+    BY_DTYPE = {torch.bfloat16: (10, 16, 0.0), torch.float16: (10, 16, 0.0), torch.float32: (4, 6, 0.3)}
+    PROBE_EVERY = 4
 
     def __post_init__(self) -> None:
         for name in ("max_n", "min_n", "max_depth", "min_depth", "max_branches", "max_nodes"):
@@ -147,6 +151,8 @@ class NgramConfig(DrafterConfig):
             raise ValueError(f"min_n ({self.min_n}) must not exceed max_n ({self.max_n})")
         if self.max_depth is not None and self.min_depth > self.max_depth:
             raise ValueError(f"min_depth ({self.min_depth}) must not exceed max_depth ({self.max_depth})")
+        if self.min_accept is not None and not (isinstance(self.min_accept, (int, float)) and self.min_accept >= 0):
+            raise ValueError(f"min_accept must be a number >= 0, got {self.min_accept!r}")
         if not isinstance(self.adaptive, bool):
             raise ValueError(f"adaptive must be true or false, got {self.adaptive!r}")
 
@@ -159,27 +165,36 @@ class NgramDrafter(Drafter):
 
     def __init__(self, model, config: NgramConfig | None = None):
         config = config or NgramConfig()
-        depth, nodes = NgramConfig.BY_DTYPE.get(getattr(model, "dtype", None), NgramConfig.BY_DTYPE[torch.float32])
+        depth, nodes, gate = NgramConfig.BY_DTYPE.get(getattr(model, "dtype", None), NgramConfig.BY_DTYPE[torch.float32])
         config = dataclasses.replace(config, max_depth=config.max_depth or max(depth, config.min_depth),
-                                     max_nodes=config.max_nodes or nodes)
+                                     max_nodes=config.max_nodes or nodes,
+                                     min_accept=gate if config.min_accept is None else config.min_accept)
         super().__init__(model, config)
 
     def begin(self, prompt_ids: list[int], params) -> None:
         c = self.config
         self.index = NgramIndex(c.min_n, c.max_n)
         self.depth = c.max_depth  # adaptive draft depth, ANPD-style
+        self.accept_ema, self.skipped = 1.0, 0  # cost gate: recent accepted tokens per drafted step
 
     def propose(self, ctx: StepContext) -> Draft:
         c = self.config
         self.index.update(ctx.tokens)
         depth = self.depth if c.adaptive else c.max_depth
         trie = lookup(self.index, ctx.tokens, depth, c.max_branches, min(c.max_nodes, ctx.max_nodes))
+        if len(trie) and self.accept_ema < c.min_accept and self.skipped < c.PROBE_EVERY - 1:
+            self.skipped += 1  # matches have been failing: skip, probe again in a few steps
+            return Draft()
+        self.skipped = 0
         return trie.draft()
 
     def observe(self, draft: Draft, logits, verdict) -> None:
-        if not draft.tokens or not self.config.adaptive:
+        if not draft.tokens:
             return
         c = self.config
+        self.accept_ema = 0.8 * self.accept_ema + 0.2 * len(verdict.accepted)
+        if not c.adaptive:
+            return
         drafted = max(depths(draft.parents))
         accepted = len(verdict.accepted)
         if accepted >= drafted:  # all the way down a branch: look further next time
