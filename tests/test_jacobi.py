@@ -10,7 +10,7 @@ import torch
 
 import paradec
 from paradec.drafters.base import StepContext, make_drafter
-from paradec.drafters.jacobi import JacobiConfig, JacobiDrafter
+from paradec.drafters.jacobi import JacobiConfig, JacobiDrafter, cost_gate
 from paradec.errors import ParadecError
 from paradec.sampling import SamplingParams, target_probs
 from paradec.tree import Draft, block_mask
@@ -85,6 +85,18 @@ def test_config_rejects_bad_values(bad):
         make_drafter("jacobi", None, **bad)
 
 
+def test_cost_gate_defaults_by_dtype():
+    class M:
+        dtype = torch.float32
+
+    assert cost_gate(M, None, None, (1, 8)) == (1, 8)
+    assert cost_gate(M, 0, None, (1, 8)) == (0, 8)
+    M.dtype = torch.bfloat16
+    assert cost_gate(M, None, None, (1, 8)) == (0, 0)
+    assert cost_gate(M, 2, 5, (1, 8)) == (2, 5)
+    assert cost_gate(None, None, None, (1, 8)) == (0, 0)
+
+
 @pytest.mark.parametrize("fn", [markov, by_position, whole_prefix])
 @pytest.mark.parametrize("window", [1, 3, 6])
 def test_scripted_output_equals_autoregressive(fn, window):
@@ -155,7 +167,8 @@ def test_greedy_matches_plain_on_smollm2(smollm2, prompt):
 
 SV = 16  # vocabulary of the sampling model
 PROMPT = [4, 9, 7]
-RUNS = 2500
+RUNS = 1000
+PARAMS = SamplingParams(temperature=0.8, top_k=6)
 
 
 @pytest.fixture(scope="module")
@@ -164,16 +177,22 @@ def small_model():
     m.hf_model.config.initializer_range = 0.3  # some confident and some flat rows
     torch.manual_seed(5)
     m.hf_model.apply(m.hf_model._init_weights)
-    return m
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny forwards: a second thread only adds sync overhead
+    yield m
+    torch.set_num_threads(threads)
 
 
-class PointMassJacobi(JacobiDrafter):
-    """Negative control: samples its guesses like SJD but tells verification they were chosen
-    deterministically (no ``q``), which over-accepts them and must bias the output."""
+class UniformQJacobi(JacobiDrafter):
+    """Negative control: draws its guesses like SJD but tells verification they came from a uniform
+    distribution, so acceptance uses the wrong ratio p/q and the output must be biased.
+    (Declaring no q at all would *not* be a bug: a point-mass verification of a token drawn
+    independently of the verifier's coins is exact, only less often accepted.)"""
 
     def propose(self, ctx):
         d = super().propose(ctx)
-        return Draft.chain(d.tokens)
+        uniform = torch.full((SV,), 1.0 / SV, dtype=torch.float64)
+        return d if d.q is None else Draft.chain(d.tokens, q=[None if x is None else uniform for x in d.q])
 
 
 def exact_pair(model, params) -> torch.Tensor:
@@ -188,13 +207,20 @@ def exact_pair(model, params) -> torch.Tensor:
     return (p1[:, None, None] * p2[:, :, None] * p3).sum(0)
 
 
-def empirical_pair(model, drafter, params) -> torch.Tensor:
+def empirical_pair(model, drafter, params) -> tuple[torch.Tensor, int]:
+    """Empirical p(t2, t3) over RUNS seeds, and the number of draft tokens accepted in all runs."""
     counts = torch.zeros(SV, SV, dtype=torch.float64)
+    accepted = 0
     for seed in range(RUNS):
-        ids = paradec.generate(model, PROMPT, drafter, max_new_tokens=3, temperature=params.temperature,
-                               top_k=params.top_k, seed=seed).token_ids
-        counts[ids[1], ids[2]] += 1
-    return counts / RUNS
+        r = paradec.generate(model, PROMPT, drafter, max_new_tokens=3, temperature=params.temperature,
+                             top_k=params.top_k, seed=seed)
+        counts[r.token_ids[1], r.token_ids[2]] += 1
+        accepted += r.stats.accepted_tokens
+    return counts / RUNS, accepted
+
+
+def tv(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 0.5 * (a - b).abs().sum().item()
 
 
 def tv_threshold(p: torch.Tensor) -> float:
@@ -202,17 +228,19 @@ def tv_threshold(p: torch.Tensor) -> float:
     return 2 * 0.5 * sum(math.sqrt(2 * x * (1 - x) / (math.pi * RUNS)) for x in p.flatten().tolist())
 
 
-@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0), SamplingParams(temperature=0.8, top_k=6)])
-def test_sampling_keeps_the_distribution(small_model, params):
+def test_sampling_keeps_the_distribution(small_model):
     """Step 1 verifies padding guesses (point masses); step 2 verifies guesses drawn from step-1 rows
-    with their q (SJD). Tokens 2-3 therefore go through both acceptance rules."""
-    p = exact_pair(small_model, params)
-    tv = 0.5 * (empirical_pair(small_model, JacobiDrafter(small_model, JacobiConfig(window=3)), params) - p).abs().sum().item()
-    assert tv < tv_threshold(p), f"TV {tv:.4f} vs threshold {tv_threshold(p):.4f}"
+    with their q (SJD). Tokens 2-3 therefore go through both acceptance rules. Checked on the pair
+    (t2, t3) and, more sharply, on the marginal of t3."""
+    p = exact_pair(small_model, PARAMS)
+    e, accepted = empirical_pair(small_model, JacobiDrafter(small_model, JacobiConfig(window=3)), PARAMS)
+    assert accepted > RUNS // 10  # guesses were really accepted, not just rejected
+    assert tv(e, p) < tv_threshold(p), f"pair TV {tv(e, p):.4f} vs threshold {tv_threshold(p):.4f}"
+    assert tv(e.sum(0), p.sum(0)) < tv_threshold(p.sum(0))
 
 
-def test_negative_control_detects_a_missing_q(small_model):
-    params = SamplingParams(temperature=1.0)
-    p = exact_pair(small_model, params)
-    tv = 0.5 * (empirical_pair(small_model, PointMassJacobi(small_model, JacobiConfig(window=3)), params) - p).abs().sum().item()
-    assert tv > tv_threshold(p), f"TV {tv:.4f} should exceed {tv_threshold(p):.4f}"
+def test_negative_control_detects_a_wrong_q(small_model):
+    p = exact_pair(small_model, PARAMS)
+    e, _ = empirical_pair(small_model, UniformQJacobi(small_model, JacobiConfig(window=3)), PARAMS)
+    assert tv(e.sum(0), p.sum(0)) > tv_threshold(p.sum(0)), "the t3 marginal should expose the wrong q"
+    assert tv(e, p) > tv_threshold(p)

@@ -15,6 +15,10 @@ the window advances with the root), and every column yields an n-gram
 ``(level 0, level 1, ..., level N-2, new)`` for the pool. When the draft accepted ``m`` tokens the
 root jumped ``m`` further, so the window's columns are rolled ``m`` to the left to stay aligned.
 
+Cost: the block has 1 + W(N-1) - 1 + (up to G(N-1)) rows. The defaults (W=4, N=3, G=3: at most 14
+rows) come from the sweep in docs/sweeps/jacobi_lookahead.md; in float32 a gate pauses the window
+on text where it keeps failing (see ``LookaheadConfig``).
+
 Lossless for free: the window only chooses *which* n-grams get drafted; verification alone decides
 the output. Candidates are deterministic (point-mass ``q``), so sampling is exact too.
 """
@@ -29,6 +33,7 @@ import torch
 
 from ..tree import Draft
 from .base import Drafter, DrafterConfig, StepContext, register
+from .jacobi import cost_gate
 from .ngram_pool import NGramPool, trie
 
 
@@ -38,8 +43,11 @@ class LookaheadConfig(DrafterConfig):
     ngram: int = 3  # N: n-gram size; the window keeps N - 1 levels, drafts are N - 1 tokens deep
     guesses: int = 3  # G: most pooled n-grams verified per step (also the pool's capacity per key)
     pool_from_context: bool = True  # also pool the n-grams of the prompt and the committed text
-    patience: int = 0  # steps in a row without an accepted token before the window pauses; 0 = never
-    pause: int = 0  # steps per pause: only pooled n-grams are drafted, the window is not run
+    # Cost gate: after `patience` window steps in a row that accept nothing, take `pause` plain steps
+    # (no draft, no window). None = by the model's dtype: off in bfloat16/float16, where a forward
+    # over ~10 rows costs about as much as over one; (1, 6) in float32/float64, where it costs ~1.7x.
+    patience: int | None = None
+    pause: int | None = None
     seed: int = 0  # initial window tokens are drawn from the prompt with this seed
 
     def __post_init__(self) -> None:
@@ -53,8 +61,8 @@ class LookaheadConfig(DrafterConfig):
             raise ValueError(f"pool_from_context must be true or false, got {self.pool_from_context!r}")
         for name in ("patience", "pause"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 0):
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+            if not (value is None or (isinstance(value, int) and value >= 0)):
+                raise ValueError(f"{name} must be an integer >= 0 (or null for the dtype's default), got {value!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
@@ -90,6 +98,7 @@ class LookaheadDrafter(Drafter):
 
     def __init__(self, model, config: LookaheadConfig = LookaheadConfig()):
         super().__init__(model, config)
+        self.patience, self.pause = cost_gate(model, config.patience, config.pause, (1, 6))
         self.begin([0], None)
 
     def begin(self, prompt_ids, params) -> None:
@@ -111,11 +120,11 @@ class LookaheadDrafter(Drafter):
             self.pooled = len(ctx.tokens)
         # the root takes the block row of level 0, column 0; levels[0][0] keeps the token that
         # column 0 was refined from, so that column 0's n-gram stays a chain of predictions
-        tokens, parents = trie(self.pool.lookup(ctx.tokens[-1], c.guesses))
         self.window_sent = not self.paused
         if self.paused:
             self.paused -= 1
-            return Draft(tokens=tokens, parents=parents)
+            return Draft()
+        tokens, parents = trie(self.pool.lookup(ctx.tokens[-1], c.guesses))
         cells, offsets, mask, _ = lookahead_layout(c.window, c.ngram)
         return Draft(tokens=tokens, parents=parents, aux_tokens=[self.levels[j][i] for j, i in cells],
                      aux_offsets=list(offsets), aux_mask=mask)
@@ -128,8 +137,8 @@ class LookaheadDrafter(Drafter):
         if not self.window_sent or len(draft.aux_tokens) != len(cells):
             return  # paused, or the loop cut the aux rows (no room left in the context window)
         self.misses = 0 if verdict.accepted else self.misses + 1
-        if c.patience and c.pause and self.misses >= c.patience:
-            self.misses, self.paused = 0, c.pause
+        if self.patience and self.pause and self.misses >= self.patience:
+            self.misses, self.paused = 0, self.pause
         first_aux = 1 + len(draft.tokens)  # block row of aux row 0
         rows = [first_aux + r if r >= 0 else 0 for r in top]
         new = logits[rows].argmax(-1).tolist()  # (W,): the next Jacobi iterate of the top level
