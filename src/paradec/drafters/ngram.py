@@ -137,7 +137,7 @@ class NgramConfig(DrafterConfig):
     min_accept: float | None = None
 
     # dtype -> (max_depth, max_nodes, min_accept), from docs/sweeps/ngram_recycling.md; others: float32's
-    BY_DTYPE = {torch.bfloat16: (10, 16, 0.0), torch.float16: (10, 16, 0.0), torch.float32: (4, 6, 0.3)}
+    BY_DTYPE = {torch.bfloat16: (10, 16, 0.15), torch.float16: (10, 16, 0.15), torch.float32: (4, 6, 0.3)}
     PROBE_EVERY = 4
 
     def __post_init__(self) -> None:

@@ -118,7 +118,7 @@ class RecyclingConfig(DrafterConfig):
     min_accept: float | None = None
 
     # dtype -> (tree_size, max_depth, lookup_depth, min_accept), from docs/sweeps/ngram_recycling.md
-    BY_DTYPE = {torch.bfloat16: (12, 5, 8, 0.0), torch.float16: (12, 5, 8, 0.0), torch.float32: (4, 3, 4, 0.3)}
+    BY_DTYPE = {torch.bfloat16: (12, 5, 8, 0.15), torch.float16: (12, 5, 8, 0.15), torch.float32: (4, 3, 4, 0.3)}
     PROBE_EVERY = 4  # while gated off, still draft every 4th step to notice when drafts turn good
 
     def __post_init__(self) -> None:
