@@ -44,6 +44,9 @@ CONFIGS = {
         dict(window=4, ngram=3, guesses=3, pool_from_context=False, patience=0, pause=0),
         dict(window=4, ngram=3, guesses=3, patience=1, pause=3),
         dict(),  # the defaults: W=4, N=3, G=3, gate by dtype
+        dict(window=4, ngram=3, guesses=3, patience=1, pause=10),
+        dict(window=4, ngram=3, guesses=3, patience=2, pause=8),
+        dict(window=3, ngram=3, guesses=2, patience=1, pause=6),
     ],
 }
 DEFAULTS = {"jacobi": [3], "lookahead": [6]}  # --only-defaults
