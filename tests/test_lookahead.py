@@ -173,3 +173,17 @@ def test_greedy_matches_plain_on_smollm2(smollm2, prompt):
     out = paradec.generate(smollm2, prompt, "lookahead", max_new_tokens=24)
     assert out.token_ids == plain.token_ids
     assert out.stats.forward_passes <= plain.stats.forward_passes
+
+
+# --- sampling keeps the distribution (pooled candidates are point masses) ---------------------------
+
+from test_jacobi import PARAMS, RUNS, empirical_pair, exact_pair, small_model, tv, tv_threshold  # noqa: E402,F401
+
+
+def test_sampling_keeps_the_distribution(small_model):  # noqa: F811
+    p = exact_pair(small_model, PARAMS)
+    drafter = LookaheadDrafter(small_model, LookaheadConfig(window=4, ngram=2, guesses=4, patience=0, pause=0))
+    e, accepted = empirical_pair(small_model, drafter, PARAMS)
+    assert accepted > RUNS // 50  # pooled n-grams were really accepted (46 tokens in 1000 runs here)
+    assert tv(e, p) < tv_threshold(p), f"pair TV {tv(e, p):.4f} vs threshold {tv_threshold(p):.4f}"
+    assert tv(e.sum(0), p.sum(0)) < tv_threshold(p.sum(0))
