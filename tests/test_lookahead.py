@@ -15,7 +15,7 @@ from paradec.errors import ParadecError
 from paradec.tree import Draft, block_mask, block_positions
 
 from conftest import tiny_model
-from test_jacobi import autoregressive, by_position, markov, scripted_run, whole_prefix
+from test_jacobi import autoregressive, by_position, markov, scripted_run, single_thread, whole_prefix  # noqa: F401
 
 
 # --- the pool and the trie --------------------------------------------------------------------------
@@ -154,14 +154,14 @@ def test_context_pool_drafts_a_repeated_phrase_without_the_window():
 # --- exactness against plain greedy -----------------------------------------------------------------
 
 @pytest.mark.parametrize("arch,seed", [("llama", 3), ("qwen2", 4)])
-def test_greedy_matches_plain_on_tiny_models(arch, seed):
+def test_greedy_matches_plain_on_tiny_models(arch, seed, single_thread):
     model = tiny_model(arch, seed=seed)
     rng = random.Random(seed)
     for _ in range(2):
         prompt = [rng.randrange(3, 96) for _ in range(rng.randrange(1, 12))]
         plain = paradec.generate(model, prompt, "plain", max_new_tokens=48)
-        for options in (dict(window=1, ngram=2, guesses=1), dict(), dict(window=5, ngram=4, guesses=4, pool_from_context=False),
-                        dict(patience=1, pause=2)):
+        for options in (dict(window=1, ngram=2, guesses=1, patience=1, pause=2), dict(),
+                        dict(window=5, ngram=4, guesses=4, pool_from_context=False, patience=0, pause=0)):
             out = paradec.generate(model, prompt, "lookahead", max_new_tokens=48, method_options=options)
             assert out.token_ids == plain.token_ids, options
             assert out.stats.forward_passes <= plain.stats.forward_passes
