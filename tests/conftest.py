@@ -52,6 +52,25 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.fl
     return Model(name=f"tiny-{arch}", hf_model=hf, tokenizer=tok, path=Path("."))
 
 
+@pytest.fixture
+def single_thread():
+    """Tiny models run hundreds of ~1 ms forwards: a second thread only adds synchronisation
+    (and on a loaded machine, spinning)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """``single_thread`` for a whole test module (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama() -> Model:
     return tiny_model("llama")

@@ -143,16 +143,6 @@ def test_pauses_after_patience_misses_then_restarts():
 
 # --- exactness against plain greedy -----------------------------------------------------------------
 
-@pytest.fixture
-def single_thread():
-    """Tiny models run hundreds of ~1 ms forwards: a second thread only adds synchronisation
-    (and on a loaded machine, spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("arch,seed", [("llama", 3), ("qwen2", 4)])
 def test_greedy_matches_plain_on_tiny_models(arch, seed, single_thread):
     model = tiny_model(arch, seed=seed)

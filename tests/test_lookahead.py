@@ -15,7 +15,7 @@ from paradec.errors import ParadecError
 from paradec.tree import Draft, block_mask, block_positions
 
 from conftest import tiny_model
-from test_jacobi import autoregressive, by_position, markov, scripted_run, single_thread, whole_prefix  # noqa: F401
+from test_jacobi import autoregressive, by_position, markov, scripted_run, whole_prefix  # noqa: F401
 
 
 # --- the pool and the trie --------------------------------------------------------------------------
