@@ -52,6 +52,31 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.fl
     return Model(name=f"tiny-{arch}", hf_model=hf, tokenizer=tok, path=Path("."))
 
 
+_PLAIN: dict[tuple, "paradec.Result"] = {}
+
+
+def plain_greedy(model: Model, prompt, max_new_tokens: int) -> "paradec.Result":
+    """Plain greedy decoding, computed once per (model, prompt, length) for the whole session."""
+    key = (id(model), repr(prompt), max_new_tokens)
+    if key not in _PLAIN:
+        _PLAIN[key] = paradec.generate(model, prompt, "plain", max_new_tokens=max_new_tokens)
+    return _PLAIN[key]
+
+
+def assert_lossless(model: Model, prompts, method, max_new_tokens: int, **options) -> int:
+    """Assert ``method`` reproduces plain greedy decoding token for token on every prompt (and never
+    needs more forward passes); return the draft tokens it got accepted, so callers can check the
+    drafts were exercised."""
+    accepted = 0
+    for prompt in prompts:
+        plain = plain_greedy(model, prompt, max_new_tokens)
+        ours = paradec.generate(model, prompt, method, max_new_tokens=max_new_tokens, method_options=options or None)
+        assert ours.token_ids == plain.token_ids, (repr(prompt)[:40], options)
+        assert ours.stats.forward_passes <= plain.stats.forward_passes
+        accepted += ours.stats.accepted_tokens
+    return accepted
+
+
 @pytest.fixture
 def single_thread():
     """Tiny models run hundreds of ~1 ms forwards: a second thread only adds synchronisation
