@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .hf import HFTarget
+from .hf import HFTarget, context_length
 from .loading import BUILTIN_MODELS, DEFAULT_DTYPE, DEFAULT_MODEL, DTYPES, gguf_as_directory, load_pretrained, parse_dtype, resolve
 
 
@@ -27,7 +27,7 @@ class Model:
 
     @property
     def max_length(self) -> int:
-        return HFTarget(self.hf_model).max_length
+        return context_length(self.hf_model)
 
     @property
     def eos_token_ids(self) -> set[int]:

@@ -13,6 +13,11 @@ from transformers import DynamicCache, PreTrainedModel
 from ..errors import ContextOverflowError
 
 
+def context_length(model: PreTrainedModel) -> int:
+    """The model's context window in tokens (unbounded if its config names none)."""
+    return int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 2**31)
+
+
 class HFTarget:
     """One sequence's view of a transformers model: its KV cache and the committed length.
 
@@ -28,7 +33,7 @@ class HFTarget:
         self.model = model
         self.dtype = model.dtype
         self.vocab_size = model.config.get_text_config().vocab_size
-        self.max_length = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 2**31)
+        self.max_length = context_length(model)
         self.cache = DynamicCache(config=model.config)
         self.length = 0  # committed tokens in the cache
         self._block = 0  # rows of the last forward, not yet committed
