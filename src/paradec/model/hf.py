@@ -25,7 +25,7 @@ class HFTarget:
     leaves exactly the committed prefix plus the kept rows (e.g. root + accepted path).
     """
 
-    # float32 matmuls through MKL are slower for 2-3 rows than for 4 (measured on the project's CPU):
+    # float32 matmuls through MKL are slower for 2-3 rows than for 4 (scripts/measure_block_cost.py):
     # such blocks are padded with inert rows, which commit() then drops.
     PAD_ROWS = {torch.float32: 4}
 
