@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -30,13 +28,19 @@ def word_tokenizer(vocab: int = VOCAB) -> PreTrainedTokenizerFast:
     return fast
 
 
+RUNTIMES = ("native", "hf")
+
+
 def tiny_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.float64, vocab: int = VOCAB,
-               layers: int = 2, eos: int | None = None, max_positions: int = 256) -> Model:
-    """A random 2-layer model; float64 keeps greedy argmax free of numeric ties."""
+               layers: int = 2, eos: int | None = None, max_positions: int = 256, runtime: str = "native",
+               init_range: float = 0.05, quant: str = "none") -> Model:
+    """A random 2-layer model; float64 keeps greedy argmax free of numeric ties. ``init_range`` 0.3-0.4
+    gives confident and flat rows (for sampling tests). ``runtime``: "native" (float64 runs its plain
+    torch reference operations, float32 its C++ kernels) or "hf"."""
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
-                  initializer_range=0.05, bos_token_id=1, eos_token_id=eos,
+                  initializer_range=init_range, bos_token_id=1, eos_token_id=eos,
                   pad_token_id=0, tie_word_embeddings=False)
     if arch == "llama":
         hf = LlamaForCausalLM(LlamaConfig(**common))
@@ -49,7 +53,12 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.fl
     tok = word_tokenizer(vocab)
     if eos is None:
         tok.eos_token = None
-    return Model(name=f"tiny-{arch}", hf_model=hf, tokenizer=tok, path=Path("."))
+    return Model.from_hf(hf, tok, runtime=runtime, quant=quant, name=f"tiny-{arch}")
+
+
+def rebuild(model: Model, hf, name: str | None = None) -> Model:
+    """``model`` with other transformers weights (same tokenizer, runtime and quantization)."""
+    return Model.from_hf(hf, model.tokenizer, runtime=model.runtime.name, quant=model.quant, name=name or model.name)
 
 
 _PLAIN: dict[tuple, "paradec.Result"] = {}

@@ -15,7 +15,7 @@ from paradec.drafters.draft_model import DraftModelDrafter
 from paradec.errors import ParadecError
 from paradec.sampling import SamplingParams, target_probs
 
-from conftest import tiny_model
+from conftest import rebuild, tiny_model
 
 CONFIGS = {
     "chain-default": {},
@@ -36,7 +36,7 @@ def perturbed(model, scale: float, seed: int, name: str = "tiny-draft"):
     with torch.no_grad():
         for p in hf.parameters():
             p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale * p.std().clamp(min=1e-3))
-    return dataclasses.replace(model, hf_model=hf, name=name)
+    return rebuild(model, hf, name)
 
 
 def plain(model, prompt, n):
@@ -114,9 +114,10 @@ def test_missing_draft_and_bad_options_are_user_errors(pair):
 def test_draft_spec_string_loads_through_paradec_load(pair, monkeypatch):
     target = pair[0]
     seen = []
-    monkeypatch.setattr("paradec.drafters.draft_model._load_cached", lambda spec, dtype: seen.append((spec, dtype)) or target)
+    monkeypatch.setattr("paradec.drafters.draft_model._load_cached", lambda *how: seen.append(how) or target)
     drafter = make_drafter("draft", target, draft="some-model-spec")
-    assert isinstance(drafter, DraftModelDrafter) and seen == [("some-model-spec", torch.float64)]
+    # loaded like the target: its dtype, runtime and quantization
+    assert isinstance(drafter, DraftModelDrafter) and seen == [("some-model-spec", torch.float64, "native", "none")]
 
 
 def test_real_model_greedy_equals_plain(smollm2):
@@ -135,11 +136,7 @@ VOCAB, PROMPT, RUNS = 5, [3, 4, 3], 300
 
 
 def _sharp(seed: int, layers: int = 2):
-    m = tiny_model("llama", seed=seed, vocab=VOCAB, layers=layers)
-    m.hf_model.config.initializer_range = 0.4  # confident rows and flat rows
-    torch.manual_seed(seed)
-    m.hf_model.apply(m.hf_model._init_weights)
-    return m
+    return tiny_model("llama", seed=seed, vocab=VOCAB, layers=layers, init_range=0.4)  # confident rows and flat rows
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import paradec
 from paradec.drafters.base import Drafter, StepContext
 from paradec.tree import Draft
 
-from conftest import tiny_model
+from conftest import RUNTIMES, tiny_model
 
 
 class NoisyOracleDrafter(Drafter):
@@ -27,7 +27,7 @@ class NoisyOracleDrafter(Drafter):
     def __init__(self, model, truth: list[int], prompt_len: int, seed: int, p_right: float = 0.6, tree: bool = True):
         super().__init__(model, None)
         self.truth, self.prompt_len, self.rng, self.p_right, self.tree = truth, prompt_len, random.Random(seed), p_right, tree
-        self.vocab = model.hf_model.config.vocab_size
+        self.vocab = model.vocab_size
 
     def guess(self, pos: int) -> int:
         if pos < len(self.truth) and self.rng.random() < self.p_right:
@@ -53,10 +53,11 @@ def plain_greedy(model, prompt, n):
     return paradec.generate(model, prompt, "plain", max_new_tokens=n).token_ids
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("tree", [False, True])
-def test_noisy_drafts_match_plain_greedy(arch, tree):
-    model = tiny_model(arch, seed=3)
+def test_noisy_drafts_match_plain_greedy(arch, tree, runtime):
+    model = tiny_model(arch, seed=3, runtime=runtime)
     rng = random.Random(0)
     accepted = 0
     for seed in range(6):
@@ -69,7 +70,9 @@ def test_noisy_drafts_match_plain_greedy(arch, tree):
     assert accepted > 0  # the drafts were right often enough to exercise acceptance
 
 
-def test_plain_matches_transformers_generate_on_tiny_model(tiny_llama):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_plain_matches_transformers_generate_on_tiny_model(runtime):
+    tiny_llama = tiny_model("llama", runtime=runtime)
     prompt = [5, 9, 17, 33]
     ours = plain_greedy(tiny_llama, prompt, 25)
     ref = tiny_llama.hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=25, min_new_tokens=25)

@@ -171,10 +171,7 @@ NO_GATE = JacobiConfig(window=3, patience=0, pause=0)  # float64 would pause the
 
 @pytest.fixture(scope="module")
 def small_model():
-    m = tiny_model("llama", seed=5, vocab=SV)
-    m.hf_model.config.initializer_range = 0.3  # some confident and some flat rows
-    torch.manual_seed(5)
-    m.hf_model.apply(m.hf_model._init_weights)
+    m = tiny_model("llama", seed=5, vocab=SV, init_range=0.3)  # some confident and some flat rows
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # thousands of tiny forwards: a second thread only adds sync overhead
     yield m

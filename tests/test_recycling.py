@@ -116,7 +116,7 @@ def test_greedy_matches_plain_on_smollm2(smollm2):
 
 
 class TableTarget:
-    """An exact stand-in for HFTarget: each row's logits are the model's for (committed + the row's
+    """An exact stand-in for a runtime's target: each row's logits are the model's for (committed + the row's
     ancestors), looked up in a table computed once. Runs the real loop and verifier, no KV cache."""
 
     def __init__(self, logits_of: dict[tuple[int, ...], torch.Tensor], max_length: int):
@@ -127,7 +127,7 @@ class TableTarget:
         self.length = len(self.seq)
         return self.logits_of[tuple(self.seq)]
 
-    def forward(self, tokens, offsets, mask):
+    def forward(self, tokens, offsets, mask, last_only=False):
         self.block = list(tokens)
         rows = [tuple(self.seq + [t for t, seen in zip(tokens, mask[i].tolist()) if seen]) for i in range(len(tokens))]
         return torch.stack([self.logits_of[r] for r in rows])  # (block, vocab)
@@ -140,14 +140,14 @@ class TableTarget:
 class TableModel(Model):
     logits_of: dict = {}
 
-    def target(self):
+    def target(self, layers=None, exit_head=None):
         return TableTarget(self.logits_of, self.max_length)
 
 
 def exact_tables(model, prompt: list[int], depth: int, params: SamplingParams):
     """Logits after prompt + every continuation of up to ``depth`` tokens (one batched forward),
     and the exact P(2nd, 3rd generated token) summed over the 1st: (vocab, vocab) float64."""
-    vocab = model.hf_model.config.vocab_size
+    vocab = model.vocab_size
     tails = torch.cartesian_prod(*[torch.arange(vocab)] * depth)  # (vocab**depth, depth)
     seqs = torch.cat([torch.tensor(prompt).expand(len(tails), -1), tails], dim=1)
     with torch.no_grad():
@@ -180,7 +180,7 @@ def test_sampling_keeps_the_model_distribution():
     params = SamplingParams(temperature=1.0)
     prompt = [4, 7, 5]
     table, exact = exact_tables(tiny, prompt, 4, params)  # step 2 reads t1 t2 + a depth-2 tree
-    model = TableModel(name="table", hf_model=tiny.hf_model, tokenizer=tiny.tokenizer, path=tiny.path)
+    model = TableModel(name="table", tokenizer=tiny.tokenizer, runtime=tiny.runtime, dtype=tiny.dtype, _hf=tiny.hf_model)
     model.logits_of = table
     drafter = RecyclingDrafter(model, RecyclingConfig(k=3, tree_size=6, max_depth=2, lookup_branches=0, min_accept=0.0))
     counts = torch.zeros(vocab * vocab, dtype=torch.float64)

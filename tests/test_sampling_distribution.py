@@ -18,7 +18,7 @@ from paradec.drafters.base import Drafter, StepContext
 from paradec.sampling import SamplingParams, target_probs
 from paradec.tree import Draft
 
-from conftest import tiny_model
+from conftest import RUNTIMES, tiny_model
 
 VOCAB = 16
 PROMPT = [4, 9, 7]
@@ -76,13 +76,9 @@ def tv_threshold(p: torch.Tensor) -> float:
     return 2 * expected
 
 
-@pytest.fixture(scope="module")
-def model():
-    m = tiny_model("llama", seed=5, vocab=VOCAB)
-    m.hf_model.config.initializer_range = 0.3  # a model with some confident and some flat rows
-    torch.manual_seed(5)
-    m.hf_model.apply(m.hf_model._init_weights)
-    return m
+@pytest.fixture(scope="module", params=RUNTIMES)
+def model(request):
+    return tiny_model("llama", seed=5, vocab=VOCAB, init_range=0.3, runtime=request.param)  # confident and flat rows
 
 
 @pytest.mark.parametrize(

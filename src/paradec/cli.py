@@ -12,7 +12,7 @@ import sys
 from .errors import ParadecError
 
 # Modules that add a subcommand with ``add_parser(subparsers)``; they import heavy deps lazily.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("paradec.bench.cli", "paradec.serve.cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("paradec.bench.cli", "paradec.bench.cost", "paradec.serve.cli")
 
 EXAMPLE_PROMPT = (
     "Summarise this passage in two sentences.\n\n"
@@ -34,6 +34,20 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, Hugging Face model directory or .gguf file (default: %(default)s)")
     p.add_argument("--dtype", default=DEFAULT_DTYPE, choices=list(DTYPES), help=DTYPE_HELP)
+    add_runtime_args(p)
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    from .runtime import DEFAULT_QUANT, DEFAULT_RUNTIME, QUANTS, RUNTIMES
+
+    p.add_argument("--runtime", default=DEFAULT_RUNTIME, choices=RUNTIMES,
+                   help="what runs the model: 'native' (paradec's own: packed weights, C++ kernels built once with "
+                        "the machine's compiler, bit-identical rows) or 'hf' (the transformers model, the reference; "
+                        "any architecture) (default: %(default)s)")
+    p.add_argument("--quant", default=DEFAULT_QUANT, choices=QUANTS,
+                   help="weights of the native runtime: 'none' (in --dtype), 'int8' (8-bit blocks) or 'int4' (4-bit "
+                        "blocks, embeddings and LM head 8-bit); GGUF Q4_0/Q4_1/Q8_0 blocks are used as they are "
+                        "(default: %(default)s)")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -42,7 +56,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .sampling import SamplingParams
 
     SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fail before loading
-    model = load(args.model, args.dtype)
+    model = load(args.model, args.dtype, args.runtime, args.quant)
     options = json.loads(args.method_options) if args.method_options else {}
     if not isinstance(options, dict):
         raise ParadecError("--method-options must be a JSON object")

@@ -59,6 +59,9 @@ def add_parser(subparsers) -> None:
                    help="weights and compute dtype (default: %(default)s, where every lossless method must match plain "
                         "decoding token for token; bfloat16 is ~1.7x faster on CPU, but its batched and one-token kernels "
                         "round differently, so mismatches there are expected and not errors)")
+    from ..cli import add_runtime_args
+
+    add_runtime_args(p)
     p.add_argument("--methods", default="default", metavar="A,B,C",
                    help="paradec methods to run, comma-separated; 'default' = every registered lossless method that "
                         "needs no extra model, 'all' = every registered method; plain (the baseline) always runs first "
@@ -81,14 +84,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="T",
                    help="torch CPU threads (default: the number of CPUs, %(default)s)")
     p.add_argument("--no-peers", action="store_true", help="skip the peers (transformers generate, prompt lookup, ...)")
+    p.add_argument("--llamacpp", default="Q4_0:1", metavar="QUANT:THREADS",
+                   help="llama.cpp peers' configuration when llama-cpp-python is installed and the model is a GGUF: "
+                        "the file requantized to QUANT ('file' = as shipped), THREADS threads (default: %(default)s, "
+                        "its fastest on the project's 2-core machine)")
     p.add_argument("--output", default="bench-results", metavar="DIR",
                    help="where results.json, report.md and speedup.png go (default: %(default)s)")
     p.set_defaults(func=cmd_bench)
     _DEFAULTS.update({dest: p.get_default(dest) for dest in _OPTIONS})
 
 
-_OPTIONS = ("model", "dtype", "methods", "method_options", "draft", "categories", "limit", "seed", "questions",
-            "max_new_tokens", "repeats", "threads", "no_peers", "output")
+_OPTIONS = ("model", "dtype", "runtime", "quant", "methods", "method_options", "draft", "categories", "limit", "seed", "questions",
+            "max_new_tokens", "repeats", "threads", "no_peers", "llamacpp", "output")
 _DEFAULTS: dict = {}
 
 
@@ -174,8 +181,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise ParadecError(f"--method-options names unknown method(s): {', '.join(sorted(unknown))}")
 
-    console.print(f"loading {args.model} ({args.dtype}), {len(prompts)} prompts in {len(categories)} categories")
-    model = load(args.model, args.dtype)
+    console.print(f"loading {args.model} ({args.dtype}, runtime {args.runtime}, quant {args.quant}), "
+                  f"{len(prompts)} prompts in {len(categories)} categories")
+    model = load(args.model, args.dtype, args.runtime, args.quant)
     outcome = runner.Outcome()
     contenders = []
     for name in names:
@@ -186,13 +194,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 raise
             outcome.unavailable[name] = str(exc)
     if not args.no_peers:
-        draft = load(args.draft, args.dtype) if args.draft else None
+        draft = load(args.draft, args.dtype, "hf") if args.draft else None  # transformers' assistant needs a transformers model
         ready, missing = peers.make_peers(model, draft)
-        contenders += ready
+        from .llamacpp import make_llamacpp
+
+        cpp, cpp_missing = make_llamacpp(model, args.llamacpp)
+        contenders += ready + cpp
         outcome.unavailable.update(missing)
+        outcome.unavailable.update(cpp_missing)
 
     meta = {"command": command_line(args),
-            "model": args.model, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+            "model": args.model, "dtype": args.dtype, "runtime": model.runtime.description, "quant": args.quant, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
             "limit": args.limit or (None if args.questions else DEFAULT_LIMIT), "seed": args.seed,
             "prompts": len(prompts), "questions": args.questions,
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

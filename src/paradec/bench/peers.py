@@ -87,7 +87,7 @@ def make_peers(model: Model, draft: Model | None = None) -> tuple[list, dict[str
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # assisted generation warns about its own internal arguments
-    layers = model.hf_model.config.get_text_config().num_hidden_layers
+    layers = model.runtime.layers
     peers: list = [
         HFGenerate(model, "hf-generate"),
         HFGenerate(model, "hf-prompt-lookup", prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS),

@@ -25,7 +25,7 @@ from .draft_tree import DraftTreeConfig, TreeDrafter
 @dataclass(frozen=True)
 class DraftModelConfig(DraftTreeConfig):
     """draft: the draft model, as a model spec (built-in name, HF directory, .gguf) or a loaded ``Model``;
-    it is loaded in the target's dtype."""
+    it is loaded on the target's runtime, in its dtype and quantization."""
 
     draft: str | Model = ""
 
@@ -46,31 +46,22 @@ class DraftModelDrafter(TreeDrafter):
     config: DraftModelConfig
 
     def make_runner(self) -> DraftRunner:
-        self.draft_model = _load_draft(self.config.draft, self.model.dtype)
+        self.draft_model = _load_draft(self.config.draft, self.model)
         check_same_vocab(self.model, self.draft_model)
-        hf = self.draft_model.hf_model
-
-        def forward(ids, positions, mask, cache, last_only):  # (1, n), (1, n), (1, 1, n, past + n) -> (n | 1, vocab)
-            out = hf(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache, use_cache=True,
-                     logits_to_keep=1 if last_only else 0)
-            return out.logits[0]
-
-        max_length = int(getattr(hf.config.get_text_config(), "max_position_embeddings", 0) or 2**31)
-        from transformers import DynamicCache
-
-        return DraftRunner(forward, hf.dtype, max_length, lambda: DynamicCache(config=hf.config))
+        return DraftRunner(self.draft_model.target())
 
 
-def _load_draft(spec: str | Model, dtype: torch.dtype) -> Model:
+def _load_draft(spec: str | Model, target: Model) -> Model:
     if isinstance(spec, Model):
         return spec
-    return _load_cached(spec, dtype)
+    return _load_cached(spec, target.dtype, target.runtime.name, target.quant)
 
 
 @lru_cache(maxsize=2)
-def _load_cached(spec: str, dtype: torch.dtype) -> Model:
-    """Draft models are reused across generations (a benchmark builds one drafter per prompt)."""
-    return load(spec, dtype)
+def _load_cached(spec: str, dtype: torch.dtype, runtime: str, quant: str) -> Model:
+    """Draft models are reused across generations (a benchmark builds one drafter per prompt);
+    they run on the target's runtime, in its dtype and quantization."""
+    return load(spec, dtype, runtime, quant)
 
 
 def check_same_vocab(target: Model, draft: Model) -> None:

@@ -78,7 +78,7 @@ class TreeDrafter(Drafter):
 
     def __init__(self, model, config: DraftTreeConfig):
         super().__init__(model, config)
-        self.vocab = model.hf_model.config.get_text_config().vocab_size  # width of the target's logits
+        self.vocab = model.vocab_size  # width of the target's logits
         self.runner: DraftRunner = self.make_runner()
         self.depth = config.max_draft
 

@@ -155,7 +155,7 @@ class RecyclingDrafter(Drafter):
     def begin(self, prompt_ids: list[int], params) -> None:
         c = self.config
         if self.table is None or not c.persist:
-            vocab = self.model.hf_model.config.get_text_config().vocab_size
+            vocab = self.model.vocab_size
             self.table = AdjacencyTable(vocab, c.k)
         if c.seed_context:
             self.table.seed(prompt_ids)

@@ -1,60 +1,112 @@
-"""Models: load a spec into a ``Model`` (weights + tokenizer); each generation gets its own ``HFTarget``."""
+"""Models: load a spec into a ``Model`` (tokenizer + runtime); each generation gets its own target."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .hf import HFTarget, context_length
-from .loading import BUILTIN_MODELS, DEFAULT_DTYPE, DEFAULT_MODEL, DTYPES, gguf_as_directory, load_pretrained, parse_dtype, resolve
+from ..runtime import DEFAULT_QUANT, DEFAULT_RUNTIME, QUANTS, RUNTIMES, load_runtime
+from .loading import (BUILTIN_MODELS, DEFAULT_DTYPE, DEFAULT_MODEL, DTYPES, gguf_as_directory, load_pretrained,
+                      load_tokenizer, parse_dtype, resolve)
 
 
 @dataclass
 class Model:
-    """A loaded causal LM and its tokenizer. Stateless between generations: caches live in targets."""
+    """A loaded causal LM: its tokenizer and the runtime that runs it. Stateless between generations:
+    caches live in targets (``model.target()``, one per sequence)."""
 
     name: str
-    hf_model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    path: Path
+    tokenizer: object  # a transformers tokenizer
+    runtime: object  # runtime.native.NativeRuntime | runtime.hf.HFRuntime
+    dtype: torch.dtype
+    quant: str = "none"
+    path: Path = Path(".")  # what the spec named (a .gguf file or a directory)
+    directory: Path | None = None  # the transformers directory (config, tokenizer, safetensors)
+    eos_ids: tuple[int, ...] = ()  # from the generation config
+    _hf: object = field(default=None, repr=False)
+
+    @classmethod
+    def from_hf(cls, hf_model, tokenizer, runtime: str = DEFAULT_RUNTIME, quant: str = "none", name: str = "model") -> "Model":
+        """Wrap a transformers model built in memory (tests build tiny random ones)."""
+        if runtime == "native":
+            from ..runtime.native import NativeRuntime
+
+            rt = NativeRuntime.from_hf(hf_model, hf_model.dtype, quant)
+        elif runtime == "hf":
+            from ..runtime.hf import HFRuntime
+
+            rt = HFRuntime(hf_model)
+        else:
+            raise ValueError(f"unknown runtime {runtime!r}")
+        eos = hf_model.generation_config.eos_token_id
+        return cls(name, tokenizer, rt, hf_model.dtype, quant, eos_ids=_ids(eos), _hf=hf_model)
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.hf_model.dtype
+    def hf_model(self):
+        """The transformers model (the ``hf`` runtime's own; loaded on first use for the native runtime,
+        which never needs it: the benchmark's transformers peers do)."""
+        if self._hf is None:
+            self._hf = self.runtime.model if self.runtime.name == "hf" else load_pretrained(self.directory, self.dtype)
+        return self._hf
 
     @property
     def max_length(self) -> int:
-        return context_length(self.hf_model)
+        return self.runtime.max_length
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the LM head: valid token ids and the width of every logits row."""
+        return self.runtime.vocab_size
 
     @property
     def eos_token_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for source in (self.hf_model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
-            if source is None:
-                continue
-            ids.update(source if isinstance(source, (list, tuple)) else [source])
+        ids = set(self.eos_ids)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
         return ids
 
-    def target(self) -> HFTarget:
-        """A fresh runtime with an empty KV cache."""
-        return HFTarget(self.hf_model)
+    def target(self, layers: int | None = None, exit_head=None):
+        """A fresh sequence with an empty KV cache; ``layers``/``exit_head``: only the first layers
+        (self-speculative drafting)."""
+        return self.runtime.target(layers, exit_head)
 
 
-def load(spec: str | Model = DEFAULT_MODEL, dtype: str | torch.dtype = DEFAULT_DTYPE) -> Model:
+def _ids(value) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (int(value),)
+
+
+def load(spec: str | Model = DEFAULT_MODEL, dtype: str | torch.dtype = DEFAULT_DTYPE, runtime: str = DEFAULT_RUNTIME,
+         quant: str = DEFAULT_QUANT) -> Model:
     """Load a built-in name (``smollm2-135m``), a Hugging Face model directory or a ``.gguf`` file.
 
-    ``dtype`` is ``float32``, ``bfloat16`` or ``float64``. Nothing is downloaded.
+    ``dtype``: ``float32``, ``bfloat16`` or ``float64``; ``runtime``: ``native`` or ``hf``;
+    ``quant``: ``none``, ``int8`` or ``int4`` (native runtime). Nothing is downloaded.
     """
     if isinstance(spec, Model):
         return spec
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
+    if runtime not in RUNTIMES:
+        from ..errors import ParadecError
+
+        raise ParadecError(f"unknown runtime '{runtime}'; choose one of: {', '.join(RUNTIMES)}")
     path = resolve(spec)
-    directory = gguf_as_directory(path) if path.suffix == ".gguf" else path
-    hf_model, tokenizer = load_pretrained(directory, torch_dtype)
-    return Model(name=spec, hf_model=hf_model, tokenizer=tokenizer, path=path)
+    gguf = path if path.suffix == ".gguf" else None
+    directory = gguf_as_directory(path) if gguf else path
+    tokenizer = load_tokenizer(directory)
+    rt = load_runtime(runtime, directory, torch_dtype, quant, gguf)
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(directory, local_files_only=True).eos_token_id
+    except OSError:  # no generation_config.json
+        eos = None
+    return Model(name=spec, tokenizer=tokenizer, runtime=rt, dtype=torch_dtype, quant=quant, path=path,
+                 directory=directory, eos_ids=_ids(eos), _hf=getattr(rt, "model", None))
 
 
-__all__ = ["BUILTIN_MODELS", "DEFAULT_DTYPE", "DEFAULT_MODEL", "DTYPES", "HFTarget", "Model", "load"]
+__all__ = ["BUILTIN_MODELS", "DEFAULT_DTYPE", "DEFAULT_MODEL", "DEFAULT_QUANT", "DEFAULT_RUNTIME", "DTYPES", "Model", "QUANTS",
+           "RUNTIMES", "load"]

@@ -93,20 +93,27 @@ def gguf_as_directory(path: Path) -> Path:
     return target
 
 
+def load_tokenizer(directory: Path):
+    """The tokenizer of a local model directory."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except Exception as exc:
+        raise ParadecError(f"transformers cannot load the tokenizer in '{directory}': {_first_line(exc)}") from exc
+
+
 def load_pretrained(directory: Path, dtype: torch.dtype):
-    """Load model and tokenizer from a local directory, never touching the network."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The transformers model of a local directory, never touching the network."""
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # loading a local copy takes < 1 s: no bar
-
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
     except Exception as exc:
         raise ParadecError(f"transformers cannot load the model in '{directory}': {_first_line(exc)}") from exc
-    model.eval()
-    return model, tokenizer
+    return model.eval()
 
 
 def _first_line(exc: Exception) -> str:

@@ -111,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ParadecError(f"--port must be in 0..65535, got {args.port}")
     sock = bind(args.host, args.port)  # before the model loads, so that a busy port fails fast
-    model = load(args.model, args.dtype)
+    model = load(args.model, args.dtype, args.runtime, args.quant)
     make_drafter(args.method, model, **options)  # a bad default method configuration fails now, not per request
     config = ServeConfig(
         method=args.method,

@@ -75,7 +75,7 @@ class Engine:
         self.model, self.config = model, config
         self.served = config.model_name or model.name
         self.worker = Worker(config.max_queue)
-        self.vocab = model.hf_model.get_input_embeddings().num_embeddings
+        self.vocab = model.vocab_size
         self.context = model.max_length
         self._drafters: OrderedDict[tuple[str, str], Drafter] = OrderedDict()
         self._drafters_lock = threading.Lock()

@@ -1,0 +1,117 @@
+"""llama.cpp as a peer: what a CPU user would otherwise run, on the same GGUF weights.
+
+Two contenders through ``llama-cpp-python`` (optional: ``pip install llama-cpp-python`` builds
+llama.cpp from source, ~10-15 minutes; it is not part of ``make`` setup):
+
+- ``llamacpp``: its plain greedy decoding;
+- ``llamacpp-lookup``: its prompt lookup decoding (``LlamaPromptLookupDecoding``, 10 drafted tokens).
+
+Its best configuration on the project's 2-core machine (measured, docs/benchmarks.md): the model
+requantized to Q4_0 and one thread (its OpenMP threads slow it down at two). ``--llamacpp QUANT:THREADS``
+chooses; ``file`` keeps the GGUF's own quantization. Requantized files are cached next to the
+paradec cache. llama.cpp computes with its own kernels (int8 activations), so its outputs can differ
+from paradec's float32 plain decoding; the report shows where.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import time
+from pathlib import Path
+
+from ..errors import ParadecError
+from ..model import Model
+from .runner import Run
+
+DEFAULT_SPEC = "Q4_0:1"
+LOOKUP_TOKENS = 10
+
+
+def unavailable_reason(model: Model) -> str | None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "not installed (pip install llama-cpp-python; builds llama.cpp from source, ~10-15 min)"
+    if model.path.suffix != ".gguf":
+        return f"needs a GGUF model; '{model.name}' is not one"
+    return None
+
+
+def parse_spec(spec: str) -> tuple[str, int]:
+    """``"Q4_0:1"`` → ("Q4_0", 1): a llama.cpp file type (or ``file``) and a thread count."""
+    quant, _, threads = spec.partition(":")
+    try:
+        n = int(threads or 1)
+    except ValueError:
+        raise ParadecError(f"--llamacpp wants QUANT:THREADS such as Q4_0:1, got '{spec}'") from None
+    if n < 1:
+        raise ParadecError(f"--llamacpp threads must be >= 1, got {n}")
+    return quant.upper() if quant.lower() != "file" else "file", n
+
+
+def gguf_for(model: Model, quant: str) -> Path:
+    """The model's GGUF file requantized to ``quant`` (cached), or the file itself for ``file``."""
+    import llama_cpp
+
+    if quant == "file":
+        return model.path
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}", None)
+    if ftype is None:
+        raise ParadecError(f"llama.cpp has no file type '{quant}' (e.g. Q4_0, Q4_1, Q8_0, BF16, F16)")
+    from ..model.builtins import cache_root
+
+    out = cache_root() / "llamacpp" / f"{model.path.stem}.{quant}.gguf"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.allow_requantize, params.nthread = ftype, True, 2
+        tmp = out.with_suffix(".tmp")
+        if llama_cpp.llama_model_quantize(str(model.path).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+            raise ParadecError(f"llama.cpp could not requantize {model.path.name} to {quant}")
+        tmp.replace(out)
+    return out
+
+
+class LlamaCpp:
+    """One llama.cpp contender; token ids in, token ids out (the GGUF's own vocabulary is the model's)."""
+
+    kind = "peer"
+
+    def __init__(self, model: Model, name: str, quant: str, threads: int, lookup: bool):
+        from llama_cpp import Llama
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        self.name, self.eos, self.lookup = name, model.eos_token_ids, lookup
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=LOOKUP_TOKENS) if lookup else None
+        self.llm = Llama(model_path=str(gguf_for(model, quant)), n_ctx=min(model.max_length, 4096), n_threads=threads,
+                         n_threads_batch=threads, n_batch=512, draft_model=draft, verbose=False)
+
+    def run(self, prompt_ids: list[int], max_new_tokens: int) -> Run:
+        out: list[int] = []
+        start = time.perf_counter()
+        for token in self.llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, reset=True):
+            if token in self.eos:
+                break
+            out.append(token)
+            if len(out) >= max_new_tokens:
+                break
+        seconds = time.perf_counter() - start
+        # plain: one forward per token after the first (which the prompt's pass yields); prompt lookup's
+        # passes are not reported by llama-cpp-python (0 = unknown: the report shows no tokens/forward)
+        return Run(out, seconds, forward_passes=0 if self.lookup else max(len(out) - 1, 0), accepted_tokens=0)
+
+
+def make_llamacpp(model: Model, spec: str = DEFAULT_SPEC) -> tuple[list, dict[str, str]]:
+    """The llama.cpp contenders, or the reason they cannot run."""
+    why = unavailable_reason(model)
+    if why:
+        return [], {"llamacpp": why, "llamacpp-lookup": why}
+    quant, threads = parse_spec(spec)
+    label = f"{quant}, {threads} thread{'s' if threads > 1 else ''}"
+    try:
+        peers = [LlamaCpp(model, "llamacpp", quant, threads, lookup=False),
+                 LlamaCpp(model, "llamacpp-lookup", quant, threads, lookup=True)]
+    except (ParadecError, ValueError, RuntimeError) as exc:
+        return [], {"llamacpp": str(exc), "llamacpp-lookup": str(exc)}
+    for p in peers:
+        p.config = label
+    return peers, {}

@@ -1,0 +1,669 @@
+// paradec's CPU kernels: the few operations a decoder layer needs, written so that every row's
+// result depends only on that row's inputs (never on how many rows share the call).
+//
+// That property ("row invariance") is what makes a verification forward over k draft rows give
+// bit-identical logits to k one-row steps of plain decoding, in every weight format:
+//   - each output element is one dot product computed by the same code path whatever the block
+//     shape (tiles only decide which dot products run next to each other, never their order);
+//   - attention walks one row's visible keys in a fixed order (cached prefix, then its block rows),
+//     so a draft node sees exactly the arithmetic plain decoding did for the same token.
+//
+// Weight formats (rows = output features, K = input features, K % 32 == 0 for q8/q4):
+//   f32  : float  [N, K]
+//   bf16 : bf16   [N, K]            (converted to float in registers)
+//   q8   : uint8  [N, K/32 * 34]    GGML Q8_0 blocks, w = d * q
+//   q4   : uint8  [N, K/32 * 20]    GGML Q4_1 blocks, w = d * q + m, q in 0..15
+// Activations are float32 [M, K]; for q8/q4 weights each row is quantised to int8 blocks of 32
+// (as llama.cpp's Q8 activations), per row, so that too is row-invariant.
+//
+// Built at first use by torch.utils.cpp_extension with -march=native (see __init__.py); the AVX2
+// paths are used where the compiler targets AVX2, a scalar path elsewhere (same results per row
+// within one build, which is all row invariance needs).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define PARADEC_AVX2 1
+#else
+#define PARADEC_AVX2 0
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr int QK = 32;  // quantisation block
+
+// ---------------------------------------------------------------------------------------------
+// small vector helpers
+// ---------------------------------------------------------------------------------------------
+#if PARADEC_AVX2
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+inline __m256 load_bf16(const uint16_t* p) {  // 8 bf16 -> 8 float
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// exp(x) for 8 lanes (Cephes-style range reduction + degree-5 polynomial), |rel err| ~ 2e-7.
+inline __m256 exp8(__m256 x) {
+  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-88.3762626647949f);
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+  __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+  fx = _mm256_floor_ps(fx);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 z = _mm256_mul_ps(x, x);
+  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+  y = _mm256_fmadd_ps(y, z, x);
+  y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+  __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(0x7f)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
+}
+#endif
+
+inline float bf16_to_float(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// One exp used everywhere a softmax or SiLU needs it, so scalar tails match vector lanes.
+inline void exp_inplace(float* x, int64_t n) {
+  int64_t i = 0;
+#if PARADEC_AVX2
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp8(_mm256_loadu_ps(x + i)));
+  if (i < n) {
+    float buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    std::memcpy(buf, x + i, (n - i) * sizeof(float));
+    _mm256_storeu_ps(buf, exp8(_mm256_loadu_ps(buf)));
+    std::memcpy(x + i, buf, (n - i) * sizeof(float));
+  }
+#else
+  for (; i < n; ++i) x[i] = std::exp(x[i]);
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// dot products: one (weight row, activation row) pair; the only arithmetic a linear layer does
+// ---------------------------------------------------------------------------------------------
+inline float dot_f32(const float* w, const float* x, int64_t K) {
+  int64_t k = 0;
+  float tail = 0.f;
+#if PARADEC_AVX2
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  for (; k + 16 <= K; k += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+  }
+  for (; k < K; ++k) tail += w[k] * x[k];
+  return hsum(_mm256_add_ps(a0, a1)) + tail;
+#else
+  for (; k < K; ++k) tail += w[k] * x[k];
+  return tail;
+#endif
+}
+
+inline float dot_bf16(const uint16_t* w, const float* x, int64_t K) {
+  int64_t k = 0;
+  float tail = 0.f;
+#if PARADEC_AVX2
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  for (; k + 16 <= K; k += 16) {
+    a0 = _mm256_fmadd_ps(load_bf16(w + k), _mm256_loadu_ps(x + k), a0);
+    a1 = _mm256_fmadd_ps(load_bf16(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+  }
+  for (; k < K; ++k) tail += bf16_to_float(w[k]) * x[k];
+  return hsum(_mm256_add_ps(a0, a1)) + tail;
+#else
+  for (; k < K; ++k) tail += bf16_to_float(w[k]) * x[k];
+  return tail;
+#endif
+}
+
+inline int64_t grain_for(int64_t work_per_item) {
+  // hand out at least ~16k multiply-adds per task, so tiny layers do not pay for threads
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_item));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// linear: y[M, N] = x[M, K] @ W^T (+ bias)
+// ---------------------------------------------------------------------------------------------
+// Float weights (f32, bf16) are turned into float32 in registers, 32 at a time, and multiplied
+// with float32 activations. Each (output n, row r) pair owns one 8-lane accumulator that gets, per
+// 32-weight chunk, the same four FMAs in the same order, then one horizontal sum: the same
+// arithmetic whatever M is and however the rows are tiled.
+
+namespace {
+
+struct F32W {
+  const float* w;
+  int64_t K;
+#if PARADEC_AVX2
+  inline void load(int64_t n, int64_t c, __m256* v) const {
+    const float* p = w + n * K + c * QK;
+    for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(p + 8 * j);
+  }
+#endif
+  inline float at(int64_t n, int64_t k) const { return w[n * K + k]; }
+};
+
+struct BF16W {
+  const uint16_t* w;
+  int64_t K;
+#if PARADEC_AVX2
+  inline void load(int64_t n, int64_t c, __m256* v) const {
+    const uint16_t* p = w + n * K + c * QK;
+    for (int j = 0; j < 4; ++j) v[j] = load_bf16(p + 8 * j);
+  }
+#endif
+  inline float at(int64_t n, int64_t k) const { return bf16_to_float(w[n * K + k]); }
+};
+
+// Outputs n0 .. n0+NT-1 for rows r0 .. r0+RT-1.
+template <int NT, int RT, class W>
+inline void tile(const W& wt, int64_t n0, int64_t r0, const float* x, int64_t K, int64_t N, const float* bias, float* y) {
+  const int64_t chunks = K / QK;
+#if PARADEC_AVX2
+  __m256 acc[NT][RT];
+  for (int i = 0; i < NT; ++i)
+    for (int r = 0; r < RT; ++r) acc[i][r] = _mm256_setzero_ps();
+  __m256 v[4];
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int i = 0; i < NT; ++i) {
+      wt.load(n0 + i, c, v);
+      for (int r = 0; r < RT; ++r) {
+        const float* xr = x + (r0 + r) * K + c * QK;
+        for (int j = 0; j < 4; ++j) acc[i][r] = _mm256_fmadd_ps(v[j], _mm256_loadu_ps(xr + 8 * j), acc[i][r]);
+      }
+    }
+#endif
+  for (int i = 0; i < NT; ++i)
+    for (int r = 0; r < RT; ++r) {
+#if PARADEC_AVX2
+      float s = hsum(acc[i][r]);
+      const int64_t from = chunks * QK;
+#else
+      float s = 0.f;
+      const int64_t from = 0;
+#endif
+      for (int64_t k = from; k < K; ++k) s += wt.at(n0 + i, k) * x[(r0 + r) * K + k];
+      y[(r0 + r) * N + n0 + i] = bias ? s + bias[n0 + i] : s;
+    }
+}
+
+// Outputs [n0, n1) in tiles of NT, rows [r0, r1) in tiles of RT (smaller tiles at the edges).
+template <int NT, int RT, class W>
+void block(const W& wt, int64_t n0, int64_t n1, int64_t r0, int64_t r1, const float* x, int64_t K, int64_t N,
+           const float* bias, float* y) {
+  for (int64_t n = n0; n < n1; n += NT) {
+    if (n + NT > n1) {
+      for (int64_t i = n; i < n1; ++i) block<1, RT>(wt, i, i + 1, r0, r1, x, K, N, bias, y);
+      break;
+    }
+    int64_t r = r0;
+    for (; r + RT <= r1; r += RT) tile<NT, RT>(wt, n, r, x, K, N, bias, y);
+    for (; r < r1; ++r) tile<NT, 1>(wt, n, r, x, K, N, bias, y);
+  }
+}
+
+constexpr int64_t NT = 4;   // outputs per thread work item (and per tile when M <= 2)
+constexpr int64_t RB = 64;  // rows per block: a block's activations stay in cache while a thread's outputs pass
+
+template <class W>
+void gemm(const W& wt, int64_t M, int64_t N, int64_t K, const float* x, const float* bias, float* y) {
+  at::parallel_for(0, (N + NT - 1) / NT, grain_for(K * std::min(M, RB) * NT), [&](int64_t t0, int64_t t1) {
+    const int64_t n0 = t0 * NT, n1 = std::min(N, t1 * NT);
+    for (int64_t r0 = 0; r0 < M; r0 += RB) {
+      const int64_t r1 = std::min(M, r0 + RB);
+      if (r1 - r0 == 1) block<4, 1>(wt, n0, n1, r0, r1, x, K, N, bias, y);
+      else if (r1 - r0 == 2) block<4, 2>(wt, n0, n1, r0, r1, x, K, N, bias, y);
+      else block<2, 4>(wt, n0, n1, r0, r1, x, K, N, bias, y);
+    }
+  });
+}
+
+// Quantised weights (q8, q4) are multiplied with int8 activations, as llama.cpp does: each row
+// of x is quantised per 32-block (d = max|x| / 127, q = round(x / d)), the block dot products are
+// exact integer sums, and each (output, row) accumulator gets per block one FMA with the scale
+// d_w * d_x, in block order. On AVX2 this costs ~2.5x fewer instructions per weight than
+// converting the weights to float, which matters most for one-row steps.
+struct QAct {
+  std::vector<int8_t> q;  // [M, K]
+  std::vector<float> d, s;  // [M, K/32]: scale, scale * sum(q) (the q4 minimum's partner)
+  int64_t K, nb;
+
+  QAct(const float* x, int64_t M, int64_t K_) : q(M * K_), d(M * (K_ / QK)), s(M * (K_ / QK)), K(K_), nb(K_ / QK) {
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* xb = x + r * K + b * QK;
+        float amax = 0.f;
+        for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+        const float scale = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+        int32_t sum = 0;
+        for (int j = 0; j < QK; ++j) {
+          const int v = std::min(127, std::max(-127, static_cast<int>(std::nearbyint(xb[j] * inv))));
+          q[r * K + b * QK + j] = static_cast<int8_t>(v);
+          sum += v;
+        }
+        d[r * nb + b] = scale;
+        s[r * nb + b] = scale * float(sum);
+      }
+  }
+};
+
+// Quantised weights are stored as GGML blocks, one row after another: per 32 weights
+//   q8 (Q8_0): [d: f16][q: 32 x int8]                 34 bytes, w = d * q
+//   q4 (Q4_1): [d: f16][m: f16][q: 16 bytes, 2 x 4 bit] 20 bytes, w = d * q + m
+// (byte j of q4's q holds element j in its low nibble and element j + 16 in its high one), so a
+// GGUF file's tensors are used as they are and each row is one contiguous stream for the prefetcher.
+inline float f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+#if defined(__F16C__)
+  return _cvtsh_ss(h);  // one instruction; the portable conversion below is ~15
+#else
+  return c10::detail::fp16_ieee_to_fp32_value(h);
+#endif
+}
+
+struct Q8W {
+  static constexpr int64_t BYTES = 2 + QK;
+  static constexpr bool has_min = false;
+  const uint8_t* w;
+  int64_t K;
+  inline const uint8_t* row(int64_t n) const { return w + n * (K / QK) * BYTES; }
+  static inline float scale(const uint8_t* b) { return f16(b); }
+  static inline float min(const uint8_t*) { return 0.f; }
+#if PARADEC_AVX2
+  // (|w|, w) for the sign trick: maddubs multiplies unsigned by signed bytes
+  static inline void load(const uint8_t* b, __m256i& a, __m256i& sgn) {
+    sgn = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
+    a = _mm256_sign_epi8(sgn, sgn);
+  }
+  static inline __m256i signed_x(__m256i x, __m256i sgn) { return _mm256_sign_epi8(x, sgn); }
+#endif
+  static inline int32_t idot(const uint8_t* b, const int8_t* x) {
+    const int8_t* q = reinterpret_cast<const int8_t*>(b + 2);
+    int32_t acc = 0;
+    for (int j = 0; j < QK; ++j) acc += int32_t(q[j]) * int32_t(x[j]);
+    return acc;
+  }
+};
+
+struct Q4W {
+  static constexpr int64_t BYTES = 4 + QK / 2;
+  static constexpr bool has_min = true;
+  const uint8_t* w;
+  int64_t K;
+  inline const uint8_t* row(int64_t n) const { return w + n * (K / QK) * BYTES; }
+  static inline float scale(const uint8_t* b) { return f16(b); }
+  static inline float min(const uint8_t* b) { return f16(b + 2); }
+#if PARADEC_AVX2
+  static inline void load(const uint8_t* b, __m256i& a, __m256i&) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 4));
+    a = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0F));
+  }
+  static inline __m256i signed_x(__m256i x, __m256i) { return x; }
+#endif
+  static inline int32_t idot(const uint8_t* b, const int8_t* x) {
+    const uint8_t* p = b + 4;
+    int32_t acc = 0;
+    for (int j = 0; j < QK / 2; ++j) acc += int32_t(p[j] & 0x0F) * int32_t(x[j]) + int32_t(p[j] >> 4) * int32_t(x[j + 16]);
+    return acc;
+  }
+};
+
+template <int NT, int RT, class W>
+inline void qtile(const W& wt, int64_t n0, int64_t r0, const QAct& xa, int64_t N, const float* bias, float* y) {
+  const int64_t nb = xa.nb, K = xa.K;
+  const uint8_t* rows[NT];
+  for (int i = 0; i < NT; ++i) rows[i] = wt.row(n0 + i);
+  const int8_t* xq[RT];
+  const float* xd[RT];
+  const float* xs[RT];
+  for (int r = 0; r < RT; ++r) {
+    xq[r] = xa.q.data() + (r0 + r) * K;
+    xd[r] = xa.d.data() + (r0 + r) * nb;
+    xs[r] = xa.s.data() + (r0 + r) * nb;
+  }
+  float mins[NT][RT] = {};
+#if PARADEC_AVX2
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[NT][RT];
+  for (int i = 0; i < NT; ++i)
+    for (int r = 0; r < RT; ++r) acc[i][r] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < nb; ++c)
+    for (int i = 0; i < NT; ++i) {
+      const uint8_t* b = rows[i] + c * W::BYTES;
+      __m256i a, sgn;
+      W::load(b, a, sgn);
+      const float dw = W::scale(b);
+      const float mw = W::min(b);
+      for (int r = 0; r < RT; ++r) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[r] + c * QK));
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(a, W::signed_x(xv, sgn)), ones);
+        acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * xd[r][c]), acc[i][r]);
+        if (W::has_min) mins[i][r] = std::fma(mw, xs[r][c], mins[i][r]);
+      }
+    }
+#endif
+  for (int i = 0; i < NT; ++i)
+    for (int r = 0; r < RT; ++r) {
+#if PARADEC_AVX2
+      float v = hsum(acc[i][r]);
+#else
+      float v = 0.f;
+      for (int64_t c = 0; c < nb; ++c) {
+        const uint8_t* b = rows[i] + c * W::BYTES;
+        v += W::scale(b) * xd[r][c] * float(W::idot(b, xq[r] + c * QK));
+        if (W::has_min) mins[i][r] = std::fma(W::min(b), xs[r][c], mins[i][r]);
+      }
+#endif
+      v += mins[i][r];
+      y[(r0 + r) * N + n0 + i] = bias ? v + bias[n0 + i] : v;
+    }
+}
+
+template <int NT, int RT, class W>
+void qblock(const W& wt, int64_t n0, int64_t n1, int64_t r0, int64_t r1, const QAct& xa, int64_t N, const float* bias,
+            float* y) {
+  for (int64_t n = n0; n < n1; n += NT) {
+    if (n + NT > n1) {
+      for (int64_t i = n; i < n1; ++i) qblock<1, RT>(wt, i, i + 1, r0, r1, xa, N, bias, y);
+      break;
+    }
+    int64_t r = r0;
+    for (; r + RT <= r1; r += RT) qtile<NT, RT>(wt, n, r, xa, N, bias, y);
+    for (; r < r1; ++r) qtile<NT, 1>(wt, n, r, xa, N, bias, y);
+  }
+}
+
+template <class W>
+void qgemm(const W& wt, int64_t M, int64_t N, const float* x, const float* bias, float* y) {
+  const QAct xa(x, M, wt.K);
+  at::parallel_for(0, (N + NT - 1) / NT, grain_for(wt.K * std::min(M, RB) * NT / 4), [&](int64_t t0, int64_t t1) {
+    const int64_t n0 = t0 * NT, n1 = std::min(N, t1 * NT);
+    for (int64_t r0 = 0; r0 < M; r0 += RB) {
+      const int64_t r1 = std::min(M, r0 + RB);
+      if (r1 - r0 <= 2) qblock<4, 1>(wt, n0, n1, r0, r1, xa, N, bias, y);
+      else qblock<2, 4>(wt, n0, n1, r0, r1, xa, N, bias, y);
+    }
+  });
+}
+
+}  // namespace
+
+torch::Tensor linear(torch::Tensor x, const std::string& fmt, torch::Tensor w, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous float [M, K]");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  const int64_t cols = fmt == "q4" ? K / QK * Q4W::BYTES : fmt == "q8" ? K / QK * Q8W::BYTES : K;
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.size(1) == cols, "weight does not match K = ", K);
+  auto y = torch::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  if (fmt == "f32") {
+    TORCH_CHECK(w.scalar_type() == torch::kFloat, "f32 weight must be float32");
+    const F32W wt{w.data_ptr<float>(), K};
+    py::gil_scoped_release no_gil;
+    gemm(wt, M, N, K, xp, bp, yp);
+  } else if (fmt == "bf16") {
+    TORCH_CHECK(w.scalar_type() == torch::kBFloat16, "bf16 weight must be bfloat16");
+    const BF16W wt{reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), K};
+    py::gil_scoped_release no_gil;
+    gemm(wt, M, N, K, xp, bp, yp);
+  } else if (fmt == "q8") {
+    TORCH_CHECK(w.scalar_type() == torch::kByte && K % QK == 0, "q8 needs uint8 Q8_0 blocks and K % 32 == 0");
+    const Q8W wt{w.data_ptr<uint8_t>(), K};
+    py::gil_scoped_release no_gil;
+    qgemm(wt, M, N, xp, bp, yp);
+  } else if (fmt == "q4") {
+    TORCH_CHECK(w.scalar_type() == torch::kByte && K % QK == 0, "q4 needs uint8 Q4_1 blocks and K % 32 == 0");
+    const Q4W wt{w.data_ptr<uint8_t>(), K};
+    py::gil_scoped_release no_gil;
+    qgemm(wt, M, N, xp, bp, yp);
+  } else {
+    TORCH_CHECK(false, "unknown weight format ", fmt);
+  }
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// norms and activations
+// ---------------------------------------------------------------------------------------------
+static void rmsnorm_row(const float* x, const float* w, float eps, float* y, int64_t D) {
+  float ss = 0.f;
+  int64_t k = 0;
+#if PARADEC_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  for (; k + 8 <= D; k += 8) {
+    __m256 v = _mm256_loadu_ps(x + k);
+    acc = _mm256_fmadd_ps(v, v, acc);
+  }
+  ss = hsum(acc);
+#endif
+  for (; k < D; ++k) ss += x[k] * x[k];
+  const float inv = 1.f / std::sqrt(ss / float(D) + eps);
+  for (int64_t i = 0; i < D; ++i) y[i] = w[i] * (x[i] * inv);
+}
+
+// y = rmsnorm(x) * w, per row
+torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor w, double eps) {
+  TORCH_CHECK(x.is_contiguous() && x.scalar_type() == torch::kFloat, "x must be contiguous float");
+  const int64_t D = x.size(-1), M = x.numel() / D;
+  auto y = torch::empty_like(x);
+  for (int64_t r = 0; r < M; ++r) rmsnorm_row(x.data_ptr<float>() + r * D, w.data_ptr<float>(), float(eps), y.data_ptr<float>() + r * D, D);
+  return y;
+}
+
+// h += delta (in place); returns rmsnorm(h) * w: the residual add fused with the next norm
+torch::Tensor add_rmsnorm(torch::Tensor h, torch::Tensor delta, torch::Tensor w, double eps) {
+  TORCH_CHECK(h.is_contiguous() && delta.is_contiguous() && h.sizes() == delta.sizes(), "h and delta must match");
+  const int64_t D = h.size(-1), M = h.numel() / D;
+  float* hp = h.data_ptr<float>();
+  const float* dp = delta.data_ptr<float>();
+  for (int64_t i = 0; i < M * D; ++i) hp[i] += dp[i];
+  auto y = torch::empty_like(h);
+  for (int64_t r = 0; r < M; ++r) rmsnorm_row(hp + r * D, w.data_ptr<float>(), float(eps), y.data_ptr<float>() + r * D, D);
+  return y;
+}
+
+// [M, 2I] (gate | up) -> [M, I]: silu(gate) * up
+torch::Tensor silu_mul(torch::Tensor gu) {
+  TORCH_CHECK(gu.is_contiguous() && gu.dim() == 2, "gate_up must be contiguous [M, 2I]");
+  const int64_t M = gu.size(0), I = gu.size(1) / 2;
+  auto y = torch::empty({M, I}, gu.options());
+  std::vector<float> e(I);
+  for (int64_t r = 0; r < M; ++r) {
+    const float* g = gu.data_ptr<float>() + r * 2 * I;
+    const float* u = g + I;
+    float* out = y.data_ptr<float>() + r * I;
+    for (int64_t i = 0; i < I; ++i) e[i] = -g[i];
+    exp_inplace(e.data(), I);
+    for (int64_t i = 0; i < I; ++i) out[i] = g[i] / (1.f + e[i]) * u[i];
+  }
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// rotary embedding + KV store
+// ---------------------------------------------------------------------------------------------
+// qkv: [M, (H + 2 Hkv) * D] (q heads, k heads, v heads); cos/sin: [P, D/2]; pos: [M] positions;
+// caches[seq]: [layers, 2, Hkv, cap, D] float or bf16; rows[r] = (seq, slot): where row r's k/v go.
+// Rotation as transformers' rotate_half: x1 = x[:D/2], x2 = x[D/2:] -> (x1 c - x2 s, x2 c + x1 s).
+// Returns q [M, H, D] rotated.
+template <typename T>
+static inline void store(T* dst, const float* src, int64_t D);
+template <>
+inline void store<float>(float* dst, const float* src, int64_t D) { std::memcpy(dst, src, D * sizeof(float)); }
+template <>
+inline void store<at::BFloat16>(at::BFloat16* dst, const float* src, int64_t D) {
+  for (int64_t i = 0; i < D; ++i) dst[i] = at::BFloat16(src[i]);  // round to nearest even
+}
+
+static void rope_row(const float* x, const float* c, const float* s, int64_t D, float* out) {
+  const int64_t h = D / 2;
+  for (int64_t i = 0; i < h; ++i) {
+    out[i] = x[i] * c[i] - x[i + h] * s[i];
+    out[i + h] = x[i + h] * c[i] + x[i] * s[i];
+  }
+}
+
+torch::Tensor rope_store(torch::Tensor qkv, int64_t H, int64_t Hkv, torch::Tensor cos, torch::Tensor sin,
+                         torch::Tensor pos, std::vector<torch::Tensor> caches, torch::Tensor rows, int64_t layer) {
+  const int64_t M = qkv.size(0), D = cos.size(1) * 2;
+  TORCH_CHECK(qkv.is_contiguous() && qkv.size(1) == (H + 2 * Hkv) * D, "qkv has the wrong shape");
+  auto q = torch::empty({M, H, D}, qkv.options());
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  const int64_t* rp = rows.data_ptr<int64_t>();  // [M, 2]
+  std::vector<float> tmp(D);
+  for (int64_t r = 0; r < M; ++r) {
+    const float* row = qkv.data_ptr<float>() + r * (H + 2 * Hkv) * D;
+    const float* c = cos.data_ptr<float>() + pp[r] * (D / 2);
+    const float* s = sin.data_ptr<float>() + pp[r] * (D / 2);
+    for (int64_t h = 0; h < H; ++h) rope_row(row + h * D, c, s, D, q.data_ptr<float>() + (r * H + h) * D);
+    torch::Tensor& cache = caches[rp[2 * r]];
+    const int64_t cap = cache.size(3), slot = rp[2 * r + 1];
+    TORCH_CHECK(slot >= 0 && slot < cap, "KV slot ", slot, " outside the cache (capacity ", cap, ")");
+    for (int64_t g = 0; g < Hkv; ++g) {
+      rope_row(row + (H + g) * D, c, s, D, tmp.data());
+      const int64_t koff = (((layer * 2 + 0) * Hkv + g) * cap + slot) * D;
+      const int64_t voff = (((layer * 2 + 1) * Hkv + g) * cap + slot) * D;
+      const float* v = row + (H + Hkv + g) * D;
+      if (cache.scalar_type() == torch::kFloat) {
+        store<float>(cache.data_ptr<float>() + koff, tmp.data(), D);
+        store<float>(cache.data_ptr<float>() + voff, v, D);
+      } else {
+        store<at::BFloat16>(cache.data_ptr<at::BFloat16>() + koff, tmp.data(), D);
+        store<at::BFloat16>(cache.data_ptr<at::BFloat16>() + voff, v, D);
+      }
+    }
+  }
+  return q;
+}
+
+// ---------------------------------------------------------------------------------------------
+// attention over each row's visible keys
+// ---------------------------------------------------------------------------------------------
+// q: [M, H, D]; caches[seq]: [layers, 2, Hkv, cap, D]; seq: [M]; start, prefix: [M] (cache slots
+// start..prefix-1 visible; start > 0 only under a sliding window); extra: [M, E] more visible slots
+// in ascending order, -1 = none.
+// Keys are visited prefix first, then extra, whatever M is: the arithmetic for a row is that of
+// plain decoding of the same token.
+template <typename T>
+static inline float kdot(const float* q, const T* k, int64_t D);
+template <>
+inline float kdot<float>(const float* q, const float* k, int64_t D) { return dot_f32(k, q, D); }
+template <>
+inline float kdot<at::BFloat16>(const float* q, const at::BFloat16* k, int64_t D) {
+  return dot_bf16(reinterpret_cast<const uint16_t*>(k), q, D);
+}
+
+template <typename T>
+static inline void axpy(float a, const T* v, float* out, int64_t D);
+template <>
+inline void axpy<float>(float a, const float* v, float* out, int64_t D) {
+  int64_t i = 0;
+#if PARADEC_AVX2
+  const __m256 av = _mm256_set1_ps(a);
+  for (; i + 8 <= D; i += 8) _mm256_storeu_ps(out + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+#endif
+  for (; i < D; ++i) out[i] += a * v[i];
+}
+template <>
+inline void axpy<at::BFloat16>(float a, const at::BFloat16* v, float* out, int64_t D) {
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(v);
+  int64_t i = 0;
+#if PARADEC_AVX2
+  const __m256 av = _mm256_set1_ps(a);
+  for (; i + 8 <= D; i += 8) _mm256_storeu_ps(out + i, _mm256_fmadd_ps(av, load_bf16(h + i), _mm256_loadu_ps(out + i)));
+#endif
+  for (; i < D; ++i) out[i] += a * bf16_to_float(h[i]);
+}
+
+template <typename T>
+static void attend_one(const float* q, const T* K, const T* V, const int64_t* slots, int64_t n, int64_t D, float scale,
+                       float* out, std::vector<float>& p) {
+  p.resize(n);
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    p[j] = kdot<T>(q, K + slots[j] * D, D) * scale;
+    mx = std::max(mx, p[j]);
+  }
+  for (int64_t j = 0; j < n; ++j) p[j] -= mx;
+  exp_inplace(p.data(), n);
+  float sum = 0.f;
+  for (int64_t j = 0; j < n; ++j) sum += p[j];
+  std::fill(out, out + D, 0.f);
+  for (int64_t j = 0; j < n; ++j) axpy<T>(p[j], V + slots[j] * D, out, D);
+  const float inv = 1.f / sum;
+  for (int64_t i = 0; i < D; ++i) out[i] *= inv;
+}
+
+torch::Tensor attention(torch::Tensor q, std::vector<torch::Tensor> caches, torch::Tensor seq, torch::Tensor start,
+                        torch::Tensor prefix, torch::Tensor extra, int64_t layer, double scale) {
+  const int64_t M = q.size(0), H = q.size(1), D = q.size(2), E = extra.size(1);
+  TORCH_CHECK(q.is_contiguous() && q.scalar_type() == torch::kFloat, "q must be contiguous float [M, H, D]");
+  auto out = torch::empty_like(q);
+  const int64_t* sp = seq.data_ptr<int64_t>();
+  const int64_t* st = start.data_ptr<int64_t>();
+  const int64_t* pp = prefix.data_ptr<int64_t>();
+  const int64_t* ep = extra.data_ptr<int64_t>();
+  py::gil_scoped_release no_gil;
+  at::parallel_for(0, M * H, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<int64_t> slots;
+    std::vector<float> p;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r = t / H, h = t % H;
+      const torch::Tensor& cache = caches[sp[r]];
+      const int64_t Hkv = cache.size(2), cap = cache.size(3), g = h / (H / Hkv);
+      slots.clear();
+      for (int64_t j = st[r]; j < pp[r]; ++j) slots.push_back(j);
+      for (int64_t e = 0; e < E && ep[r * E + e] >= 0; ++e) slots.push_back(ep[r * E + e]);
+      const int64_t koff = ((layer * 2 + 0) * Hkv + g) * cap * D, voff = ((layer * 2 + 1) * Hkv + g) * cap * D;
+      const float* qp = q.data_ptr<float>() + (r * H + h) * D;
+      float* op = out.data_ptr<float>() + (r * H + h) * D;
+      if (cache.scalar_type() == torch::kFloat)
+        attend_one<float>(qp, cache.data_ptr<float>() + koff, cache.data_ptr<float>() + voff, slots.data(), slots.size(), D,
+                          float(scale), op, p);
+      else
+        attend_one<at::BFloat16>(qp, cache.data_ptr<at::BFloat16>() + koff, cache.data_ptr<at::BFloat16>() + voff,
+                                 slots.data(), slots.size(), D, float(scale), op, p);
+    }
+  });
+  return out;
+}
+
+bool has_avx2() { return PARADEC_AVX2; }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
+  mod.def("linear", &linear, "y = x @ W^T (+ bias) for f32/bf16/q8/q4 weights");
+  mod.def("rmsnorm", &rmsnorm);
+  mod.def("add_rmsnorm", &add_rmsnorm);
+  mod.def("silu_mul", &silu_mul);
+  mod.def("rope_store", &rope_store);
+  mod.def("attention", &attention);
+  mod.def("has_avx2", &has_avx2);
+}
