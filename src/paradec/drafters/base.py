@@ -38,9 +38,45 @@ class StepContext:
     generator: torch.Generator | None
 
 
+# Upper bounds shared by the drafters' options: generous for real use, cheap in the worst case, so
+# that no option (a request's, on the server) can make one step arbitrarily expensive.
+MAX_NODES = 128  # draft tree nodes = block rows after the root (a forward over ~128 rows)
+MAX_DEPTH = 32  # tokens along one draft path (for an LM drafter: its forwards per step)
+
+
 @dataclass(frozen=True)
 class DrafterConfig:
-    """Base of every method's frozen config; subclasses validate their fields in ``__post_init__``."""
+    """Base of every method's frozen config; subclasses validate their fields in ``__post_init__``
+    with the ``check_*`` helpers below, each field between a lower and an upper bound."""
+
+
+def check_int(config: DrafterConfig, name: str, low: int, high: int, *, optional: bool = False) -> None:
+    """Raise a ValueError naming the option unless it is an integer in [low, high] (or None if optional)."""
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        default = " (or null for the default)" if optional else ""
+        raise ValueError(f"{name} must be an integer in [{low}, {high}]{default}, got {value!r}")
+
+
+def check_number(config: DrafterConfig, name: str, low: float, high: float, *, optional: bool = False,
+                 below_high: bool = False) -> None:
+    """Raise a ValueError naming the option unless it is a number in [low, high] ([low, high) if
+    ``below_high``; None allowed if optional)."""
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    if not ok or (below_high and value == high):
+        default = " (or null for the default)" if optional else ""
+        raise ValueError(f"{name} must be a number in [{low}, {high}{')' if below_high else ']'}{default}, got {value!r}")
+
+
+def check_bool(config: DrafterConfig, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 class Drafter:

@@ -30,7 +30,7 @@ import torch
 
 from ..sampling import sample, target_probs
 from ..tree import Draft
-from .base import Drafter, DrafterConfig, StepContext, register
+from .base import Drafter, DrafterConfig, StepContext, check_int, register
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,9 @@ class JacobiConfig(DrafterConfig):
     pause: int | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.window, int) and 1 <= self.window <= 64):
-            raise ValueError(f"window must be an integer in [1, 64], got {self.window!r}")
-        for name in ("patience", "pause"):
-            value = getattr(self, name)
-            if not (value is None or (isinstance(value, int) and value >= 0)):
-                raise ValueError(f"{name} must be an integer >= 0 (or null for the dtype's default), got {value!r}")
+        check_int(self, "window", 1, 64)
+        check_int(self, "patience", 0, 1024, optional=True)
+        check_int(self, "pause", 0, 1024, optional=True)
 
 
 def cost_gate(model, patience: int | None, pause: int | None, full_precision: tuple[int, int]) -> tuple[int, int]:

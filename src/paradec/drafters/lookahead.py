@@ -32,7 +32,7 @@ from functools import lru_cache
 import torch
 
 from ..tree import Draft
-from .base import Drafter, DrafterConfig, StepContext, register
+from .base import MAX_NODES, Drafter, DrafterConfig, StepContext, check_bool, check_int, register
 from .jacobi import cost_gate
 from .ngram_pool import NGramPool, trie
 
@@ -51,20 +51,17 @@ class LookaheadConfig(DrafterConfig):
     seed: int = 0  # initial window tokens are drawn from the prompt with this seed
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.window, int) and 1 <= self.window <= 64):
-            raise ValueError(f"window (W) must be an integer in [1, 64], got {self.window!r}")
-        if not (isinstance(self.ngram, int) and 2 <= self.ngram <= 16):
-            raise ValueError(f"ngram (N) must be an integer in [2, 16], got {self.ngram!r}")
-        if not (isinstance(self.guesses, int) and 1 <= self.guesses <= 64):
-            raise ValueError(f"guesses (G) must be an integer in [1, 64], got {self.guesses!r}")
-        if not isinstance(self.pool_from_context, bool):
-            raise ValueError(f"pool_from_context must be true or false, got {self.pool_from_context!r}")
-        for name in ("patience", "pause"):
-            value = getattr(self, name)
-            if not (value is None or (isinstance(value, int) and value >= 0)):
-                raise ValueError(f"{name} must be an integer >= 0 (or null for the dtype's default), got {value!r}")
-        if not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        check_int(self, "window", 1, 64)
+        check_int(self, "ngram", 2, 16)
+        check_int(self, "guesses", 1, 64)
+        check_bool(self, "pool_from_context")
+        check_int(self, "patience", 0, 1024, optional=True)
+        check_int(self, "pause", 0, 1024, optional=True)
+        check_int(self, "seed", 0, 2**63 - 1)
+        rows = (self.window + self.guesses) * (self.ngram - 1)  # the most block rows: root + window + draft
+        if rows > MAX_NODES:
+            raise ValueError(f"(window + guesses) x (ngram - 1) must be at most {MAX_NODES} (the block's rows), "
+                             f"got ({self.window} + {self.guesses}) x {self.ngram - 1} = {rows}")
 
 
 @lru_cache(maxsize=32)

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from ..tree import Draft, depths
-from .base import Drafter, DrafterConfig, StepContext, register
+from .base import MAX_DEPTH, MAX_NODES, Drafter, DrafterConfig, StepContext, check_bool, check_int, check_number, register
+
+MAX_N = 16  # longest suffix matched: indexing costs O(max_n^2) per context token
 
 
 class NgramIndex:
@@ -141,20 +143,14 @@ class NgramConfig(DrafterConfig):
     PROBE_EVERY = 4
 
     def __post_init__(self) -> None:
-        for name in ("max_n", "min_n", "max_depth", "min_depth", "max_branches", "max_nodes"):
-            value = getattr(self, name)
-            if value is None and name in ("max_depth", "max_nodes"):
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.min_n > self.max_n:
-            raise ValueError(f"min_n ({self.min_n}) must not exceed max_n ({self.max_n})")
-        if self.max_depth is not None and self.min_depth > self.max_depth:
-            raise ValueError(f"min_depth ({self.min_depth}) must not exceed max_depth ({self.max_depth})")
-        if self.min_accept is not None and not (isinstance(self.min_accept, (int, float)) and self.min_accept >= 0):
-            raise ValueError(f"min_accept must be a number >= 0, got {self.min_accept!r}")
-        if not isinstance(self.adaptive, bool):
-            raise ValueError(f"adaptive must be true or false, got {self.adaptive!r}")
+        check_int(self, "max_n", 1, MAX_N)
+        check_int(self, "min_n", 1, self.max_n)
+        check_int(self, "max_depth", 1, MAX_DEPTH, optional=True)
+        check_int(self, "min_depth", 1, self.max_depth or MAX_DEPTH)
+        check_int(self, "max_branches", 1, MAX_NODES)
+        check_int(self, "max_nodes", 1, MAX_NODES, optional=True)
+        check_number(self, "min_accept", 0, MAX_DEPTH, optional=True)
+        check_bool(self, "adaptive")
 
 
 @register

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 import torch
 
 from ..tree import Draft, paths
-from .base import Drafter, DrafterConfig, StepContext, register
+from .base import MAX_DEPTH, MAX_NODES, Drafter, DrafterConfig, StepContext, check_bool, check_int, check_number, register
 from .ngram import NgramIndex, TokenTrie, lookup
 
 # Prior acceptance of the candidate of each rank (measured on SmolLM2-135M, see
 # docs/sweeps/ngram_recycling.md); only its ordering and decay shape the default template.
 RANK_PRIOR = (0.42, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)
+MAX_K = 64  # table width: vocab x 64 int32 is 12.6 MB at a 49k vocabulary
+MAX_LOOKUP_BRANCHES = 16
 
 
 def static_tree(size: int, k: int, max_depth: int, prior: tuple[float, ...] = RANK_PRIOR) -> tuple[tuple[int, ...], ...]:
@@ -122,17 +124,14 @@ class RecyclingConfig(DrafterConfig):
     PROBE_EVERY = 4  # while gated off, still draft every 4th step to notice when drafts turn good
 
     def __post_init__(self) -> None:
-        for name, low in (("k", 1), ("tree_size", 1), ("max_depth", 1), ("lookup_branches", 0), ("lookup_depth", 1)):
-            value = getattr(self, name)
-            if value is None and name in ("tree_size", "max_depth", "lookup_depth"):
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.min_accept is not None and not (isinstance(self.min_accept, (int, float)) and 0 <= self.min_accept):
-            raise ValueError(f"min_accept must be a number >= 0, got {self.min_accept!r}")
-        for name in ("persist", "seed_context"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        check_int(self, "k", 1, MAX_K)
+        check_int(self, "tree_size", 1, MAX_NODES, optional=True)
+        check_int(self, "max_depth", 1, MAX_DEPTH, optional=True)
+        check_int(self, "lookup_branches", 0, MAX_LOOKUP_BRANCHES)
+        check_int(self, "lookup_depth", 1, MAX_DEPTH, optional=True)
+        check_number(self, "min_accept", 0, MAX_DEPTH, optional=True)
+        check_bool(self, "persist")
+        check_bool(self, "seed_context")
 
 
 @register
@@ -165,7 +164,8 @@ class RecyclingDrafter(Drafter):
     def propose(self, ctx: StepContext) -> Draft:
         c = self.config
         self.root = ctx.tokens[-1]
-        trie = TokenTrie(min(len(self.template) + c.lookup_branches * c.lookup_depth, ctx.max_nodes))
+        budget = min(len(self.template) + c.lookup_branches * c.lookup_depth, MAX_NODES, ctx.max_nodes)
+        trie = TokenTrie(budget)
         if self.index is not None:
             self.index.update(ctx.tokens)
             lookup_trie = lookup(self.index, ctx.tokens, c.lookup_depth, c.lookup_branches, trie.max_nodes)
