@@ -10,7 +10,7 @@ import torch
 
 import paradec
 from paradec.drafters.base import StepContext, make_drafter
-from paradec.drafters.jacobi import JacobiConfig, JacobiDrafter, cost_gate
+from paradec.drafters.jacobi import JacobiConfig, JacobiDrafter
 from paradec.errors import ParadecError
 from paradec.sampling import SamplingParams, target_probs
 from paradec.tree import Draft, block_mask
@@ -77,24 +77,18 @@ def whole_prefix(seq):  # the next token depends on everything: Jacobi rarely co
 
 # --- pure parts -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [dict(window=0), dict(window=65), dict(window=2.5), dict(patience=-1), dict(pause=-2)])
+def NO_GATE_K(k: int) -> JacobiConfig:
+    """Window tests without the cost gate (a model of unknown dtype gets float32's gate)."""
+    return JacobiConfig(window=k, min_accept=0)
+
+
+@pytest.mark.parametrize("bad", [dict(window=0), dict(window=65), dict(window=2.5), dict(min_accept=-1), dict(probe_every=0),
+                                 dict(accept_decay=1)])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         JacobiConfig(**bad)
     with pytest.raises(ParadecError):
         make_drafter("jacobi", None, **bad)
-
-
-def test_cost_gate_defaults_by_dtype():
-    class M:
-        dtype = torch.float32
-
-    assert cost_gate(M, None, None, (1, 8)) == (1, 8)
-    assert cost_gate(M, 0, None, (1, 8)) == (0, 8)
-    M.dtype = torch.bfloat16
-    assert cost_gate(M, None, None, (1, 8)) == (0, 0)
-    assert cost_gate(M, 2, 5, (1, 8)) == (2, 5)
-    assert cost_gate(None, None, None, (1, 8)) == (0, 0)
 
 
 @pytest.mark.parametrize("fn", [markov, by_position, whole_prefix])
@@ -109,7 +103,7 @@ def test_converges_in_one_iteration_when_tokens_depend_on_position_only():
     """Every guess is refined to its fixed point in one pass, so the next pass accepts the whole
     window; after a full acceptance the window restarts from padding (nothing lies beyond it)."""
     k = 5
-    _, drafts, accepted = scripted_run(JacobiDrafter(None, JacobiConfig(window=k)), by_position, [1, 2], 60)
+    _, drafts, accepted = scripted_run(JacobiDrafter(None, NO_GATE_K(k)), by_position, [1, 2], 60)
     assert accepted[1::2] == [k] * len(accepted[1::2])  # refined windows: fully converged
     assert all(len(d) == k for d in drafts)
 
@@ -117,7 +111,7 @@ def test_converges_in_one_iteration_when_tokens_depend_on_position_only():
 def test_refined_window_is_the_rows_after_the_bonus():
     """Step 2's window = the step-1 predictions of the rows after the accepted prefix and bonus."""
     k = 4
-    drafter = JacobiDrafter(None, JacobiConfig(window=k))
+    drafter = JacobiDrafter(None, NO_GATE_K(k))
     prompt = [5, 6]
     tokens = prompt + [markov(prompt)]
     params = SamplingParams()
@@ -133,12 +127,13 @@ def test_refined_window_is_the_rows_after_the_bonus():
     assert d2.tokens[: len(refined)] == refined and len(d2) == k
 
 
-def test_pauses_after_patience_misses_then_restarts():
-    drafter = JacobiDrafter(None, JacobiConfig(window=3, patience=2, pause=3))
+def test_gate_takes_plain_steps_after_a_miss_then_probes():
+    """The float32 default's shape: a step that accepts nothing is followed by probe_every - 1 plain steps."""
+    drafter = JacobiDrafter(None, JacobiConfig(window=3, min_accept=1, accept_decay=0, probe_every=4))
     _, drafts, accepted = scripted_run(drafter, whole_prefix, [9, 4, 11], 30)
     sizes = [len(d) for d in drafts]
     assert accepted[:10] == [0] * 10  # the premise: this model defeats Jacobi
-    assert sizes[:10] == [3, 3, 0, 0, 0, 3, 3, 0, 0, 0]
+    assert sizes[:10] == [3, 0, 0, 0, 3, 0, 0, 0, 3, 0]
 
 
 # --- exactness against plain greedy -----------------------------------------------------------------
@@ -148,7 +143,7 @@ def test_greedy_matches_plain_on_tiny_models(arch, seed, single_thread):
     model = tiny_model(arch, seed=seed)
     rng = random.Random(seed)
     prompts = [[rng.randrange(3, 96) for _ in range(rng.randrange(1, 12))] for _ in range(2)]
-    for options in (dict(window=1), dict(window=5), dict(window=3, patience=1, pause=2)):
+    for options in (dict(window=1), dict(window=5), dict(window=3, min_accept=1, accept_decay=0, probe_every=3)):
         assert_lossless(model, prompts, "jacobi", 40, **options)
 
 
@@ -166,7 +161,7 @@ SV = 16  # vocabulary of the sampling model
 PROMPT = [4, 9, 7]
 RUNS = 1000
 PARAMS = SamplingParams(temperature=0.8, top_k=6)
-NO_GATE = JacobiConfig(window=3, patience=0, pause=0)  # float64 would pause the window after a miss
+NO_GATE = JacobiConfig(window=3, min_accept=0)  # float64 would pause the window after a miss
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def test_every_window_row_reads_one_contiguous_causal_sequence(W, N):
 
 
 @pytest.mark.parametrize("bad", [dict(window=0), dict(ngram=1), dict(ngram=17), dict(guesses=0), dict(pool_from_context=1),
-                                 dict(patience=-1), dict(pause=1.5), dict(seed="x")])
+                                 dict(min_accept=-1), dict(probe_every=1.5), dict(seed="x")])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         LookaheadConfig(**bad)
@@ -121,19 +121,19 @@ def test_window_harvests_true_ngrams_of_a_markov_model(W, N):
     pooling: the window alone must find them. The prompt lies on one cycle of the model (8 9 16 15),
     so the window (initialised from the prompt) explores that cycle."""
     cycle = [8, 9, 16, 15]
-    drafter = LookaheadDrafter(None, LookaheadConfig(window=W, ngram=N, guesses=2, pool_from_context=False))
+    drafter = LookaheadDrafter(None, LookaheadConfig(window=W, ngram=N, guesses=2, pool_from_context=False, min_accept=0))
     _, drafts, accepted = scripted_run(drafter, markov, cycle, 60)
     assert accepted[-5:] == [N - 1] * 5
     for key in cycle:  # the newest n-gram of every key is true
         assert list(drafter.pool.lookup(key)[0]) == autoregressive(markov, [key], N - 1)
 
 
-def test_window_pauses_after_patience_misses():
-    drafter = LookaheadDrafter(None, LookaheadConfig(window=3, ngram=3, guesses=2, patience=2, pause=2,
-                                                     pool_from_context=False))
+def test_window_pauses_after_a_miss_then_probes():
+    drafter = LookaheadDrafter(None, LookaheadConfig(window=3, ngram=3, guesses=2, min_accept=1, accept_decay=0,
+                                                     probe_every=3, pool_from_context=False))
     _, drafts, accepted = scripted_run(drafter, whole_prefix, [9, 4, 11], 30)
     assert accepted[:8] == [0] * 8  # the premise: nothing is ever right
-    assert [bool(d.aux_tokens) for d in drafts[:8]] == [True, True, False, False, True, True, False, False]
+    assert [bool(d.aux_tokens) for d in drafts[:8]] == [True, False, False, True, False, False, True, False]
 
 
 def test_context_pool_drafts_a_repeated_phrase_without_the_window():
@@ -157,8 +157,8 @@ def test_greedy_matches_plain_on_tiny_models(arch, seed, single_thread):
     model = tiny_model(arch, seed=seed)
     rng = random.Random(seed)
     prompts = [[rng.randrange(3, 96) for _ in range(rng.randrange(1, 12))] for _ in range(2)]
-    for options in (dict(window=1, ngram=2, guesses=1, patience=1, pause=2), dict(),
-                    dict(window=5, ngram=4, guesses=4, pool_from_context=False, patience=0, pause=0)):
+    for options in (dict(window=1, ngram=2, guesses=1, min_accept=1, accept_decay=0, probe_every=3), dict(),
+                    dict(window=5, ngram=4, guesses=4, pool_from_context=False, min_accept=0)):
         assert_lossless(model, prompts, "lookahead", 48, **options)
 
 
@@ -177,7 +177,7 @@ from test_jacobi import PARAMS, RUNS, empirical_pair, exact_pair, small_model, t
 
 def test_sampling_keeps_the_distribution(small_model):  # noqa: F811
     p = exact_pair(small_model, PARAMS)
-    drafter = LookaheadDrafter(small_model, LookaheadConfig(window=4, ngram=2, guesses=4, patience=0, pause=0))
+    drafter = LookaheadDrafter(small_model, LookaheadConfig(window=4, ngram=2, guesses=4, min_accept=0))
     e, accepted = empirical_pair(small_model, drafter, PARAMS)
     assert accepted > RUNS // 50  # pooled n-grams were really accepted (46 tokens in 1000 runs here)
     assert tv(e, p) < tv_threshold(p), f"pair TV {tv(e, p):.4f} vs threshold {tv_threshold(p):.4f}"

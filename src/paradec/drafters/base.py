@@ -16,6 +16,7 @@ import torch
 from ..errors import ParadecError
 from ..sampling import SamplingParams
 from ..tree import Draft
+from .defaults import with_defaults
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -88,7 +89,7 @@ class Drafter:
 
     def __init__(self, model: "Model", config: DrafterConfig):
         self.model = model
-        self.config = config
+        self.config = with_defaults(self.name, config, getattr(model, "dtype", None))  # None options: by dtype
 
     def begin(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Reset per-generation state before the first step."""

@@ -16,8 +16,8 @@ the window advances with the root), and every column yields an n-gram
 root jumped ``m`` further, so the window's columns are rolled ``m`` to the left to stay aligned.
 
 Cost: the block has 1 + W(N-1) - 1 + (up to G(N-1)) rows. The defaults (W=4, N=3, G=3: at most 14
-rows) come from the sweep in docs/sweeps/jacobi_lookahead.md; in float32 a gate pauses the window
-on text where it keeps failing (see ``LookaheadConfig``).
+rows) come from the sweep in docs/sweeps/jacobi_lookahead.md; in float32 the cost gate (``gate.py``)
+pauses the window on text where it keeps failing (see ``LookaheadConfig``).
 
 Lossless for free: the window only chooses *which* n-grams get drafted; verification alone decides
 the output. Candidates are deterministic (point-mass ``q``), so sampling is exact too.
@@ -32,31 +32,32 @@ from functools import lru_cache
 import torch
 
 from ..tree import Draft
-from .base import MAX_NODES, Drafter, DrafterConfig, StepContext, check_bool, check_int, register
-from .jacobi import cost_gate
+from .base import MAX_NODES, Drafter, StepContext, check_bool, check_int, register
+from .gate import CostGate, GatedConfig
 from .ngram_pool import NGramPool, trie
 
 
 @dataclass(frozen=True)
-class LookaheadConfig(DrafterConfig):
+class LookaheadConfig(GatedConfig):
+    """W, N, G and the context pool below; the block has at most (W + G)(N - 1) <= 128 rows.
+    min_accept / probe_every / accept_decay: the cost gate (``gate.py``); a skipped step drafts
+    nothing (no pooled n-grams, no window). ``None`` = by the model's dtype (``defaults.py``): off
+    in bfloat16/float16, where a forward over ~10 rows costs about as much as over one; in float32
+    (~1.8x) a window step that accepts nothing is followed by 10 plain steps (min_accept 1,
+    accept_decay 0, probe_every 11)."""
+
     window: int = 4  # W: Jacobi window width (columns of the lookahead branch)
     ngram: int = 3  # N: n-gram size; the window keeps N - 1 levels, drafts are N - 1 tokens deep
     guesses: int = 3  # G: most pooled n-grams verified per step (also the pool's capacity per key)
     pool_from_context: bool = True  # also pool the n-grams of the prompt and the committed text
-    # Cost gate: after `patience` window steps in a row that accept nothing, take `pause` plain steps
-    # (no draft, no window). None = by the model's dtype: off in bfloat16/float16, where a forward
-    # over ~10 rows costs about as much as over one; (1, 10) in float32/float64, where it costs ~1.8x.
-    patience: int | None = None
-    pause: int | None = None
     seed: int = 0  # initial window tokens are drawn from the prompt with this seed
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_int(self, "window", 1, 64)
         check_int(self, "ngram", 2, 16)
         check_int(self, "guesses", 1, 64)
         check_bool(self, "pool_from_context")
-        check_int(self, "patience", 0, 1024, optional=True)
-        check_int(self, "pause", 0, 1024, optional=True)
         check_int(self, "seed", 0, 2**63 - 1)
         rows = (self.window + self.guesses) * (self.ngram - 1)  # the most block rows: root + window + draft
         if rows > MAX_NODES:
@@ -92,10 +93,10 @@ class LookaheadDrafter(Drafter):
     name = "lookahead"
     summary = "Lookahead decoding: a W x N Jacobi window harvests n-grams, up to G pooled n-grams verified in the same pass"
     Config = LookaheadConfig
+    config: LookaheadConfig
 
     def __init__(self, model, config: LookaheadConfig = LookaheadConfig()):
         super().__init__(model, config)
-        self.patience, self.pause = cost_gate(model, config.patience, config.pause, (1, 10))
         self.begin([0], None)
 
     def begin(self, prompt_ids, params) -> None:
@@ -106,8 +107,7 @@ class LookaheadDrafter(Drafter):
         # levels[j][i]: the window's token at level j, column i
         self.levels = [[rng.choice(source) for _ in range(c.window)] for _ in range(c.ngram - 1)]
         self.pooled = 0 if c.pool_from_context else None  # how many context tokens were pooled
-        self.misses = 0  # steps in a row that accepted nothing
-        self.paused = 0  # steps left in the current pause
+        self.gate = CostGate(c)
         self.window_sent = False  # whether the last draft carried the lookahead branch
 
     def propose(self, ctx: StepContext) -> Draft:
@@ -117,9 +117,8 @@ class LookaheadDrafter(Drafter):
             self.pooled = len(ctx.tokens)
         # the root takes the block row of level 0, column 0; levels[0][0] keeps the token that
         # column 0 was refined from, so that column 0's n-gram stays a chain of predictions
-        self.window_sent = not self.paused
-        if self.paused:
-            self.paused -= 1
+        self.window_sent = self.gate.allow()
+        if not self.window_sent:
             return Draft()
         tokens, parents = trie(self.pool.lookup(ctx.tokens[-1], c.guesses))
         cells, offsets, mask, _ = lookahead_layout(c.window, c.ngram)
@@ -133,9 +132,7 @@ class LookaheadDrafter(Drafter):
         cells, _, _, top = lookahead_layout(W, N)
         if not self.window_sent or len(draft.aux_tokens) != len(cells):
             return  # paused, or the loop cut the aux rows (no room left in the context window)
-        self.misses = 0 if verdict.accepted else self.misses + 1
-        if self.patience and self.pause and self.misses >= self.patience:
-            self.misses, self.paused = 0, self.pause
+        self.gate.record(len(verdict.accepted))
         first_aux = 1 + len(draft.tokens)  # block row of aux row 0
         rows = [first_aux + r if r >= 0 else 0 for r in top]
         new = logits[rows].argmax(-1).tolist()  # (W,): the next Jacobi iterate of the top level

@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
-
 from ..tree import Draft, depths
-from .base import MAX_DEPTH, MAX_NODES, Drafter, DrafterConfig, StepContext, check_bool, check_int, check_number, register
+from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, check_bool, check_int, register
+from .defaults import dtype_default
+from .gate import CostGate, GatedConfig
 
 MAX_N = 16  # longest suffix matched: indexing costs O(max_n^2) per context token
 
@@ -120,14 +120,13 @@ def lookup(index: NgramIndex, tokens: list[int], depth: int, max_branches: int, 
 
 
 @dataclass(frozen=True)
-class NgramConfig(DrafterConfig):
+class NgramConfig(GatedConfig):
     """max_n / min_n: longest and shortest suffix matched; max_depth: deepest draft (tokens per
     branch); min_depth: the depth the adaptive length never goes below; max_branches: distinct
     continuations in the tree; max_nodes: tree size cap (the forward's extra rows); adaptive: follow
-    recent acceptance (else always draft max_depth); min_accept: below this many accepted tokens per
-    drafted step (moving average) draft only every ``PROBE_EVERY``-th step, since a rejected draft
-    still costs extra rows. ``None`` = the measured default for the model's dtype (``BY_DTYPE``):
-    extra rows are nearly free in bfloat16 but not in float32."""
+    recent acceptance (else always draft max_depth); min_accept / probe_every / accept_decay: the
+    cost gate (``gate.py``), consulted on steps with a match. ``None`` = the measured default for
+    the model's dtype (``defaults.py``): extra rows are nearly free in bfloat16 but not in float32."""
 
     max_n: int = 4
     min_n: int = 2
@@ -136,20 +135,15 @@ class NgramConfig(DrafterConfig):
     max_branches: int = 2
     max_nodes: int | None = None
     adaptive: bool = True
-    min_accept: float | None = None
-
-    # dtype -> (max_depth, max_nodes, min_accept), from docs/sweeps/ngram_recycling.md; others: float32's
-    BY_DTYPE = {torch.bfloat16: (10, 16, 0.15), torch.float16: (10, 16, 0.15), torch.float32: (4, 6, 0.3)}
-    PROBE_EVERY = 4
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_int(self, "max_n", 1, MAX_N)
         check_int(self, "min_n", 1, self.max_n)
         check_int(self, "max_depth", 1, MAX_DEPTH, optional=True)
         check_int(self, "min_depth", 1, self.max_depth or MAX_DEPTH)
         check_int(self, "max_branches", 1, MAX_NODES)
         check_int(self, "max_nodes", 1, MAX_NODES, optional=True)
-        check_number(self, "min_accept", 0, MAX_DEPTH, optional=True)
         check_bool(self, "adaptive")
 
 
@@ -158,37 +152,35 @@ class NgramDrafter(Drafter):
     name = "ngram"
     summary = "n-gram lookup in prompt + output (multi-level n, adaptive length, tree of continuations)"
     Config = NgramConfig
+    config: NgramConfig
 
     def __init__(self, model, config: NgramConfig | None = None):
         config = config or NgramConfig()
-        depth, nodes, gate = NgramConfig.BY_DTYPE.get(getattr(model, "dtype", None), NgramConfig.BY_DTYPE[torch.float32])
-        config = dataclasses.replace(config, max_depth=config.max_depth or max(depth, config.min_depth),
-                                     max_nodes=config.max_nodes or nodes,
-                                     min_accept=gate if config.min_accept is None else config.min_accept)
+        if config.max_depth is None:  # the dtype's default depth, but never below an explicit min_depth
+            depth = dtype_default(self.name, "max_depth", getattr(model, "dtype", None))
+            config = dataclasses.replace(config, max_depth=max(depth, config.min_depth))
         super().__init__(model, config)
 
     def begin(self, prompt_ids: list[int], params) -> None:
         c = self.config
         self.index = NgramIndex(c.min_n, c.max_n)
         self.depth = c.max_depth  # adaptive draft depth, ANPD-style
-        self.accept_ema, self.skipped = 1.0, 0  # cost gate: recent accepted tokens per drafted step
+        self.gate = CostGate(c)
 
     def propose(self, ctx: StepContext) -> Draft:
         c = self.config
         self.index.update(ctx.tokens)
         depth = self.depth if c.adaptive else c.max_depth
         trie = lookup(self.index, ctx.tokens, depth, c.max_branches, min(c.max_nodes, ctx.max_nodes))
-        if len(trie) and self.accept_ema < c.min_accept and self.skipped < c.PROBE_EVERY - 1:
-            self.skipped += 1  # matches have been failing: skip, probe again in a few steps
-            return Draft()
-        self.skipped = 0
+        if len(trie) and not self.gate.allow():
+            return Draft()  # matches have been failing: skip, probe again in a few steps
         return trie.draft()
 
     def observe(self, draft: Draft, logits, verdict) -> None:
         if not draft.tokens:
             return
         c = self.config
-        self.accept_ema = 0.8 * self.accept_ema + 0.2 * len(verdict.accepted)
+        self.gate.record(len(verdict.accepted))
         if not c.adaptive:
             return
         drafted = max(depths(draft.parents))

@@ -14,14 +14,14 @@ tree first, which helps where the output copies its input.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 from dataclasses import dataclass
 
 import torch
 
 from ..tree import Draft, paths
-from .base import MAX_DEPTH, MAX_NODES, Drafter, DrafterConfig, StepContext, check_bool, check_int, check_number, register
+from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, check_bool, check_int, register
+from .gate import CostGate, GatedConfig
 from .ngram import NgramIndex, TokenTrie, lookup
 
 # Prior acceptance of the candidate of each rank (measured on SmolLM2-135M, see
@@ -102,13 +102,15 @@ class AdjacencyTable:
 
 
 @dataclass(frozen=True)
-class RecyclingConfig(DrafterConfig):
+class RecyclingConfig(GatedConfig):
     """k: candidates kept per token (table width); tree_size / max_depth: the static template
     (``tree_size`` nodes of highest prior, at most ``max_depth`` deep); persist: keep the table
     across generations of one drafter (the paper's hot start); seed_context: fill unseen rows from
     the prompt's bigrams; lookup_branches / lookup_depth: n-gram continuations of the context
-    grafted onto the tree first (0 = pure Token Recycling). ``None`` = the measured default for the
-    model's dtype (``BY_DTYPE``): extra rows are nearly free in bfloat16 but not in float32."""
+    grafted onto the tree first (0 = pure Token Recycling); the tree has at most 128 nodes in all;
+    min_accept / probe_every / accept_decay: the cost gate (``gate.py``), consulted for the recycled
+    part on steps without an n-gram match. ``None`` = the measured default for the model's dtype
+    (``defaults.py``): extra rows are nearly free in bfloat16 but not in float32."""
 
     k: int = 8
     tree_size: int | None = None
@@ -117,19 +119,14 @@ class RecyclingConfig(DrafterConfig):
     seed_context: bool = True
     lookup_branches: int = 1
     lookup_depth: int | None = None
-    min_accept: float | None = None
-
-    # dtype -> (tree_size, max_depth, lookup_depth, min_accept), from docs/sweeps/ngram_recycling.md
-    BY_DTYPE = {torch.bfloat16: (12, 5, 8, 0.15), torch.float16: (12, 5, 8, 0.15), torch.float32: (4, 3, 4, 0.3)}
-    PROBE_EVERY = 4  # while gated off, still draft every 4th step to notice when drafts turn good
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_int(self, "k", 1, MAX_K)
         check_int(self, "tree_size", 1, MAX_NODES, optional=True)
         check_int(self, "max_depth", 1, MAX_DEPTH, optional=True)
         check_int(self, "lookup_branches", 0, MAX_LOOKUP_BRANCHES)
         check_int(self, "lookup_depth", 1, MAX_DEPTH, optional=True)
-        check_number(self, "min_accept", 0, MAX_DEPTH, optional=True)
         check_bool(self, "persist")
         check_bool(self, "seed_context")
 
@@ -139,14 +136,10 @@ class RecyclingDrafter(Drafter):
     name = "recycling"
     summary = "Token Recycling: top-k successors of every token from past forwards, BFS tree over a static template"
     Config = RecyclingConfig
+    config: RecyclingConfig
 
     def __init__(self, model, config: RecyclingConfig | None = None):
-        config = config or RecyclingConfig()
-        size, depth, look, gate = RecyclingConfig.BY_DTYPE.get(getattr(model, "dtype", None), RecyclingConfig.BY_DTYPE[torch.float32])
-        config = dataclasses.replace(config, tree_size=config.tree_size or size, max_depth=config.max_depth or depth,
-                                     lookup_depth=config.lookup_depth or look,
-                                     min_accept=gate if config.min_accept is None else config.min_accept)
-        super().__init__(model, config)
+        super().__init__(model, config or RecyclingConfig())
         c = self.config
         self.template = static_tree(c.tree_size, c.k, c.max_depth)
         self.table: AdjacencyTable | None = None
@@ -159,7 +152,7 @@ class RecyclingDrafter(Drafter):
         if c.seed_context:
             self.table.seed(prompt_ids)
         self.index = NgramIndex(2, 4) if c.lookup_branches else None
-        self.accept_ema, self.skipped = 1.0, 0  # cost gate: recent accepted tokens per drafted step
+        self.gate = CostGate(c)
 
     def propose(self, ctx: StepContext) -> Draft:
         c = self.config
@@ -171,12 +164,10 @@ class RecyclingDrafter(Drafter):
             lookup_trie = lookup(self.index, ctx.tokens, c.lookup_depth, c.lookup_branches, trie.max_nodes)
             for path in paths(lookup_trie.parents):
                 trie.add([lookup_trie.tokens[i] for i in path])
-        if len(trie) == 0 and self.accept_ema < c.min_accept and self.skipped < c.PROBE_EVERY - 1:
+        if len(trie) == 0 and not self.gate.allow():
             # Recycled drafts have been failing and extra rows are not free (float32): save the
             # forward's extra cost; n-gram matches above are still drafted, being cheap to trust.
-            self.skipped += 1
             return Draft()
-        self.skipped = 0
         self.table.bfs(self.root, self.template, trie)
         return trie.draft()
 
@@ -184,5 +175,5 @@ class RecyclingDrafter(Drafter):
         n = 1 + len(draft.tokens)  # root + every node, accepted or not
         self.table.update([self.root] + draft.tokens, logits[:n])
         if draft.tokens:
-            self.accept_ema = 0.8 * self.accept_ema + 0.2 * len(verdict.accepted)
+            self.gate.record(len(verdict.accepted))
 
