@@ -7,55 +7,38 @@ import random
 import pytest
 
 import paradec
-from paradec.drafters.base import make_drafter
+from paradec.drafters.base import StepContext, make_drafter
 from paradec.drafters.lookahead import LookaheadConfig, LookaheadDrafter, lookahead_layout
-from paradec.drafters.ngram_pool import NGramPool, trie
+from paradec.drafters.trie import TokenTrie
 from paradec.errors import ParadecError
+from paradec.sampling import SamplingParams
 from paradec.tree import Draft, block_mask, block_positions
 
 from conftest import assert_lossless, tiny_model
 from test_jacobi import autoregressive, by_position, markov, scripted_run, whole_prefix  # noqa: F401
 
 
-# --- the pool and the trie --------------------------------------------------------------------------
+# --- the pool (one n-gram store) and the trie ----------------------------------------------------
 
-def test_pool_lookup_is_most_recent_first_and_bounded():
-    pool = NGramPool(n=3, capacity=2)
-    pool.add_sequence([5, 6, 7, 5, 6, 8])  # 567 675 756 568
-    assert pool.lookup(5) == [(6, 8), (6, 7)]
-    assert pool.lookup(6) == [(7, 5)] and pool.lookup(7) == [(5, 6)]
-    assert pool.lookup(9) == [] and len(pool) == 4
-    pool.add([5, 6, 7])  # seen again: back to the front
-    assert pool.lookup(5) == [(6, 7), (6, 8)]
-    pool.add([5, 1, 1])  # capacity 2: the least recently seen (6, 8) is forgotten
-    assert pool.lookup(5) == [(1, 1), (6, 7)]
-    assert pool.lookup(5, limit=1) == [(1, 1)]
-
-
-def test_pool_add_sequence_from_an_index_and_overlapping_ngrams():
-    pool = NGramPool(n=2, capacity=4)
-    pool.add_sequence([1, 1, 1, 2], start=3)  # only the 2-gram ending at index 3
-    assert pool.lookup(1) == [(2,)]
-    pool.add_sequence([1, 1, 1, 2])  # overlapping 11, 11 are one entry
-    assert pool.lookup(1) == [(2,), (1,)]
-    pool.add_sequence([4])  # shorter than n: nothing
-    assert pool.lookup(4) == []
-
-
-def test_pool_rejects_bad_sizes():
-    with pytest.raises(ValueError):
-        NGramPool(n=1, capacity=3)
-    with pytest.raises(ValueError):
-        NGramPool(n=3, capacity=0)
-    with pytest.raises(ValueError):
-        NGramPool(n=3, capacity=2).add([1, 2])
+def test_context_pool_keeps_the_newest_continuations_of_each_token():
+    """The context's n-grams go into the pool keyed by their first token, G per key, newest first;
+    the draft is their trie."""
+    drafter = LookaheadDrafter(None, LookaheadConfig(window=2, ngram=3, guesses=2, min_accept=0))
+    drafter.begin([5, 6, 7, 5, 6, 8, 5], None)
+    draft = drafter.propose(StepContext([5, 6, 7, 5, 6, 8, 5], 7, 100, SamplingParams(), None))
+    assert drafter.pool.get((5,)) == [(6, 8), (6, 7)] and drafter.pool.get((6,)) == [(8, 5), (7, 5)]
+    assert draft.tokens == [6, 8, 7] and draft.parents == [-1, 0, 0]  # the shared 6 is drafted once
+    drafter.propose(StepContext([5, 6, 7, 5, 6, 8, 5, 1, 1], 7, 100, SamplingParams(), None))
+    assert drafter.pool.get((5,)) == [(1, 1), (6, 8)]  # only the new n-grams were added
 
 
 def test_trie_merges_shared_prefixes_in_order():
-    tokens, parents = trie([(6, 8, 1), (6, 7, 2), (9, 9, 9), (6, 8, 3)])
-    assert tokens == [6, 8, 1, 7, 2, 9, 9, 9, 3]
-    assert parents == [-1, 0, 1, 0, 3, -1, 5, 6, 1]
-    assert trie([]) == ([], [])
+    trie = TokenTrie(max_nodes=100)
+    for cont in [(6, 8, 1), (6, 7, 2), (9, 9, 9), (6, 8, 3)]:
+        trie.add(cont)
+    assert trie.tokens == [6, 8, 1, 7, 2, 9, 9, 9, 3]
+    assert trie.parents == [-1, 0, 1, 0, 3, -1, 5, 6, 1]
+    assert TokenTrie(max_nodes=4).draft() == Draft()
 
 
 # --- the lookahead branch's layout ------------------------------------------------------------------
@@ -125,7 +108,7 @@ def test_window_harvests_true_ngrams_of_a_markov_model(W, N):
     _, drafts, accepted = scripted_run(drafter, markov, cycle, 60)
     assert accepted[-5:] == [N - 1] * 5
     for key in cycle:  # the newest n-gram of every key is true
-        assert list(drafter.pool.lookup(key)[0]) == autoregressive(markov, [key], N - 1)
+        assert list(drafter.pool.get((key,))[0]) == autoregressive(markov, [key], N - 1)
 
 
 def test_window_pauses_after_a_miss_then_probes():

@@ -34,7 +34,8 @@ import torch
 from ..tree import Draft
 from .base import MAX_NODES, Drafter, StepContext, check_bool, check_int, register
 from .gate import CostGate, GatedConfig
-from .ngram_pool import NGramPool, trie
+from .ngram_store import NgramStore
+from .trie import TokenTrie
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class LookaheadDrafter(Drafter):
 
     def begin(self, prompt_ids, params) -> None:
         c = self.config
-        self.pool = NGramPool(c.ngram, c.guesses)
+        self.pool = NgramStore(capacity=c.guesses)  # (first token,) -> its newest (N - 1)-token continuations
         rng = random.Random(c.seed)
         source = list(prompt_ids) or [0]
         # levels[j][i]: the window's token at level j, column i
@@ -112,17 +113,21 @@ class LookaheadDrafter(Drafter):
 
     def propose(self, ctx: StepContext) -> Draft:
         c = self.config
-        if self.pooled is not None:
-            self.pool.add_sequence(ctx.tokens, self.pooled)
-            self.pooled = len(ctx.tokens)
+        if self.pooled is not None:  # every n-gram of the context that ends in a new token
+            N, context = c.ngram, ctx.tokens
+            for end in range(max(self.pooled, N - 1), len(context)):
+                self.pool.add((context[end - N + 1],), tuple(context[end - N + 2 : end + 1]))
+            self.pooled = len(context)
         # the root takes the block row of level 0, column 0; levels[0][0] keeps the token that
         # column 0 was refined from, so that column 0's n-gram stays a chain of predictions
         self.window_sent = self.gate.allow()
         if not self.window_sent:
             return Draft()
-        tokens, parents = trie(self.pool.lookup(ctx.tokens[-1], c.guesses))
+        trie = TokenTrie(c.guesses * (c.ngram - 1))
+        for cont in self.pool.get((ctx.tokens[-1],), c.guesses):
+            trie.add(cont)
         cells, offsets, mask, _ = lookahead_layout(c.window, c.ngram)
-        return Draft(tokens=tokens, parents=parents, aux_tokens=[self.levels[j][i] for j, i in cells],
+        return Draft(tokens=trie.tokens, parents=trie.parents, aux_tokens=[self.levels[j][i] for j, i in cells],
                      aux_offsets=list(offsets), aux_mask=mask)
 
     def observe(self, draft: Draft, logits: torch.Tensor, verdict) -> None:
@@ -137,7 +142,7 @@ class LookaheadDrafter(Drafter):
         rows = [first_aux + r if r >= 0 else 0 for r in top]
         new = logits[rows].argmax(-1).tolist()  # (W,): the next Jacobi iterate of the top level
         for i in range(W):  # harvest: each column, read upwards, plus its prediction
-            self.pool.add([self.levels[j][i] for j in range(N - 1)] + [new[i]])
+            self.pool.add((self.levels[0][i],), tuple(self.levels[j][i] for j in range(1, N - 1)) + (new[i],))
         self.levels = self.levels[1:] + [new]
         m = len(verdict.accepted)
         if m:

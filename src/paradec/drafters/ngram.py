@@ -11,6 +11,9 @@ or repeat themselves.
   token trie (shared prefixes merged), so one forward pass verifies them all.
 - Adaptive length: the draft depth follows recent acceptance (grows on full acceptance, shrinks to
   just past the accepted length otherwise), so wrong guesses cost few rows.
+- Cost gate (``gate.py``): while matches keep failing, draft only now and then.
+
+The context index and its lookup live in ``ngram_store.py`` (``recycling`` grafts the same matches).
 """
 
 from __future__ import annotations
@@ -22,101 +25,10 @@ from ..tree import Draft, depths
 from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, check_bool, check_int, register
 from .defaults import dtype_default
 from .gate import CostGate, GatedConfig
+from .ngram_store import NgramIndex, lookup
+from .trie import TokenTrie
 
 MAX_N = 16  # longest suffix matched: indexing costs O(max_n^2) per context token
-
-
-class NgramIndex:
-    """Where every n-gram (``min_n <= n <= max_n``) of a growing token list occurred.
-
-    ``starts(gram)`` lists the positions ``e`` with ``tokens[e - n : e] == gram``, i.e. where a
-    continuation of that earlier occurrence begins, oldest first. Only positions with at least one
-    following token are indexed, so the context's own suffix never matches itself.
-
-    Example: tokens ``[7, 8, 9, 7, 8]``: ``starts((7, 8)) == [2]`` (continuation ``9, 7, 8``),
-    ``starts((8,)) == [2]``, ``starts((9,)) == [3]``.
-    """
-
-    def __init__(self, min_n: int, max_n: int):
-        self.min_n, self.max_n = min_n, max_n
-        self._table: dict[tuple[int, ...], list[int]] = {}
-        self._done = 0  # continuation starts indexed so far: e < _done
-
-    def update(self, tokens: list[int]) -> None:
-        """Index the new continuation starts ``e`` of ``tokens`` (one list that only ever grows)."""
-        for e in range(max(self._done, 1), len(tokens)):
-            for n in range(self.min_n, min(self.max_n, e) + 1):
-                self._table.setdefault(tuple(tokens[e - n : e]), []).append(e)
-        self._done = max(self._done, len(tokens))
-
-    def starts(self, gram: tuple[int, ...]) -> list[int]:
-        return self._table.get(gram, [])
-
-
-def continuation(tokens: list[int], start: int, length: int) -> list[int]:
-    """``length`` tokens from ``start``, read on past the end of ``tokens`` as a repetition.
-
-    A match at ``start`` says the text from there repeats from the end of ``tokens``; once the copy
-    reaches the end it keeps copying its own output (period ``len(tokens) - start``).
-    Example: ``continuation([1, 2, 1, 2], 2, 5) == [1, 2, 1, 2, 1]``.
-    """
-    out: list[int] = []
-    end = len(tokens)
-    for i in range(length):
-        j = start + i
-        out.append(tokens[j] if j < end else out[j - end])
-    return out
-
-
-class TokenTrie:
-    """Token paths merged on shared prefixes into a draft tree (nodes in insertion order)."""
-
-    def __init__(self, max_nodes: int):
-        self.max_nodes = max_nodes
-        self.tokens: list[int] = []
-        self.parents: list[int] = []
-        self._child: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
-
-    def add(self, path: list[int]) -> int:
-        """Insert a root-to-node path; return how many new nodes it took (stops at the budget)."""
-        node, added = -1, 0
-        for token in path:
-            nxt = self._child.get((node, token))
-            if nxt is None:
-                if len(self.tokens) >= self.max_nodes:
-                    break
-                nxt = len(self.tokens)
-                self._child[(node, token)] = nxt
-                self.tokens.append(token)
-                self.parents.append(node)
-                added += 1
-            node = nxt
-        return added
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def draft(self) -> Draft:
-        return Draft(tokens=list(self.tokens), parents=list(self.parents))
-
-
-def lookup(index: NgramIndex, tokens: list[int], depth: int, max_branches: int, max_nodes: int) -> TokenTrie:
-    """Merge the continuations of the context's suffix matches into a trie.
-
-    Longest suffix first, most recent occurrence first; shorter suffixes only add branches while
-    fewer than ``max_branches`` distinct continuations were found.
-    Example: tokens ``[5, 6, 7, 5, 6, 8, 5, 6]``, ``max_n=2``: suffix ``(5, 6)`` occurred at 0 and 3,
-    so the trie holds branches ``8 5 6 ...`` (recent) and ``7 5 6 ...``.
-    """
-    trie = TokenTrie(max_nodes)
-    branches = 0
-    for n in range(min(index.max_n, len(tokens)), index.min_n - 1, -1):
-        for start in reversed(index.starts(tuple(tokens[-n:]))):
-            if branches >= max_branches or len(trie) >= max_nodes:
-                return trie
-            if trie.add(continuation(tokens, start, depth)):
-                branches += 1
-    return trie
 
 
 @dataclass(frozen=True)
@@ -171,7 +83,7 @@ class NgramDrafter(Drafter):
         c = self.config
         self.index.update(ctx.tokens)
         depth = self.depth if c.adaptive else c.max_depth
-        trie = lookup(self.index, ctx.tokens, depth, c.max_branches, min(c.max_nodes, ctx.max_nodes))
+        trie = lookup(self.index, ctx.tokens, depth, c.max_branches, TokenTrie(min(c.max_nodes, ctx.max_nodes)))
         if len(trie) and not self.gate.allow():
             return Draft()  # matches have been failing: skip, probe again in a few steps
         return trie.draft()

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..tree import Draft, paths
+from ..tree import Draft
 from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, check_bool, check_int, register
 from .gate import CostGate, GatedConfig
-from .ngram import NgramIndex, TokenTrie, lookup
+from .ngram_store import NgramIndex, lookup
+from .trie import TokenTrie
 
 # Prior acceptance of the candidate of each rank (measured on SmolLM2-135M, see
 # docs/sweeps/ngram_recycling.md); only its ordering and decay shape the default template.
@@ -161,9 +162,7 @@ class RecyclingDrafter(Drafter):
         trie = TokenTrie(budget)
         if self.index is not None:
             self.index.update(ctx.tokens)
-            lookup_trie = lookup(self.index, ctx.tokens, c.lookup_depth, c.lookup_branches, trie.max_nodes)
-            for path in paths(lookup_trie.parents):
-                trie.add([lookup_trie.tokens[i] for i in path])
+            lookup(self.index, ctx.tokens, c.lookup_depth, c.lookup_branches, trie)
         if len(trie) == 0 and not self.gate.allow():
             # Recycled drafts have been failing and extra rows are not free (float32): save the
             # forward's extra cost; n-gram matches above are still drafted, being cheap to trust.
