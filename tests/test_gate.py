@@ -92,7 +92,11 @@ def test_the_measured_defaults():
     """docs/sweeps/*.md: ngram/recycling gate at 0.15 (bf16) / 0.3 (f32) accepted tokens per drafted
     step, probing every 4th step; jacobi/lookahead off in bf16, in f32 8 / 10 plain steps after a miss."""
     f32, bf16 = Dtyped(torch.float32), Dtyped(torch.bfloat16)
-    gates = lambda m, model: tuple(getattr(make_drafter(m, model).config, o) for o in ("min_accept", "probe_every", "accept_decay"))  # noqa: E731
+
+    def gates(method, model):
+        config = make_drafter(method, model).config
+        return config.min_accept, config.probe_every, config.accept_decay
+
     assert gates("ngram", f32) == gates("recycling", f32) == (0.3, 4, 0.8)
     assert gates("ngram", bf16) == gates("recycling", bf16) == (0.15, 4, 0.8)
     assert gates("jacobi", f32) == (1, 9, 0) and gates("lookahead", f32) == (1, 11, 0)

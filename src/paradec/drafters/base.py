@@ -71,7 +71,8 @@ def check_number(config: DrafterConfig, name: str, low: float, high: float, *, o
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
     if not ok or (below_high and value == high):
         default = " (or null for the default)" if optional else ""
-        raise ValueError(f"{name} must be a number in [{low}, {high}{')' if below_high else ']'}{default}, got {value!r}")
+        end = ")" if below_high else "]"
+        raise ValueError(f"{name} must be a number in [{low}, {high}{end}{default}, got {value!r}")
 
 
 def check_bool(config: DrafterConfig, name: str) -> None:
