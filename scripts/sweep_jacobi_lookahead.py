@@ -68,12 +68,14 @@ class Counted(Drafter):
     def propose(self, ctx):
         if self.start is None:
             self.start = time.process_time()
-        draft = self.inner.propose(ctx)
-        self.blocks.append(draft.block_size)
-        return draft
+        return self.inner.propose(ctx)
 
-    def observe(self, draft, logits, verdict):
-        self.inner.observe(draft, logits, verdict)
+    def aux_rows(self):
+        return self.inner.aux_rows()
+
+    def observe(self, block, logits, verdict):
+        self.blocks.append(len(block))  # the rows the target read
+        self.inner.observe(block, logits, verdict)
 
 
 def run(model, ids, method, options, tokens):

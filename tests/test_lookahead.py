@@ -12,7 +12,7 @@ from paradec.drafters.lookahead import LookaheadConfig, LookaheadDrafter, lookah
 from paradec.drafters.trie import TokenTrie
 from paradec.errors import ParadecError
 from paradec.sampling import SamplingParams
-from paradec.tree import Draft, block_mask, block_positions
+from paradec.tree import AuxRows, Block, Draft, block_mask, block_positions
 
 from conftest import assert_lossless, tiny_model
 from test_jacobi import autoregressive, by_position, markov, scripted_run, whole_prefix  # noqa: F401
@@ -65,11 +65,12 @@ def test_layout_w4_n3_matches_the_hand_drawn_window():
 def test_every_window_row_reads_one_contiguous_causal_sequence(W, N):
     """Each aux row sees exactly one token at each position 0..its own (root included)."""
     cells, offsets, mask, top = lookahead_layout(W, N)
-    draft = Draft(tokens=[7, 8], parents=[-1, 0], aux_tokens=[0] * len(cells), aux_offsets=list(offsets), aux_mask=mask)
-    full, pos = block_mask(draft), block_positions(draft)
+    window = AuxRows(tokens=[0] * len(cells), offsets=list(offsets), mask=mask)
+    block = Block(0, Draft(tokens=[7, 8], parents=[-1, 0]), window)
+    full, pos = block_mask(block), block_positions(block)
     assert len(cells) == W * (N - 1) - 1
-    for r in range(3, draft.block_size):
-        seen = [pos[c] for c in range(draft.block_size) if full[r, c]]
+    for r in range(3, len(block)):
+        seen = [pos[c] for c in range(len(block)) if full[r, c]]
         assert seen == list(range(pos[r] + 1)), (r, seen)
         assert not full[r, 1:3].any()  # the window never sees the verified tree
     assert all(offsets[t] == N - 2 + i for i, t in enumerate(top) if t >= 0)
@@ -104,8 +105,9 @@ def test_window_harvests_true_ngrams_of_a_markov_model(W, N):
     pooling: the window alone must find them. The prompt lies on one cycle of the model (8 9 16 15),
     so the window (initialised from the prompt) explores that cycle."""
     cycle = [8, 9, 16, 15]
-    drafter = LookaheadDrafter(None, LookaheadConfig(window=W, ngram=N, guesses=2, pool_from_context=False, min_accept=0))
-    _, drafts, accepted = scripted_run(drafter, markov, cycle, 60)
+    config = LookaheadConfig(window=W, ngram=N, guesses=2, pool_from_context=False, min_accept=0)
+    drafter = LookaheadDrafter(None, config)
+    _, blocks, accepted = scripted_run(drafter, markov, cycle, 60)
     assert accepted[-5:] == [N - 1] * 5
     for key in cycle:  # the newest n-gram of every key is true
         assert list(drafter.pool.get((key,))[0]) == autoregressive(markov, [key], N - 1)
@@ -114,9 +116,9 @@ def test_window_harvests_true_ngrams_of_a_markov_model(W, N):
 def test_window_pauses_after_a_miss_then_probes():
     drafter = LookaheadDrafter(None, LookaheadConfig(window=3, ngram=3, guesses=2, min_accept=1, accept_decay=0,
                                                      probe_every=3, pool_from_context=False))
-    _, drafts, accepted = scripted_run(drafter, whole_prefix, [9, 4, 11], 30)
+    _, blocks, accepted = scripted_run(drafter, whole_prefix, [9, 4, 11], 30)
     assert accepted[:8] == [0] * 8  # the premise: nothing is ever right
-    assert [bool(d.aux_tokens) for d in drafts[:8]] == [True, False, False, True, False, False, True, False]
+    assert [b.aux is not None for b in blocks[:8]] == [True, False, False, True, False, False, True, False]
 
 
 def test_context_pool_drafts_a_repeated_phrase_without_the_window():
@@ -151,6 +153,28 @@ def test_greedy_matches_plain_on_smollm2(smollm2, prompt):
     out = paradec.generate(smollm2, prompt, "lookahead", max_new_tokens=24)
     assert out.token_ids == plain.token_ids
     assert out.stats.forward_passes <= plain.stats.forward_passes
+
+
+def test_window_dropped_whole_near_the_context_end_and_the_drafter_told(single_thread):
+    """Near the end of the context window the loop drops the window's aux rows (never a part of
+    them) and keeps the pooled draft; observe sees ``aux is None`` and leaves the window alone."""
+    model = tiny_model("llama", seed=3, max_positions=48)
+    prompt = [5, 9, 2, 7, 4, 1, 3, 8] * 3
+    seen = []
+
+    class Spy(LookaheadDrafter):
+        def observe(self, block, logits, verdict):
+            levels = [list(level) for level in self.levels]
+            super().observe(block, logits, verdict)
+            seen.append((self.window is not None, block.aux is not None and len(block.aux), levels == self.levels))
+
+    drafter = Spy(model, LookaheadConfig(window=4, ngram=3, guesses=3, min_accept=0))
+    out = paradec.generate(model, prompt, drafter, max_new_tokens=40)
+    plain = paradec.generate(model, prompt, "plain", max_new_tokens=40)
+    assert out.token_ids == plain.token_ids and out.stats.stop_reason == "context"
+    assert (True, 7, False) in seen  # the whole window (W(N-1) - 1 = 7 rows) was sent and refined
+    assert (True, False, True) in seen  # proposed but dropped: the window was left as it was
+    assert {n for _, n, _ in seen} == {7, False}
 
 
 # --- sampling keeps the distribution (pooled candidates are point masses) ---------------------------

@@ -14,7 +14,7 @@ from paradec.drafters.ngram_store import INDEX_CAPACITY, NgramIndex, NgramStore,
 from paradec.drafters.trie import TokenTrie
 from paradec.errors import ParadecError
 from paradec.sampling import SamplingParams
-from paradec.tree import Draft
+from paradec.tree import Block, Draft
 from paradec.verify import Verdict
 
 from conftest import assert_lossless, tiny_model
@@ -124,9 +124,9 @@ def test_adaptive_depth_follows_acceptance():
     tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2]
     draft = drafter.propose(StepContext(tokens, 3, 100, SamplingParams(), None))
     assert draft.tokens == [3, 4, 5, 6, 7, 8, 9, 1]  # full max_depth at the start
-    drafter.observe(draft, None, Verdict(accepted=[0], tokens=[3, 0]))
+    drafter.observe(Block(2, draft), None, Verdict(accepted=[0], tokens=[3, 0]))
     assert drafter.depth == 3  # one accepted: go just past it
-    drafter.observe(Draft.chain([3, 4, 5]), None, Verdict(accepted=[0, 1, 2], tokens=[3, 4, 5, 6]))
+    drafter.observe(Block(0, Draft.chain([3, 4, 5])), None, Verdict(accepted=[0, 1, 2], tokens=[3, 4, 5, 6]))
     assert drafter.depth == 5  # all accepted: look further
 
 
@@ -138,7 +138,7 @@ def test_cost_gate_skips_failing_matches_but_probes_again():
     for _ in range(12):
         draft = drafter.propose(ctx)
         sizes.append(len(draft))
-        drafter.observe(draft, None, Verdict(accepted=[], tokens=[9]))  # every draft rejected
+        drafter.observe(Block(2, draft), None, Verdict(accepted=[], tokens=[9]))  # every draft rejected
     assert sizes[:4] == [4, 4, 4, 4]  # 1.0 -> 0.8 -> 0.64 -> 0.51 -> 0.41: then gated
     assert sizes[4:] == [0, 0, 0, 4, 0, 0, 0, 4]  # every 4th step still probes
 

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ParadecError
 from ..sampling import SamplingParams
-from ..tree import Draft
+from ..tree import AuxRows, Block, Draft
 from .defaults import with_defaults
 
 if TYPE_CHECKING:
@@ -98,8 +98,15 @@ class Drafter:
     def propose(self, ctx: StepContext) -> Draft:
         raise NotImplementedError
 
-    def observe(self, draft: Draft, logits: torch.Tensor, verdict: "Verdict") -> None:
-        """Learn from a verified step. logits: (block, vocab), one row per block row."""
+    def aux_rows(self) -> AuxRows | None:
+        """Unverified rows to score along with the draft just proposed (Lookahead's window); most
+        methods have none. The loop may drop them whole when the context is nearly full."""
+        return None
+
+    def observe(self, block: Block, logits: torch.Tensor, verdict: "Verdict") -> None:
+        """Learn from a verified step. ``block``: what the target read: the proposed draft (cut to
+        fit the context near its end) and the aux rows, or ``aux=None`` if there were none or they
+        were dropped. logits: (len(block), vocab), one row per block row."""
 
 
 METHODS: dict[str, type[Drafter]] = {}

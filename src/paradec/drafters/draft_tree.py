@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from ..sampling import SamplingParams, target_probs
-from ..tree import Draft, depths
+from ..tree import Block, Draft, depths
 from .base import MAX_DEPTH, MAX_NODES, Drafter, DrafterConfig, StepContext, check_bool, check_int, check_number
 from .draft_runner import DraftRunner
 
@@ -123,7 +123,8 @@ class TreeDrafter(Drafter):
             frontier = [(i, score[i], logits[j]) for j, i in enumerate(grow)]
         return Draft(tokens=tokens, parents=parents, q=None if ctx.params.greedy else qs)
 
-    def observe(self, draft: Draft, logits: torch.Tensor, verdict) -> None:
+    def observe(self, block: Block, logits: torch.Tensor, verdict) -> None:
+        draft = block.draft
         self.runner.keep_path(verdict.accepted)
         if self.config.adaptive and len(draft):
             full = len(verdict.accepted) == max(depths(draft.parents))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from ..sampling import sample, target_probs
-from ..tree import Draft
+from ..tree import Block, Draft
 from .base import Drafter, StepContext, check_int, register
 from .gate import CostGate, GatedConfig
 
@@ -87,9 +87,9 @@ class JacobiDrafter(Drafter):
         self.guesses = tokens
         return Draft.chain(tokens, q=None if all(x is None for x in q) else q)
 
-    def observe(self, draft: Draft, logits: torch.Tensor, verdict) -> None:
+    def observe(self, block: Block, logits: torch.Tensor, verdict) -> None:
         """logits: (block, vocab). Rows after the bonus token's row are the next Jacobi iterate."""
-        n = len(draft.tokens)
+        n = len(block.draft)
         if n == 0:
             self.refined = None
             return

@@ -31,7 +31,7 @@ from functools import lru_cache
 
 import torch
 
-from ..tree import Draft
+from ..tree import AuxRows, Block, Draft
 from .base import MAX_NODES, Drafter, StepContext, check_bool, check_int, register
 from .gate import CostGate, GatedConfig
 from .ngram_store import NgramStore
@@ -109,7 +109,7 @@ class LookaheadDrafter(Drafter):
         self.levels = [[rng.choice(source) for _ in range(c.window)] for _ in range(c.ngram - 1)]
         self.pooled = 0 if c.pool_from_context else None  # how many context tokens were pooled
         self.gate = CostGate(c)
-        self.window_sent = False  # whether the last draft carried the lookahead branch
+        self.window: AuxRows | None = None  # the lookahead branch sent with the last draft
 
     def propose(self, ctx: StepContext) -> Draft:
         c = self.config
@@ -120,25 +120,28 @@ class LookaheadDrafter(Drafter):
             self.pooled = len(context)
         # the root takes the block row of level 0, column 0; levels[0][0] keeps the token that
         # column 0 was refined from, so that column 0's n-gram stays a chain of predictions
-        self.window_sent = self.gate.allow()
-        if not self.window_sent:
-            return Draft()
+        self.window = None
+        if not self.gate.allow():
+            return Draft()  # no pooled n-grams, no window
         trie = TokenTrie(c.guesses * (c.ngram - 1))
         for cont in self.pool.get((ctx.tokens[-1],), c.guesses):
             trie.add(cont)
         cells, offsets, mask, _ = lookahead_layout(c.window, c.ngram)
-        return Draft(tokens=trie.tokens, parents=trie.parents, aux_tokens=[self.levels[j][i] for j, i in cells],
-                     aux_offsets=list(offsets), aux_mask=mask)
+        self.window = AuxRows(tokens=[self.levels[j][i] for j, i in cells], offsets=list(offsets), mask=mask)
+        return trie.draft()
 
-    def observe(self, draft: Draft, logits: torch.Tensor, verdict) -> None:
+    def aux_rows(self) -> AuxRows | None:
+        return self.window
+
+    def observe(self, block: Block, logits: torch.Tensor, verdict) -> None:
         """logits: (block, vocab); the last level's rows refine the window."""
         c = self.config
         W, N = c.window, c.ngram
-        cells, _, _, top = lookahead_layout(W, N)
-        if not self.window_sent or len(draft.aux_tokens) != len(cells):
-            return  # paused, or the loop cut the aux rows (no room left in the context window)
+        _, _, _, top = lookahead_layout(W, N)
+        if block.aux is None:
+            return  # paused, or the loop dropped the window's rows (no room left in the context window)
         self.gate.record(len(verdict.accepted))
-        first_aux = 1 + len(draft.tokens)  # block row of aux row 0
+        first_aux = 1 + len(block.draft)  # block row of aux row 0
         rows = [first_aux + r if r >= 0 else 0 for r in top]
         new = logits[rows].argmax(-1).tolist()  # (W,): the next Jacobi iterate of the top level
         for i in range(W):  # harvest: each column, read upwards, plus its prediction

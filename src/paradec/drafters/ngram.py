@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..tree import Draft, depths
+from ..tree import Block, Draft, depths
 from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, check_bool, check_int, register
 from .defaults import dtype_default
 from .gate import CostGate, GatedConfig
@@ -88,7 +88,8 @@ class NgramDrafter(Drafter):
             return Draft()  # matches have been failing: skip, probe again in a few steps
         return trie.draft()
 
-    def observe(self, draft: Draft, logits, verdict) -> None:
+    def observe(self, block: Block, logits, verdict) -> None:
+        draft = block.draft
         if not draft.tokens:
             return
         c = self.config

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..tree import Draft
+from ..tree import Block, Draft
 from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, check_bool, check_int, register
 from .gate import CostGate, GatedConfig
 from .ngram_store import NgramIndex, lookup
@@ -157,7 +157,6 @@ class RecyclingDrafter(Drafter):
 
     def propose(self, ctx: StepContext) -> Draft:
         c = self.config
-        self.root = ctx.tokens[-1]
         budget = min(len(self.template) + c.lookup_branches * c.lookup_depth, MAX_NODES, ctx.max_nodes)
         trie = TokenTrie(budget)
         if self.index is not None:
@@ -167,12 +166,12 @@ class RecyclingDrafter(Drafter):
             # Recycled drafts have been failing and extra rows are not free (float32): save the
             # forward's extra cost; n-gram matches above are still drafted, being cheap to trust.
             return Draft()
-        self.table.bfs(self.root, self.template, trie)
+        self.table.bfs(ctx.tokens[-1], self.template, trie)
         return trie.draft()
 
-    def observe(self, draft: Draft, logits: torch.Tensor, verdict) -> None:
-        n = 1 + len(draft.tokens)  # root + every node, accepted or not
-        self.table.update([self.root] + draft.tokens, logits[:n])
-        if draft.tokens:
+    def observe(self, block: Block, logits: torch.Tensor, verdict) -> None:
+        n = 1 + len(block.draft)  # root + every node, accepted or not
+        self.table.update(block.tokens[:n], logits[:n])
+        if len(block.draft):
             self.gate.record(len(verdict.accepted))
 
