@@ -118,14 +118,14 @@ class LookaheadDrafter(Drafter):
             for end in range(max(self.pooled, N - 1), len(context)):
                 self.pool.add((context[end - N + 1],), tuple(context[end - N + 2 : end + 1]))
             self.pooled = len(context)
-        # the root takes the block row of level 0, column 0; levels[0][0] keeps the token that
-        # column 0 was refined from, so that column 0's n-gram stays a chain of predictions
         self.window = None
         if not self.gate.allow():
             return Draft()  # no pooled n-grams, no window
         trie = TokenTrie(c.guesses * (c.ngram - 1))
         for cont in self.pool.get((ctx.tokens[-1],), c.guesses):
             trie.add(cont)
+        # the root takes the block row of level 0, column 0; levels[0][0] keeps the token that
+        # column 0 was refined from, so that column 0's n-gram stays a chain of predictions
         cells, offsets, mask, _ = lookahead_layout(c.window, c.ngram)
         self.window = AuxRows(tokens=[self.levels[j][i] for j, i in cells], offsets=list(offsets), mask=mask)
         return trie.draft()
