@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from paradec.errors import ContextOverflowError
-from paradec.tree import Draft, block_mask, block_positions, paths
+from paradec.tree import Block, Draft, block_mask, block_positions, paths
 
 from conftest import RUNTIMES, tiny_model
 
@@ -40,7 +40,8 @@ def test_cache_holds_exactly_the_committed_tokens(arch, dtype, runtime):
         n = rng.randrange(0, 7)
         parents = [rng.randrange(-1, i) for i in range(n)]
         draft = Draft(tokens=[rng.randrange(96) for _ in range(n)], parents=parents)
-        block_logits = target.forward([committed[-1]] + draft.tokens, block_positions(draft), block_mask(draft))
+        block = Block(committed[-1], draft)
+        block_logits = target.forward(block.tokens, block_positions(block), block_mask(block))
         # every block row's logits equal a fresh forward over committed + its root-to-node path
         for path in paths(draft.parents):
             for depth in range(1, len(path) + 1):

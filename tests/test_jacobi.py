@@ -10,10 +10,10 @@ import torch
 
 import paradec
 from paradec.drafters.base import StepContext, make_drafter
-from paradec.drafters.jacobi import JacobiConfig, JacobiDrafter, cost_gate
+from paradec.drafters.jacobi import JacobiConfig, JacobiDrafter
 from paradec.errors import ParadecError
 from paradec.sampling import SamplingParams, target_probs
-from paradec.tree import Draft, block_mask
+from paradec.tree import Block, Draft, block_mask
 from paradec.verify import verify_greedy
 
 from conftest import assert_lossless, tiny_model
@@ -23,37 +23,37 @@ V = 50  # vocabulary of the scripted models
 
 # --- a scripted target: the "model" is a Python function of the visible sequence -------------------
 
-def scripted_logits(context: list[int], draft: Draft, next_token) -> torch.Tensor:
+def scripted_logits(context: list[int], block: Block, next_token) -> torch.Tensor:
     """Logits (block, V) of a fake model: each block row sees the committed context and the block rows
     its mask allows (in row order, which is position order for chains and lookahead columns)."""
-    block = [context[-1]] + draft.tokens + draft.aux_tokens
-    mask = block_mask(draft)
+    ids, mask = block.tokens, block_mask(block)
     rows = []
-    for r in range(len(block)):
-        seen = context[:-1] + [block[c] for c in range(len(block)) if mask[r, c]]
+    for r in range(len(ids)):
+        seen = context[:-1] + [ids[c] for c in range(len(ids)) if mask[r, c]]
         row = torch.full((V,), -1.0, dtype=torch.float64)
         row[next_token(seen)] = 1.0
         rows.append(row)
     return torch.stack(rows)
 
 
-def scripted_run(drafter, next_token, prompt: list[int], n: int) -> tuple[list[int], list[Draft], list[int]]:
-    """Greedy decoding of n tokens through propose → fake forward → verify → observe.
+def scripted_run(drafter, next_token, prompt: list[int], n: int) -> tuple[list[int], list[Block], list[int]]:
+    """Greedy decoding of n tokens through propose → fake forward → verify → observe, as decode.py.
 
-    Returns (generated tokens, drafts, accepted length per step)."""
+    Returns (generated tokens, blocks, accepted length per step)."""
     params = SamplingParams()
     tokens = list(prompt) + [next_token(list(prompt))]  # the prefill's token
     drafter.begin(list(prompt), params)
-    drafts, accepted = [], []
+    blocks, accepted = [], []
     while len(tokens) - len(prompt) < n:
         draft = drafter.propose(StepContext(tokens, len(prompt), 10**6, params, None))
-        logits = scripted_logits(tokens, draft, next_token)
+        block = Block(tokens[-1], draft, drafter.aux_rows())
+        logits = scripted_logits(tokens, block, next_token)
         verdict = verify_greedy(draft, logits)
-        drafter.observe(draft, logits, verdict)
+        drafter.observe(block, logits, verdict)
         tokens += verdict.tokens
-        drafts.append(draft)
+        blocks.append(block)
         accepted.append(len(verdict.accepted))
-    return tokens[len(prompt) :][:n], drafts, accepted
+    return tokens[len(prompt) :][:n], blocks, accepted
 
 
 def autoregressive(next_token, prompt: list[int], n: int) -> list[int]:
@@ -77,24 +77,18 @@ def whole_prefix(seq):  # the next token depends on everything: Jacobi rarely co
 
 # --- pure parts -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [dict(window=0), dict(window=65), dict(window=2.5), dict(patience=-1), dict(pause=-2)])
+def NO_GATE_K(k: int) -> JacobiConfig:
+    """Window tests without the cost gate (a model of unknown dtype gets float32's gate)."""
+    return JacobiConfig(window=k, min_accept=0)
+
+
+@pytest.mark.parametrize("bad", [dict(window=0), dict(window=65), dict(window=2.5), dict(min_accept=-1),
+                                 dict(probe_every=0), dict(accept_decay=1)])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         JacobiConfig(**bad)
     with pytest.raises(ParadecError):
         make_drafter("jacobi", None, **bad)
-
-
-def test_cost_gate_defaults_by_dtype():
-    class M:
-        dtype = torch.float32
-
-    assert cost_gate(M, None, None, (1, 8)) == (1, 8)
-    assert cost_gate(M, 0, None, (1, 8)) == (0, 8)
-    M.dtype = torch.bfloat16
-    assert cost_gate(M, None, None, (1, 8)) == (0, 0)
-    assert cost_gate(M, 2, 5, (1, 8)) == (2, 5)
-    assert cost_gate(None, None, None, (1, 8)) == (0, 0)
 
 
 @pytest.mark.parametrize("fn", [markov, by_position, whole_prefix])
@@ -109,36 +103,37 @@ def test_converges_in_one_iteration_when_tokens_depend_on_position_only():
     """Every guess is refined to its fixed point in one pass, so the next pass accepts the whole
     window; after a full acceptance the window restarts from padding (nothing lies beyond it)."""
     k = 5
-    _, drafts, accepted = scripted_run(JacobiDrafter(None, JacobiConfig(window=k)), by_position, [1, 2], 60)
+    _, blocks, accepted = scripted_run(JacobiDrafter(None, NO_GATE_K(k)), by_position, [1, 2], 60)
     assert accepted[1::2] == [k] * len(accepted[1::2])  # refined windows: fully converged
-    assert all(len(d) == k for d in drafts)
+    assert all(len(b.draft) == k for b in blocks)
 
 
 def test_refined_window_is_the_rows_after_the_bonus():
     """Step 2's window = the step-1 predictions of the rows after the accepted prefix and bonus."""
     k = 4
-    drafter = JacobiDrafter(None, JacobiConfig(window=k))
+    drafter = JacobiDrafter(None, NO_GATE_K(k))
     prompt = [5, 6]
     tokens = prompt + [markov(prompt)]
     params = SamplingParams()
     drafter.begin(prompt, params)
     d1 = drafter.propose(StepContext(tokens, 2, 100, params, None))
     assert d1.tokens == [tokens[-1]] * k  # no iterate yet: padding repeats the root
-    logits = scripted_logits(tokens, d1, markov)
+    logits = scripted_logits(tokens, Block(tokens[-1], d1), markov)
     verdict = verify_greedy(d1, logits)
-    drafter.observe(d1, logits, verdict)
+    drafter.observe(Block(tokens[-1], d1), logits, verdict)
     m = len(verdict.accepted)
     d2 = drafter.propose(StepContext(tokens + verdict.tokens, 2, 100, params, None))
     refined = logits[m + 1 : k + 1].argmax(-1).tolist()
     assert d2.tokens[: len(refined)] == refined and len(d2) == k
 
 
-def test_pauses_after_patience_misses_then_restarts():
-    drafter = JacobiDrafter(None, JacobiConfig(window=3, patience=2, pause=3))
-    _, drafts, accepted = scripted_run(drafter, whole_prefix, [9, 4, 11], 30)
-    sizes = [len(d) for d in drafts]
+def test_gate_takes_plain_steps_after_a_miss_then_probes():
+    """The float32 default's shape: a step that accepts nothing is followed by probe_every - 1 plain steps."""
+    drafter = JacobiDrafter(None, JacobiConfig(window=3, min_accept=1, accept_decay=0, probe_every=4))
+    _, blocks, accepted = scripted_run(drafter, whole_prefix, [9, 4, 11], 30)
+    sizes = [len(b.draft) for b in blocks]
     assert accepted[:10] == [0] * 10  # the premise: this model defeats Jacobi
-    assert sizes[:10] == [3, 3, 0, 0, 0, 3, 3, 0, 0, 0]
+    assert sizes[:10] == [3, 0, 0, 0, 3, 0, 0, 0, 3, 0]
 
 
 # --- exactness against plain greedy -----------------------------------------------------------------
@@ -148,7 +143,7 @@ def test_greedy_matches_plain_on_tiny_models(arch, seed, single_thread):
     model = tiny_model(arch, seed=seed)
     rng = random.Random(seed)
     prompts = [[rng.randrange(3, 96) for _ in range(rng.randrange(1, 12))] for _ in range(2)]
-    for options in (dict(window=1), dict(window=5), dict(window=3, patience=1, pause=2)):
+    for options in (dict(window=1), dict(window=5), dict(window=3, min_accept=1, accept_decay=0, probe_every=3)):
         assert_lossless(model, prompts, "jacobi", 40, **options)
 
 
@@ -166,7 +161,7 @@ SV = 16  # vocabulary of the sampling model
 PROMPT = [4, 9, 7]
 RUNS = 1000
 PARAMS = SamplingParams(temperature=0.8, top_k=6)
-NO_GATE = JacobiConfig(window=3, patience=0, pause=0)  # float64 would pause the window after a miss
+NO_GATE = JacobiConfig(window=3, min_accept=0)  # float64 would pause the window after a miss
 
 
 @pytest.fixture(scope="module")

@@ -7,55 +7,38 @@ import random
 import pytest
 
 import paradec
-from paradec.drafters.base import make_drafter
+from paradec.drafters.base import StepContext, make_drafter
 from paradec.drafters.lookahead import LookaheadConfig, LookaheadDrafter, lookahead_layout
-from paradec.drafters.ngram_pool import NGramPool, trie
+from paradec.drafters.trie import TokenTrie
 from paradec.errors import ParadecError
-from paradec.tree import Draft, block_mask, block_positions
+from paradec.sampling import SamplingParams
+from paradec.tree import AuxRows, Block, Draft, block_mask, block_positions
 
 from conftest import assert_lossless, tiny_model
 from test_jacobi import autoregressive, by_position, markov, scripted_run, whole_prefix  # noqa: F401
 
 
-# --- the pool and the trie --------------------------------------------------------------------------
+# --- the pool (one n-gram store) and the trie ----------------------------------------------------
 
-def test_pool_lookup_is_most_recent_first_and_bounded():
-    pool = NGramPool(n=3, capacity=2)
-    pool.add_sequence([5, 6, 7, 5, 6, 8])  # 567 675 756 568
-    assert pool.lookup(5) == [(6, 8), (6, 7)]
-    assert pool.lookup(6) == [(7, 5)] and pool.lookup(7) == [(5, 6)]
-    assert pool.lookup(9) == [] and len(pool) == 4
-    pool.add([5, 6, 7])  # seen again: back to the front
-    assert pool.lookup(5) == [(6, 7), (6, 8)]
-    pool.add([5, 1, 1])  # capacity 2: the least recently seen (6, 8) is forgotten
-    assert pool.lookup(5) == [(1, 1), (6, 7)]
-    assert pool.lookup(5, limit=1) == [(1, 1)]
-
-
-def test_pool_add_sequence_from_an_index_and_overlapping_ngrams():
-    pool = NGramPool(n=2, capacity=4)
-    pool.add_sequence([1, 1, 1, 2], start=3)  # only the 2-gram ending at index 3
-    assert pool.lookup(1) == [(2,)]
-    pool.add_sequence([1, 1, 1, 2])  # overlapping 11, 11 are one entry
-    assert pool.lookup(1) == [(2,), (1,)]
-    pool.add_sequence([4])  # shorter than n: nothing
-    assert pool.lookup(4) == []
-
-
-def test_pool_rejects_bad_sizes():
-    with pytest.raises(ValueError):
-        NGramPool(n=1, capacity=3)
-    with pytest.raises(ValueError):
-        NGramPool(n=3, capacity=0)
-    with pytest.raises(ValueError):
-        NGramPool(n=3, capacity=2).add([1, 2])
+def test_context_pool_keeps_the_newest_continuations_of_each_token():
+    """The context's n-grams go into the pool keyed by their first token, G per key, newest first;
+    the draft is their trie."""
+    drafter = LookaheadDrafter(None, LookaheadConfig(window=2, ngram=3, guesses=2, min_accept=0))
+    drafter.begin([5, 6, 7, 5, 6, 8, 5], None)
+    draft = drafter.propose(StepContext([5, 6, 7, 5, 6, 8, 5], 7, 100, SamplingParams(), None))
+    assert drafter.pool.get((5,)) == [(6, 8), (6, 7)] and drafter.pool.get((6,)) == [(8, 5), (7, 5)]
+    assert draft.tokens == [6, 8, 7] and draft.parents == [-1, 0, 0]  # the shared 6 is drafted once
+    drafter.propose(StepContext([5, 6, 7, 5, 6, 8, 5, 1, 1], 7, 100, SamplingParams(), None))
+    assert drafter.pool.get((5,)) == [(1, 1), (6, 8)]  # only the new n-grams were added
 
 
 def test_trie_merges_shared_prefixes_in_order():
-    tokens, parents = trie([(6, 8, 1), (6, 7, 2), (9, 9, 9), (6, 8, 3)])
-    assert tokens == [6, 8, 1, 7, 2, 9, 9, 9, 3]
-    assert parents == [-1, 0, 1, 0, 3, -1, 5, 6, 1]
-    assert trie([]) == ([], [])
+    trie = TokenTrie(max_nodes=100)
+    for cont in [(6, 8, 1), (6, 7, 2), (9, 9, 9), (6, 8, 3)]:
+        trie.add(cont)
+    assert trie.tokens == [6, 8, 1, 7, 2, 9, 9, 9, 3]
+    assert trie.parents == [-1, 0, 1, 0, 3, -1, 5, 6, 1]
+    assert TokenTrie(max_nodes=4).draft() == Draft()
 
 
 # --- the lookahead branch's layout ------------------------------------------------------------------
@@ -82,11 +65,12 @@ def test_layout_w4_n3_matches_the_hand_drawn_window():
 def test_every_window_row_reads_one_contiguous_causal_sequence(W, N):
     """Each aux row sees exactly one token at each position 0..its own (root included)."""
     cells, offsets, mask, top = lookahead_layout(W, N)
-    draft = Draft(tokens=[7, 8], parents=[-1, 0], aux_tokens=[0] * len(cells), aux_offsets=list(offsets), aux_mask=mask)
-    full, pos = block_mask(draft), block_positions(draft)
+    window = AuxRows(tokens=[0] * len(cells), offsets=list(offsets), mask=mask)
+    block = Block(0, Draft(tokens=[7, 8], parents=[-1, 0]), window)
+    full, pos = block_mask(block), block_positions(block)
     assert len(cells) == W * (N - 1) - 1
-    for r in range(3, draft.block_size):
-        seen = [pos[c] for c in range(draft.block_size) if full[r, c]]
+    for r in range(3, len(block)):
+        seen = [pos[c] for c in range(len(block)) if full[r, c]]
         assert seen == list(range(pos[r] + 1)), (r, seen)
         assert not full[r, 1:3].any()  # the window never sees the verified tree
     assert all(offsets[t] == N - 2 + i for i, t in enumerate(top) if t >= 0)
@@ -94,7 +78,7 @@ def test_every_window_row_reads_one_contiguous_causal_sequence(W, N):
 
 
 @pytest.mark.parametrize("bad", [dict(window=0), dict(ngram=1), dict(ngram=17), dict(guesses=0), dict(pool_from_context=1),
-                                 dict(patience=-1), dict(pause=1.5), dict(seed="x")])
+                                 dict(min_accept=-1), dict(probe_every=1.5), dict(seed="x")])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         LookaheadConfig(**bad)
@@ -121,19 +105,20 @@ def test_window_harvests_true_ngrams_of_a_markov_model(W, N):
     pooling: the window alone must find them. The prompt lies on one cycle of the model (8 9 16 15),
     so the window (initialised from the prompt) explores that cycle."""
     cycle = [8, 9, 16, 15]
-    drafter = LookaheadDrafter(None, LookaheadConfig(window=W, ngram=N, guesses=2, pool_from_context=False))
-    _, drafts, accepted = scripted_run(drafter, markov, cycle, 60)
+    config = LookaheadConfig(window=W, ngram=N, guesses=2, pool_from_context=False, min_accept=0)
+    drafter = LookaheadDrafter(None, config)
+    _, blocks, accepted = scripted_run(drafter, markov, cycle, 60)
     assert accepted[-5:] == [N - 1] * 5
     for key in cycle:  # the newest n-gram of every key is true
-        assert list(drafter.pool.lookup(key)[0]) == autoregressive(markov, [key], N - 1)
+        assert list(drafter.pool.get((key,))[0]) == autoregressive(markov, [key], N - 1)
 
 
-def test_window_pauses_after_patience_misses():
-    drafter = LookaheadDrafter(None, LookaheadConfig(window=3, ngram=3, guesses=2, patience=2, pause=2,
-                                                     pool_from_context=False))
-    _, drafts, accepted = scripted_run(drafter, whole_prefix, [9, 4, 11], 30)
+def test_window_pauses_after_a_miss_then_probes():
+    drafter = LookaheadDrafter(None, LookaheadConfig(window=3, ngram=3, guesses=2, min_accept=1, accept_decay=0,
+                                                     probe_every=3, pool_from_context=False))
+    _, blocks, accepted = scripted_run(drafter, whole_prefix, [9, 4, 11], 30)
     assert accepted[:8] == [0] * 8  # the premise: nothing is ever right
-    assert [bool(d.aux_tokens) for d in drafts[:8]] == [True, True, False, False, True, True, False, False]
+    assert [b.aux is not None for b in blocks[:8]] == [True, False, False, True, False, False, True, False]
 
 
 def test_context_pool_drafts_a_repeated_phrase_without_the_window():
@@ -157,8 +142,8 @@ def test_greedy_matches_plain_on_tiny_models(arch, seed, single_thread):
     model = tiny_model(arch, seed=seed)
     rng = random.Random(seed)
     prompts = [[rng.randrange(3, 96) for _ in range(rng.randrange(1, 12))] for _ in range(2)]
-    for options in (dict(window=1, ngram=2, guesses=1, patience=1, pause=2), dict(),
-                    dict(window=5, ngram=4, guesses=4, pool_from_context=False, patience=0, pause=0)):
+    for options in (dict(window=1, ngram=2, guesses=1, min_accept=1, accept_decay=0, probe_every=3), dict(),
+                    dict(window=5, ngram=4, guesses=4, pool_from_context=False, min_accept=0)):
         assert_lossless(model, prompts, "lookahead", 48, **options)
 
 
@@ -170,6 +155,28 @@ def test_greedy_matches_plain_on_smollm2(smollm2, prompt):
     assert out.stats.forward_passes <= plain.stats.forward_passes
 
 
+def test_window_dropped_whole_near_the_context_end_and_the_drafter_told(single_thread):
+    """Near the end of the context window the loop drops the window's aux rows (never a part of
+    them) and keeps the pooled draft; observe sees ``aux is None`` and leaves the window alone."""
+    model = tiny_model("llama", seed=3, max_positions=48)
+    prompt = [5, 9, 2, 7, 4, 1, 3, 8] * 3
+    seen = []
+
+    class Spy(LookaheadDrafter):
+        def observe(self, block, logits, verdict):
+            levels = [list(level) for level in self.levels]
+            super().observe(block, logits, verdict)
+            seen.append((self.window is not None, block.aux is not None and len(block.aux), levels == self.levels))
+
+    drafter = Spy(model, LookaheadConfig(window=4, ngram=3, guesses=3, min_accept=0))
+    out = paradec.generate(model, prompt, drafter, max_new_tokens=40)
+    plain = paradec.generate(model, prompt, "plain", max_new_tokens=40)
+    assert out.token_ids == plain.token_ids and out.stats.stop_reason == "context"
+    assert (True, 7, False) in seen  # the whole window (W(N-1) - 1 = 7 rows) was sent and refined
+    assert (True, False, True) in seen  # proposed but dropped: the window was left as it was
+    assert {n for _, n, _ in seen} == {7, False}
+
+
 # --- sampling keeps the distribution (pooled candidates are point masses) ---------------------------
 
 from test_jacobi import PARAMS, RUNS, empirical_pair, exact_pair, small_model, tv, tv_threshold  # noqa: E402,F401
@@ -177,7 +184,7 @@ from test_jacobi import PARAMS, RUNS, empirical_pair, exact_pair, small_model, t
 
 def test_sampling_keeps_the_distribution(small_model):  # noqa: F811
     p = exact_pair(small_model, PARAMS)
-    drafter = LookaheadDrafter(small_model, LookaheadConfig(window=4, ngram=2, guesses=4, patience=0, pause=0))
+    drafter = LookaheadDrafter(small_model, LookaheadConfig(window=4, ngram=2, guesses=4, min_accept=0))
     e, accepted = empirical_pair(small_model, drafter, PARAMS)
     assert accepted > RUNS // 50  # pooled n-grams were really accepted (46 tokens in 1000 runs here)
     assert tv(e, p) < tv_threshold(p), f"pair TV {tv(e, p):.4f} vs threshold {tv_threshold(p):.4f}"

@@ -9,10 +9,12 @@ import pytest
 import paradec
 from paradec.drafters import make_drafter
 from paradec.drafters.base import StepContext
-from paradec.drafters.ngram import NgramConfig, NgramDrafter, NgramIndex, TokenTrie, continuation, lookup
+from paradec.drafters.ngram import NgramConfig, NgramDrafter
+from paradec.drafters.ngram_store import INDEX_CAPACITY, NgramIndex, NgramStore, continuation, lookup
+from paradec.drafters.trie import TokenTrie
 from paradec.errors import ParadecError
 from paradec.sampling import SamplingParams
-from paradec.tree import Draft
+from paradec.tree import Block, Draft
 from paradec.verify import Verdict
 
 from conftest import assert_lossless, tiny_model
@@ -38,41 +40,64 @@ def test_index_grows_incrementally_like_a_fresh_one():
     grown = NgramIndex(1, 3)
     for end in range(1, len(tokens) + 1):
         grown.update(tokens[:end])
-    assert grown._table == indexed(tokens)._table
+    fresh = indexed(tokens)
+    assert grown.store._table == fresh.store._table and len(fresh.store._table) > 10
 
 
 def test_overlapping_matches_all_found_and_continued_as_a_repetition():
     tokens = [1, 2, 1, 2, 1, 2]
     index = indexed(tokens, 2, 2)
-    assert index.starts((1, 2)) == [2, 4]  # overlapping occurrences at 0..2 and 2..4
+    assert index.starts((1, 2)) == [4, 2]  # overlapping occurrences at 2..4 and 0..2, newest first
     assert continuation(tokens, 4, 5) == [1, 2, 1, 2, 1]  # runs past the end: period 2
     assert continuation(tokens, 2, 3) == [1, 2, 1]
-    trie = lookup(index, tokens, depth=4, max_branches=3, max_nodes=16)
+    trie = lookup(index, tokens, depth=4, max_branches=3, trie=TokenTrie(16))
     # both occurrences continue identically, so they merge into one chain
     assert trie.tokens == [1, 2, 1, 2] and trie.parents == [-1, 0, 1, 2]
 
 
 def test_no_match_gives_an_empty_draft():
     tokens = [10, 11, 12, 13, 14]
-    trie = lookup(indexed(tokens, 1, 3), tokens, depth=4, max_branches=3, max_nodes=16)
+    trie = lookup(indexed(tokens, 1, 3), tokens, depth=4, max_branches=3, trie=TokenTrie(16))
     assert len(trie) == 0 and trie.draft() == Draft()
 
 
 def test_different_continuations_become_branches_most_recent_first():
     tokens = [5, 6, 7, 9, 5, 6, 8, 9, 5, 6]
-    trie = lookup(indexed(tokens, 2, 2), tokens, depth=3, max_branches=3, max_nodes=16)
+    trie = lookup(indexed(tokens, 2, 2), tokens, depth=3, max_branches=3, trie=TokenTrie(16))
     assert trie.tokens == [8, 9, 5, 7, 9, 5]
     assert trie.parents == [-1, 0, 1, -1, 3, 4]
-    one = lookup(indexed(tokens, 2, 2), tokens, depth=3, max_branches=1, max_nodes=16)
+    one = lookup(indexed(tokens, 2, 2), tokens, depth=3, max_branches=1, trie=TokenTrie(16))
     assert one.tokens == [8, 9, 5]
 
 
 def test_longest_suffix_first_then_shorter_ones_add_branches():
     # suffix (4, 5, 6) occurred once (-> 7); the shorter (5, 6) also occurred before 1
     tokens = [5, 6, 1, 4, 5, 6, 7, 0, 4, 5, 6]
-    trie = lookup(indexed(tokens, 1, 3), tokens, depth=2, max_branches=2, max_nodes=16)
+    trie = lookup(indexed(tokens, 1, 3), tokens, depth=2, max_branches=2, trie=TokenTrie(16))
     assert trie.tokens[:2] == [7, 0]  # the 3-gram's continuation comes first
     assert trie.tokens[2:] == [1, 4] and trie.parents == [-1, 0, -1, 2]
+
+
+def test_index_keeps_the_newest_occurrences_of_each_ngram():
+    """A gram that occurs thousands of times (repetitive text) keeps only its newest occurrences,
+    so one lookup costs at most INDEX_CAPACITY continuations per suffix length."""
+    tokens = [7] * 1000 + [8]
+    index = indexed(tokens, 1, 2)
+    assert index.starts((7, 7)) == list(range(1000, 1000 - INDEX_CAPACITY, -1))
+    assert index.starts((8,)) == []  # the suffix has no continuation yet
+
+
+def test_store_is_newest_first_deduplicated_and_bounded():
+    pool = NgramStore(capacity=2)
+    for gram in ([5, 6, 7], [6, 7, 5], [7, 5, 6], [5, 6, 8]):
+        pool.add((gram[0],), tuple(gram[1:]))
+    assert pool.get((5,)) == [(6, 8), (6, 7)]
+    assert pool.get((6,)) == [(7, 5)] and pool.get((9,)) == []
+    pool.add((5,), (6, 7))  # seen again: back to the front
+    assert pool.get((5,)) == [(6, 7), (6, 8)]
+    pool.add((5,), (1, 1))  # capacity 2: the least recently seen (6, 8) is forgotten
+    assert pool.get((5,)) == [(1, 1), (6, 7)]
+    assert pool.get((5,), limit=1) == [(1, 1)]
 
 
 def test_trie_merges_prefixes_and_respects_the_node_budget():
@@ -99,9 +124,9 @@ def test_adaptive_depth_follows_acceptance():
     tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2]
     draft = drafter.propose(StepContext(tokens, 3, 100, SamplingParams(), None))
     assert draft.tokens == [3, 4, 5, 6, 7, 8, 9, 1]  # full max_depth at the start
-    drafter.observe(draft, None, Verdict(accepted=[0], tokens=[3, 0]))
+    drafter.observe(Block(2, draft), None, Verdict(accepted=[0], tokens=[3, 0]))
     assert drafter.depth == 3  # one accepted: go just past it
-    drafter.observe(Draft.chain([3, 4, 5]), None, Verdict(accepted=[0, 1, 2], tokens=[3, 4, 5, 6]))
+    drafter.observe(Block(0, Draft.chain([3, 4, 5])), None, Verdict(accepted=[0, 1, 2], tokens=[3, 4, 5, 6]))
     assert drafter.depth == 5  # all accepted: look further
 
 
@@ -113,7 +138,7 @@ def test_cost_gate_skips_failing_matches_but_probes_again():
     for _ in range(12):
         draft = drafter.propose(ctx)
         sizes.append(len(draft))
-        drafter.observe(draft, None, Verdict(accepted=[], tokens=[9]))  # every draft rejected
+        drafter.observe(Block(2, draft), None, Verdict(accepted=[], tokens=[9]))  # every draft rejected
     assert sizes[:4] == [4, 4, 4, 4]  # 1.0 -> 0.8 -> 0.64 -> 0.51 -> 0.41: then gated
     assert sizes[4:] == [0, 0, 0, 4, 0, 0, 0, 4]  # every 4th step still probes
 

@@ -11,7 +11,7 @@ import torch
 
 import paradec
 from paradec.drafters import make_drafter
-from paradec.drafters.ngram import TokenTrie
+from paradec.drafters.trie import TokenTrie
 from paradec.drafters.recycling import AdjacencyTable, RecyclingConfig, RecyclingDrafter, static_tree
 from paradec.errors import ParadecError
 from paradec.model import Model

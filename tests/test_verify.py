@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 
 from paradec.sampling import SamplingParams
-from paradec.tree import Draft, block_mask, block_positions, depths, paths
+from paradec.tree import AuxRows, Block, Draft, block_mask, block_positions, depths, paths
 from paradec.verify import verify_greedy, verify_sampling
 
 V = 8
@@ -52,24 +54,40 @@ def test_tree_right_answer_on_non_first_branch():
 def test_tree_geometry():
     draft = Draft(tokens=[3, 4, 6], parents=[-1, 0, -1])
     assert depths(draft.parents) == [1, 2, 1]
-    assert block_positions(draft) == [0, 1, 2, 1]
+    assert block_positions(Block(9, draft)) == [0, 1, 2, 1]
     assert paths(draft.parents) == [[0, 1], [2]]
     expected = torch.tensor(
         [[1, 0, 0, 0],
          [1, 1, 0, 0],
          [1, 1, 1, 0],
          [1, 0, 0, 1]], dtype=torch.bool)
-    assert torch.equal(block_mask(draft), expected)
+    assert torch.equal(block_mask(Block(9, draft)), expected)
 
 
 def test_aux_rows_are_masked_apart_from_tree():
     aux_mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
-    draft = Draft(tokens=[3], parents=[-1], aux_tokens=[5, 6], aux_offsets=[1, 2], aux_mask=aux_mask)
-    mask = block_mask(draft)
-    assert block_positions(draft) == [0, 1, 1, 2]
+    block = Block(9, Draft(tokens=[3], parents=[-1]), AuxRows(tokens=[5, 6], offsets=[1, 2], mask=aux_mask))
+    mask = block_mask(block)
+    assert block.tokens == [9, 3, 5, 6] and len(block) == 4
+    assert block_positions(block) == [0, 1, 1, 2]
     assert mask[1].tolist() == [True, True, False, False]  # tree row never sees aux rows
     assert mask[2].tolist() == [True, False, True, False]  # aux rows never see tree rows
     assert mask[3].tolist() == [True, False, True, True]
+
+
+def test_fitting_a_block_keeps_the_tree_first_and_aux_rows_whole():
+    window = AuxRows(tokens=[5, 6, 7], offsets=[1, 2, 3], mask=torch.ones(3, 4, dtype=torch.bool))
+    block = Block(9, Draft.chain([1, 2, 3]), window)  # 3 nodes + 3 aux rows after the root
+    assert block.fitted(6) is block
+    assert block.fitted(5) == Block(9, Draft.chain([1, 2, 3]))  # the window does not fit: dropped whole
+    assert block.fitted(2) == Block(9, Draft.chain([1, 2]))  # then the tree is cut
+    assert block.fitted(0) == Block(9, Draft())
+    empty = AuxRows(tokens=[], offsets=[], mask=torch.ones(0, 1, dtype=torch.bool))
+    assert Block(9, Draft.chain([1, 2, 3]), empty).fitted(1).aux is empty  # nothing to drop
+
+
+def test_a_draft_is_only_the_tree():
+    assert [f.name for f in fields(Draft)] == ["tokens", "parents", "q"]
 
 
 def test_sampling_rejects_impossible_token_and_draws_from_residual():

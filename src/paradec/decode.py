@@ -14,7 +14,7 @@ from .model import Model
 from .sampling import SamplingParams, sample, target_probs
 from .stats import Stats
 from .text import TextStream
-from .tree import block_mask, block_positions, depths
+from .tree import Block, block_mask, block_positions, depths
 from .verify import verify
 
 
@@ -81,14 +81,13 @@ def decode(
         start = time.perf_counter()
         ctx = StepContext(tokens, len(prompt_ids), room, params, generator)
         draft = drafter.propose(ctx)
-        if draft.block_size - 1 > room:
-            draft = draft.truncated(room)
+        block = Block(tokens[-1], draft, drafter.aux_rows()).fitted(room)
         # One forward over root + draft tree (+ aux rows): the whole draft is scored at once.
-        logits = target.forward([tokens[-1]] + draft.tokens + draft.aux_tokens, block_positions(draft), block_mask(draft))
-        verdict = verify(draft, logits, params, generator)
+        logits = target.forward(block.tokens, block_positions(block), block_mask(block))
+        verdict = verify(block.draft, logits, params, generator)
         target.commit([0] + [i + 1 for i in verdict.accepted])  # root + accepted path stay cached
-        drafter.observe(draft, logits, verdict)
-        stats.record_step(depths(draft.parents), len(verdict.accepted))
+        drafter.observe(block, logits, verdict)
+        stats.record_step(depths(block.draft.parents), len(verdict.accepted))
         done = accept(verdict.tokens)
         stats.decode_time += time.perf_counter() - start
 

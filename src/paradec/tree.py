@@ -1,10 +1,10 @@
-"""Drafts as token trees: tokens plus parent indices.
+"""Drafts as token trees (tokens plus parent indices), and the block one target forward reads.
 
-Every step the target model reads one block of new tokens::
+Every step the target model reads one ``Block`` of new tokens::
 
     row 0          the *root*: the last committed token, not yet in the KV cache
     rows 1..n      the draft tree's nodes (``Draft.tokens``), in order
-    rows n+1..     optional auxiliary rows (``Draft.aux_*``) that are not verified,
+    rows n+1..     optional auxiliary rows (``AuxRows``) that are not verified,
                    e.g. Lookahead's Jacobi window; only their drafter reads their logits
 
 Node ``i`` (0-based in ``Draft.tokens``) sits at block row ``i + 1``; its parent is ``-1`` (the root)
@@ -32,7 +32,7 @@ import torch
 
 @dataclass(frozen=True)
 class Draft:
-    """A token tree proposed by a drafter.
+    """A token tree proposed by a drafter: only the tree that verification reads.
 
     ``q`` optionally holds, per node, the draft distribution the node's token was sampled from
     (a ``(vocab,)`` probability tensor); ``None`` means the token was chosen deterministically.
@@ -43,11 +43,6 @@ class Draft:
     tokens: list[int] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)
     q: list[torch.Tensor | None] | None = None
-    # Auxiliary, unverified rows: tokens, position offsets from the root, and which of
-    # [root, aux_0, aux_1, ...] each aux row attends to (bool, shape (n_aux, 1 + n_aux)).
-    aux_tokens: list[int] = field(default_factory=list)
-    aux_offsets: list[int] = field(default_factory=list)
-    aux_mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.parents):
@@ -57,10 +52,6 @@ class Draft:
                 raise ValueError(f"Draft node {i} has parent {p}; parents must precede their children")
         if self.q is not None and len(self.q) != len(self.tokens):
             raise ValueError("Draft.q must have one entry per node")
-        if len(self.aux_tokens) != len(self.aux_offsets):
-            raise ValueError("Draft.aux_tokens and Draft.aux_offsets must have the same length")
-        if self.aux_tokens and (self.aux_mask is None or tuple(self.aux_mask.shape) != (len(self.aux_tokens), 1 + len(self.aux_tokens))):
-            raise ValueError("Draft.aux_mask must have shape (n_aux, 1 + n_aux)")
 
     @classmethod
     def chain(cls, tokens: list[int], q: list[torch.Tensor | None] | None = None) -> "Draft":
@@ -70,18 +61,67 @@ class Draft:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    @property
-    def block_size(self) -> int:
-        """Rows of the target forward: root + nodes + auxiliary rows."""
-        return 1 + len(self.tokens) + len(self.aux_tokens)
-
     def truncated(self, max_nodes: int) -> "Draft":
-        """The first ``max_nodes`` nodes (parents precede children, so this stays a tree); no aux rows."""
-        if max_nodes >= len(self.tokens) and not self.aux_tokens:
+        """The first ``max_nodes`` nodes (parents precede children, so this stays a tree)."""
+        if max_nodes >= len(self.tokens):
             return self
-        n = max(0, min(max_nodes, len(self.tokens)))
+        n = max(0, max_nodes)
         q = self.q[:n] if self.q is not None else None
         return Draft(tokens=self.tokens[:n], parents=self.parents[:n], q=q)
+
+
+@dataclass(frozen=True)
+class AuxRows:
+    """Block rows scored along with a draft but never verified (Lookahead's Jacobi window); only the
+    drafter that asked for them reads their logits.
+
+    tokens:  one per row
+    offsets: each row's position after the root
+    mask:    (n, 1 + n) bool: which of [root, aux row 0, aux row 1, ...] each row attends to
+    """
+
+    tokens: list[int]
+    offsets: list[int]
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.offsets):
+            raise ValueError("AuxRows.tokens and AuxRows.offsets must have the same length")
+        if tuple(self.mask.shape) != (len(self.tokens), 1 + len(self.tokens)):
+            raise ValueError("AuxRows.mask must have shape (n_aux, 1 + n_aux)")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass(frozen=True)
+class Block:
+    """What one target forward reads: the root, the draft tree's nodes, then the aux rows if any."""
+
+    root: int
+    draft: Draft
+    aux: AuxRows | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        return [self.root] + self.draft.tokens + (self.aux.tokens if self.aux is not None else [])
+
+    def __len__(self) -> int:
+        """Rows of the forward: root + nodes + aux rows."""
+        return 1 + len(self.draft) + (len(self.aux) if self.aux is not None else 0)
+
+    def fitted(self, room: int) -> "Block":
+        """This block with at most ``room`` rows after the root.
+
+        The tree comes first (its nodes can become tokens this step): it keeps its first ``room``
+        nodes. The aux rows are kept whole if they still fit, else dropped whole (``aux`` is then
+        ``None``, which their drafter sees in ``observe``); a part of them is never sent.
+        """
+        if len(self) - 1 <= room:
+            return self
+        draft = self.draft.truncated(room)
+        aux = self.aux if self.aux is not None and len(draft) + len(self.aux) <= room else None
+        return Block(self.root, draft, aux)
 
 
 def depths(parents: list[int]) -> list[int]:
@@ -114,26 +154,26 @@ def paths(parents: list[int]) -> list[list[int]]:
     return out
 
 
-def block_positions(draft: Draft) -> list[int]:
+def block_positions(block: Block) -> list[int]:
     """Position offset of every block row from the root (root = 0)."""
-    return [0] + depths(draft.parents) + list(draft.aux_offsets)
+    return [0] + depths(block.draft.parents) + (list(block.aux.offsets) if block.aux is not None else [])
 
 
-def block_mask(draft: Draft) -> torch.Tensor:
+def block_mask(block: Block) -> torch.Tensor:
     """Boolean attention mask among the block's rows, shape (block, block); True = may attend.
 
     Each node sees the root, its ancestors and itself (its row is its parent's row plus itself).
-    Auxiliary rows see what ``aux_mask`` says and nothing of the tree; tree rows never see aux rows.
+    Auxiliary rows see what their ``mask`` says and nothing of the tree; tree rows never see aux rows.
     """
-    n, a = len(draft.tokens), len(draft.aux_tokens)
+    n, a = len(block.draft), len(block.aux) if block.aux is not None else 0
     mask = torch.zeros(1 + n + a, 1 + n + a, dtype=torch.bool)
     mask[0, 0] = True
-    for i, p in enumerate(draft.parents):
+    for i, p in enumerate(block.draft.parents):
         row = i + 1
         mask[row] = mask[p + 1]
         mask[row, row] = True
     if a:
-        aux = draft.aux_mask.to(torch.bool)  # (a, 1 + a): [root, aux...]
+        aux = block.aux.mask.to(torch.bool)  # (a, 1 + a): [root, aux...]
         mask[1 + n :, 0] = aux[:, 0]
         mask[1 + n :, 1 + n :] = aux[:, 1:]
     return mask

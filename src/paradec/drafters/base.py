@@ -15,7 +15,8 @@ import torch
 
 from ..errors import ParadecError
 from ..sampling import SamplingParams
-from ..tree import Draft
+from ..tree import AuxRows, Block, Draft
+from .defaults import with_defaults
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -38,9 +39,46 @@ class StepContext:
     generator: torch.Generator | None
 
 
+# Upper bounds shared by the drafters' options: generous for real use, cheap in the worst case, so
+# that no option (a request's, on the server) can make one step arbitrarily expensive.
+MAX_NODES = 128  # draft tree nodes = block rows after the root (a forward over ~128 rows)
+MAX_DEPTH = 32  # tokens along one draft path (for an LM drafter: its forwards per step)
+
+
 @dataclass(frozen=True)
 class DrafterConfig:
-    """Base of every method's frozen config; subclasses validate their fields in ``__post_init__``."""
+    """Base of every method's frozen config; subclasses validate their fields in ``__post_init__``
+    with the ``check_*`` helpers below, each field between a lower and an upper bound."""
+
+
+def check_int(config: DrafterConfig, name: str, low: int, high: int, *, optional: bool = False) -> None:
+    """Raise a ValueError naming the option unless it is an integer in [low, high] (or None if optional)."""
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        default = " (or null for the default)" if optional else ""
+        raise ValueError(f"{name} must be an integer in [{low}, {high}]{default}, got {value!r}")
+
+
+def check_number(config: DrafterConfig, name: str, low: float, high: float, *, optional: bool = False,
+                 below_high: bool = False) -> None:
+    """Raise a ValueError naming the option unless it is a number in [low, high] ([low, high) if
+    ``below_high``; None allowed if optional)."""
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    if not ok or (below_high and value == high):
+        default = " (or null for the default)" if optional else ""
+        end = ")" if below_high else "]"
+        raise ValueError(f"{name} must be a number in [{low}, {high}{end}{default}, got {value!r}")
+
+
+def check_bool(config: DrafterConfig, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 class Drafter:
@@ -52,7 +90,7 @@ class Drafter:
 
     def __init__(self, model: "Model", config: DrafterConfig):
         self.model = model
-        self.config = config
+        self.config = with_defaults(self.name, config, getattr(model, "dtype", None))  # None options: by dtype
 
     def begin(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Reset per-generation state before the first step."""
@@ -60,8 +98,15 @@ class Drafter:
     def propose(self, ctx: StepContext) -> Draft:
         raise NotImplementedError
 
-    def observe(self, draft: Draft, logits: torch.Tensor, verdict: "Verdict") -> None:
-        """Learn from a verified step. logits: (block, vocab), one row per block row."""
+    def aux_rows(self) -> AuxRows | None:
+        """Unverified rows to score along with the draft just proposed (Lookahead's window); most
+        methods have none. The loop may drop them whole when the context is nearly full."""
+        return None
+
+    def observe(self, block: Block, logits: torch.Tensor, verdict: "Verdict") -> None:
+        """Learn from a verified step. ``block``: what the target read: the proposed draft (cut to
+        fit the context near its end) and the aux rows, or ``aux=None`` if there were none or they
+        were dropped. logits: (len(block), vocab), one row per block row."""
 
 
 METHODS: dict[str, type[Drafter]] = {}

@@ -28,24 +28,25 @@ from dataclasses import dataclass
 import torch
 
 from ..sampling import SamplingParams, target_probs
-from ..tree import Draft, depths
-from .base import Drafter, DrafterConfig, StepContext
+from ..tree import Block, Draft, depths
+from .base import MAX_DEPTH, MAX_NODES, Drafter, DrafterConfig, StepContext, check_bool, check_int, check_number
 from .draft_runner import DraftRunner
 
 # Measured on SmolLM2-135M / Qwen2.5-Coder (see docs/draft_models.md).
 DEFAULT_MAX_DRAFT = 8
 DEFAULT_MIN_CONFIDENCE = 0.3
+MAX_BRANCH = 16  # children of one unsure node
 
 
 @dataclass(frozen=True)
 class DraftTreeConfig(DrafterConfig):
     """Options shared by the LM drafters.
 
-    max_draft:      deepest draft (the cap of the adaptive depth)
+    max_draft:      deepest draft (the cap of the adaptive depth), at most 32
     adaptive:       grow the depth limit by 2 after full acceptance, shrink by 1 otherwise
     min_confidence: stop a path once the draft's probability for it drops below this (0 = never)
-    tree_nodes:     node budget of a dynamic tree; 0 drafts a chain
-    branch:         children at a position where the draft is unsure (trees only)
+    tree_nodes:     node budget of a dynamic tree, at most 128; 0 drafts a chain
+    branch:         children at a position where the draft is unsure (trees only), at most 16
     branch_below:   the draft is unsure where its top probability is below this
     """
 
@@ -57,18 +58,12 @@ class DraftTreeConfig(DrafterConfig):
     branch_below: float = 0.7
 
     def __post_init__(self) -> None:
-        for name in ("max_draft", "branch"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.tree_nodes, int) or isinstance(self.tree_nodes, bool) or self.tree_nodes < 0:
-            raise ValueError(f"tree_nodes must be an integer >= 0 (0 = a chain), got {self.tree_nodes!r}")
-        for name in ("min_confidence", "branch_below"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-        if not isinstance(self.adaptive, bool):
-            raise ValueError(f"adaptive must be true or false, got {self.adaptive!r}")
+        check_int(self, "max_draft", 1, MAX_DEPTH)
+        check_int(self, "tree_nodes", 0, MAX_NODES)
+        check_int(self, "branch", 1, MAX_BRANCH)
+        check_number(self, "min_confidence", 0, 1)
+        check_number(self, "branch_below", 0, 1)
+        check_bool(self, "adaptive")
 
 
 class TreeDrafter(Drafter):
@@ -128,7 +123,8 @@ class TreeDrafter(Drafter):
             frontier = [(i, score[i], logits[j]) for j, i in enumerate(grow)]
         return Draft(tokens=tokens, parents=parents, q=None if ctx.params.greedy else qs)
 
-    def observe(self, draft: Draft, logits: torch.Tensor, verdict) -> None:
+    def observe(self, block: Block, logits: torch.Tensor, verdict) -> None:
+        draft = block.draft
         self.runner.keep_path(verdict.accepted)
         if self.config.adaptive and len(draft):
             full = len(verdict.accepted) == max(depths(draft.parents))

@@ -16,9 +16,9 @@ then accepts it with probability min(1, p/q), which keeps the target distributio
 guesses are deterministic (a point mass), also exact.
 
 Cost: a forward over 1 + k rows costs more than over one row on CPU (≈ flat up to 8 rows in
-bfloat16, 1.4-1.7x already at 2 rows in float32). When the window keeps failing (``patience``
-steps in a row accept nothing) it pauses for ``pause`` plain steps, so text where Jacobi rarely
-converges costs little more than plain decoding (on by default in float32 only). Without training
+bfloat16, 1.4-1.7x already at 2 rows in float32). The cost gate (``gate.py``, on by default in
+float32 only) takes plain steps when the window keeps failing: after a step that accepts nothing,
+8 plain steps, so text where Jacobi rarely converges costs little more than plain decoding. Without training
 (CLLMs) Jacobi seldom converges on real models: ~1.02-1.15 tokens per forward on SmolLM2-135M.
 """
 
@@ -29,34 +29,24 @@ from dataclasses import dataclass
 import torch
 
 from ..sampling import sample, target_probs
-from ..tree import Draft
-from .base import Drafter, DrafterConfig, StepContext, register
+from ..tree import Block, Draft
+from .base import Drafter, StepContext, check_int, register
+from .gate import CostGate, GatedConfig
 
 
 @dataclass(frozen=True)
-class JacobiConfig(DrafterConfig):
-    window: int = 4  # guessed future tokens refined (and verified) per forward pass
-    # Cost gate: after `patience` steps in a row without an accepted guess, take `pause` plain steps
-    # (the window then restarts from fresh guesses). None = by the model's dtype: off in
-    # bfloat16/float16 (a forward over 5 rows costs about one row's), (1, 8) in float32/float64.
-    patience: int | None = None
-    pause: int | None = None
+class JacobiConfig(GatedConfig):
+    """window: guessed future tokens refined (and verified) per forward pass, at most 64;
+    min_accept / probe_every / accept_decay: the cost gate (``gate.py``); when it skips a step the
+    window restarts from fresh guesses. ``None`` = by the model's dtype (``defaults.py``): off in
+    bfloat16/float16 (a forward over 5 rows costs about one row's); in float32 a step that accepts
+    nothing is followed by 8 plain steps (min_accept 1, accept_decay 0, probe_every 9)."""
+
+    window: int = 4
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.window, int) and 1 <= self.window <= 64):
-            raise ValueError(f"window must be an integer in [1, 64], got {self.window!r}")
-        for name in ("patience", "pause"):
-            value = getattr(self, name)
-            if not (value is None or (isinstance(value, int) and value >= 0)):
-                raise ValueError(f"{name} must be an integer >= 0 (or null for the dtype's default), got {value!r}")
-
-
-def cost_gate(model, patience: int | None, pause: int | None, full_precision: tuple[int, int]) -> tuple[int, int]:
-    """Resolve a (patience, pause) gate; None takes the default for the model's dtype: no gate in
-    half precision (extra rows are nearly free on CPU), ``full_precision`` in float32/float64."""
-    dtype = getattr(model, "dtype", None)
-    default = full_precision if dtype in (torch.float32, torch.float64) else (0, 0)
-    return (default[0] if patience is None else patience, default[1] if pause is None else pause)
+        super().__post_init__()
+        check_int(self, "window", 1, 64)
 
 
 @register
@@ -64,22 +54,20 @@ class JacobiDrafter(Drafter):
     name = "jacobi"
     summary = "Jacobi decoding: refine a window of guessed tokens each pass, accept the converged prefix (SJD acceptance when sampling)"
     Config = JacobiConfig
+    config: JacobiConfig
 
     def __init__(self, model, config: JacobiConfig = JacobiConfig()):
         super().__init__(model, config)
-        self.patience, self.pause = cost_gate(model, config.patience, config.pause, (1, 8))
         self.begin([], None)
 
     def begin(self, prompt_ids, params) -> None:
         self.refined: torch.Tensor | None = None  # (m, vocab) logits rows refining the next window
         self.guesses: list[int] = []  # the window proposed last step (for padding)
-        self.misses = 0  # steps in a row whose draft had no accepted token
-        self.paused = 0  # plain steps left in the current pause
+        self.gate = CostGate(self.config)
 
     def propose(self, ctx: StepContext) -> Draft:
-        if self.paused:
-            self.paused -= 1
-            return Draft()
+        if not self.gate.allow():
+            return Draft()  # the window keeps failing: a plain step (the window restarts after it)
         tokens: list[int] = []
         q: list[torch.Tensor | None] = []
         if self.refined is not None:
@@ -99,14 +87,12 @@ class JacobiDrafter(Drafter):
         self.guesses = tokens
         return Draft.chain(tokens, q=None if all(x is None for x in q) else q)
 
-    def observe(self, draft: Draft, logits: torch.Tensor, verdict) -> None:
+    def observe(self, block: Block, logits: torch.Tensor, verdict) -> None:
         """logits: (block, vocab). Rows after the bonus token's row are the next Jacobi iterate."""
-        n = len(draft.tokens)
+        n = len(block.draft)
         if n == 0:
             self.refined = None
             return
         m = len(verdict.accepted)
         self.refined = logits[m + 1 : n + 1]  # (n - m, vocab): row r predicts the token after node r - 1
-        self.misses = 0 if m else self.misses + 1
-        if self.patience and self.pause and self.misses >= self.patience:
-            self.misses, self.paused, self.refined = 0, self.pause, None
+        self.gate.record(m)

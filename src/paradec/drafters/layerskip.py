@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ParadecError
-from .base import register
+from .base import check_int, register
 from .draft_runner import DraftRunner
 from .draft_tree import DraftTreeConfig, TreeDrafter
 
+MAX_LAYERS = 256  # more than any released decoder LM; a model with fewer is refused when the runner is built
 DEFAULT_FRACTION = 0.25  # layers = this share of the target's layers when not given (measured, docs/draft_models.md)
 
 
@@ -33,8 +34,7 @@ class LayerSkipConfig(DraftTreeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.layers, int) or isinstance(self.layers, bool) or self.layers < 0:
-            raise ValueError(f"layers must be an integer >= 0 (0 = automatic), got {self.layers!r}")
+        check_int(self, "layers", 0, MAX_LAYERS)  # the model's own layer count is checked in make_runner
 
 
 @register

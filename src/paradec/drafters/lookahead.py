@@ -16,8 +16,8 @@ the window advances with the root), and every column yields an n-gram
 root jumped ``m`` further, so the window's columns are rolled ``m`` to the left to stay aligned.
 
 Cost: the block has 1 + W(N-1) - 1 + (up to G(N-1)) rows. The defaults (W=4, N=3, G=3: at most 14
-rows) come from the sweep in docs/sweeps/jacobi_lookahead.md; in float32 a gate pauses the window
-on text where it keeps failing (see ``LookaheadConfig``).
+rows) come from the sweep in docs/sweeps/jacobi_lookahead.md; in float32 the cost gate (``gate.py``)
+pauses the window on text where it keeps failing (see ``LookaheadConfig``).
 
 Lossless for free: the window only chooses *which* n-grams get drafted; verification alone decides
 the output. Candidates are deterministic (point-mass ``q``), so sampling is exact too.
@@ -31,40 +31,39 @@ from functools import lru_cache
 
 import torch
 
-from ..tree import Draft
-from .base import Drafter, DrafterConfig, StepContext, register
-from .jacobi import cost_gate
-from .ngram_pool import NGramPool, trie
+from ..tree import AuxRows, Block, Draft
+from .base import MAX_NODES, Drafter, StepContext, check_bool, check_int, register
+from .gate import CostGate, GatedConfig
+from .ngram_store import NgramStore
+from .trie import TokenTrie
 
 
 @dataclass(frozen=True)
-class LookaheadConfig(DrafterConfig):
+class LookaheadConfig(GatedConfig):
+    """W, N, G and the context pool below; the block has at most (W + G)(N - 1) <= 128 rows.
+    min_accept / probe_every / accept_decay: the cost gate (``gate.py``); a skipped step drafts
+    nothing (no pooled n-grams, no window). ``None`` = by the model's dtype (``defaults.py``): off
+    in bfloat16/float16, where a forward over ~10 rows costs about as much as over one; in float32
+    (~1.8x) a window step that accepts nothing is followed by 10 plain steps (min_accept 1,
+    accept_decay 0, probe_every 11)."""
+
     window: int = 4  # W: Jacobi window width (columns of the lookahead branch)
     ngram: int = 3  # N: n-gram size; the window keeps N - 1 levels, drafts are N - 1 tokens deep
     guesses: int = 3  # G: most pooled n-grams verified per step (also the pool's capacity per key)
     pool_from_context: bool = True  # also pool the n-grams of the prompt and the committed text
-    # Cost gate: after `patience` window steps in a row that accept nothing, take `pause` plain steps
-    # (no draft, no window). None = by the model's dtype: off in bfloat16/float16, where a forward
-    # over ~10 rows costs about as much as over one; (1, 10) in float32/float64, where it costs ~1.8x.
-    patience: int | None = None
-    pause: int | None = None
     seed: int = 0  # initial window tokens are drawn from the prompt with this seed
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.window, int) and 1 <= self.window <= 64):
-            raise ValueError(f"window (W) must be an integer in [1, 64], got {self.window!r}")
-        if not (isinstance(self.ngram, int) and 2 <= self.ngram <= 16):
-            raise ValueError(f"ngram (N) must be an integer in [2, 16], got {self.ngram!r}")
-        if not (isinstance(self.guesses, int) and 1 <= self.guesses <= 64):
-            raise ValueError(f"guesses (G) must be an integer in [1, 64], got {self.guesses!r}")
-        if not isinstance(self.pool_from_context, bool):
-            raise ValueError(f"pool_from_context must be true or false, got {self.pool_from_context!r}")
-        for name in ("patience", "pause"):
-            value = getattr(self, name)
-            if not (value is None or (isinstance(value, int) and value >= 0)):
-                raise ValueError(f"{name} must be an integer >= 0 (or null for the dtype's default), got {value!r}")
-        if not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        super().__post_init__()
+        check_int(self, "window", 1, 64)
+        check_int(self, "ngram", 2, 16)
+        check_int(self, "guesses", 1, 64)
+        check_bool(self, "pool_from_context")
+        check_int(self, "seed", 0, 2**63 - 1)
+        rows = (self.window + self.guesses) * (self.ngram - 1)  # the most block rows: root + window + draft
+        if rows > MAX_NODES:
+            raise ValueError(f"(window + guesses) x (ngram - 1) must be at most {MAX_NODES} (the block's rows), "
+                             f"got ({self.window} + {self.guesses}) x {self.ngram - 1} = {rows}")
 
 
 @lru_cache(maxsize=32)
@@ -95,55 +94,58 @@ class LookaheadDrafter(Drafter):
     name = "lookahead"
     summary = "Lookahead decoding: a W x N Jacobi window harvests n-grams, up to G pooled n-grams verified in the same pass"
     Config = LookaheadConfig
+    config: LookaheadConfig
 
     def __init__(self, model, config: LookaheadConfig = LookaheadConfig()):
         super().__init__(model, config)
-        self.patience, self.pause = cost_gate(model, config.patience, config.pause, (1, 10))
         self.begin([0], None)
 
     def begin(self, prompt_ids, params) -> None:
         c = self.config
-        self.pool = NGramPool(c.ngram, c.guesses)
+        self.pool = NgramStore(capacity=c.guesses)  # (first token,) -> its newest (N - 1)-token continuations
         rng = random.Random(c.seed)
         source = list(prompt_ids) or [0]
         # levels[j][i]: the window's token at level j, column i
         self.levels = [[rng.choice(source) for _ in range(c.window)] for _ in range(c.ngram - 1)]
         self.pooled = 0 if c.pool_from_context else None  # how many context tokens were pooled
-        self.misses = 0  # steps in a row that accepted nothing
-        self.paused = 0  # steps left in the current pause
-        self.window_sent = False  # whether the last draft carried the lookahead branch
+        self.gate = CostGate(c)
+        self.window: AuxRows | None = None  # the lookahead branch sent with the last draft
 
     def propose(self, ctx: StepContext) -> Draft:
         c = self.config
-        if self.pooled is not None:
-            self.pool.add_sequence(ctx.tokens, self.pooled)
-            self.pooled = len(ctx.tokens)
+        if self.pooled is not None:  # every n-gram of the context that ends in a new token
+            N, context = c.ngram, ctx.tokens
+            for end in range(max(self.pooled, N - 1), len(context)):
+                self.pool.add((context[end - N + 1],), tuple(context[end - N + 2 : end + 1]))
+            self.pooled = len(context)
+        self.window = None
+        if not self.gate.allow():
+            return Draft()  # no pooled n-grams, no window
+        trie = TokenTrie(c.guesses * (c.ngram - 1))
+        for cont in self.pool.get((ctx.tokens[-1],), c.guesses):
+            trie.add(cont)
         # the root takes the block row of level 0, column 0; levels[0][0] keeps the token that
         # column 0 was refined from, so that column 0's n-gram stays a chain of predictions
-        self.window_sent = not self.paused
-        if self.paused:
-            self.paused -= 1
-            return Draft()
-        tokens, parents = trie(self.pool.lookup(ctx.tokens[-1], c.guesses))
         cells, offsets, mask, _ = lookahead_layout(c.window, c.ngram)
-        return Draft(tokens=tokens, parents=parents, aux_tokens=[self.levels[j][i] for j, i in cells],
-                     aux_offsets=list(offsets), aux_mask=mask)
+        self.window = AuxRows(tokens=[self.levels[j][i] for j, i in cells], offsets=list(offsets), mask=mask)
+        return trie.draft()
 
-    def observe(self, draft: Draft, logits: torch.Tensor, verdict) -> None:
+    def aux_rows(self) -> AuxRows | None:
+        return self.window
+
+    def observe(self, block: Block, logits: torch.Tensor, verdict) -> None:
         """logits: (block, vocab); the last level's rows refine the window."""
         c = self.config
         W, N = c.window, c.ngram
-        cells, _, _, top = lookahead_layout(W, N)
-        if not self.window_sent or len(draft.aux_tokens) != len(cells):
-            return  # paused, or the loop cut the aux rows (no room left in the context window)
-        self.misses = 0 if verdict.accepted else self.misses + 1
-        if self.patience and self.pause and self.misses >= self.patience:
-            self.misses, self.paused = 0, self.pause
-        first_aux = 1 + len(draft.tokens)  # block row of aux row 0
+        _, _, _, top = lookahead_layout(W, N)
+        if block.aux is None:
+            return  # paused, or the loop dropped the window's rows (no room left in the context window)
+        self.gate.record(len(verdict.accepted))
+        first_aux = 1 + len(block.draft)  # block row of aux row 0
         rows = [first_aux + r if r >= 0 else 0 for r in top]
         new = logits[rows].argmax(-1).tolist()  # (W,): the next Jacobi iterate of the top level
         for i in range(W):  # harvest: each column, read upwards, plus its prediction
-            self.pool.add([self.levels[j][i] for j in range(N - 1)] + [new[i]])
+            self.pool.add((self.levels[0][i],), tuple(self.levels[j][i] for j in range(1, N - 1)) + (new[i],))
         self.levels = self.levels[1:] + [new]
         m = len(verdict.accepted)
         if m:

@@ -14,19 +14,22 @@ tree first, which helps where the output copies its input.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 from dataclasses import dataclass
 
 import torch
 
-from ..tree import Draft, paths
-from .base import Drafter, DrafterConfig, StepContext, register
-from .ngram import NgramIndex, TokenTrie, lookup
+from ..tree import Block, Draft
+from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, check_bool, check_int, register
+from .gate import CostGate, GatedConfig
+from .ngram_store import NgramIndex, lookup
+from .trie import TokenTrie
 
 # Prior acceptance of the candidate of each rank (measured on SmolLM2-135M, see
 # docs/sweeps/ngram_recycling.md); only its ordering and decay shape the default template.
 RANK_PRIOR = (0.42, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)
+MAX_K = 64  # table width: vocab x 64 int32 is 12.6 MB at a 49k vocabulary
+MAX_LOOKUP_BRANCHES = 16
 
 
 def static_tree(size: int, k: int, max_depth: int, prior: tuple[float, ...] = RANK_PRIOR) -> tuple[tuple[int, ...], ...]:
@@ -100,13 +103,15 @@ class AdjacencyTable:
 
 
 @dataclass(frozen=True)
-class RecyclingConfig(DrafterConfig):
+class RecyclingConfig(GatedConfig):
     """k: candidates kept per token (table width); tree_size / max_depth: the static template
     (``tree_size`` nodes of highest prior, at most ``max_depth`` deep); persist: keep the table
     across generations of one drafter (the paper's hot start); seed_context: fill unseen rows from
     the prompt's bigrams; lookup_branches / lookup_depth: n-gram continuations of the context
-    grafted onto the tree first (0 = pure Token Recycling). ``None`` = the measured default for the
-    model's dtype (``BY_DTYPE``): extra rows are nearly free in bfloat16 but not in float32."""
+    grafted onto the tree first (0 = pure Token Recycling); the tree has at most 128 nodes in all;
+    min_accept / probe_every / accept_decay: the cost gate (``gate.py``), consulted for the recycled
+    part on steps without an n-gram match. ``None`` = the measured default for the model's dtype
+    (``defaults.py``): extra rows are nearly free in bfloat16 but not in float32."""
 
     k: int = 8
     tree_size: int | None = None
@@ -115,24 +120,16 @@ class RecyclingConfig(DrafterConfig):
     seed_context: bool = True
     lookup_branches: int = 1
     lookup_depth: int | None = None
-    min_accept: float | None = None
-
-    # dtype -> (tree_size, max_depth, lookup_depth, min_accept), from docs/sweeps/ngram_recycling.md
-    BY_DTYPE = {torch.bfloat16: (12, 5, 8, 0.15), torch.float16: (12, 5, 8, 0.15), torch.float32: (4, 3, 4, 0.3)}
-    PROBE_EVERY = 4  # while gated off, still draft every 4th step to notice when drafts turn good
 
     def __post_init__(self) -> None:
-        for name, low in (("k", 1), ("tree_size", 1), ("max_depth", 1), ("lookup_branches", 0), ("lookup_depth", 1)):
-            value = getattr(self, name)
-            if value is None and name in ("tree_size", "max_depth", "lookup_depth"):
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.min_accept is not None and not (isinstance(self.min_accept, (int, float)) and 0 <= self.min_accept):
-            raise ValueError(f"min_accept must be a number >= 0, got {self.min_accept!r}")
-        for name in ("persist", "seed_context"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        super().__post_init__()
+        check_int(self, "k", 1, MAX_K)
+        check_int(self, "tree_size", 1, MAX_NODES, optional=True)
+        check_int(self, "max_depth", 1, MAX_DEPTH, optional=True)
+        check_int(self, "lookup_branches", 0, MAX_LOOKUP_BRANCHES)
+        check_int(self, "lookup_depth", 1, MAX_DEPTH, optional=True)
+        check_bool(self, "persist")
+        check_bool(self, "seed_context")
 
 
 @register
@@ -140,14 +137,10 @@ class RecyclingDrafter(Drafter):
     name = "recycling"
     summary = "Token Recycling: top-k successors of every token from past forwards, BFS tree over a static template"
     Config = RecyclingConfig
+    config: RecyclingConfig
 
     def __init__(self, model, config: RecyclingConfig | None = None):
-        config = config or RecyclingConfig()
-        size, depth, look, gate = RecyclingConfig.BY_DTYPE.get(getattr(model, "dtype", None), RecyclingConfig.BY_DTYPE[torch.float32])
-        config = dataclasses.replace(config, tree_size=config.tree_size or size, max_depth=config.max_depth or depth,
-                                     lookup_depth=config.lookup_depth or look,
-                                     min_accept=gate if config.min_accept is None else config.min_accept)
-        super().__init__(model, config)
+        super().__init__(model, config or RecyclingConfig())
         c = self.config
         self.template = static_tree(c.tree_size, c.k, c.max_depth)
         self.table: AdjacencyTable | None = None
@@ -160,29 +153,25 @@ class RecyclingDrafter(Drafter):
         if c.seed_context:
             self.table.seed(prompt_ids)
         self.index = NgramIndex(2, 4) if c.lookup_branches else None
-        self.accept_ema, self.skipped = 1.0, 0  # cost gate: recent accepted tokens per drafted step
+        self.gate = CostGate(c)
 
     def propose(self, ctx: StepContext) -> Draft:
         c = self.config
-        self.root = ctx.tokens[-1]
-        trie = TokenTrie(min(len(self.template) + c.lookup_branches * c.lookup_depth, ctx.max_nodes))
+        budget = min(len(self.template) + c.lookup_branches * c.lookup_depth, MAX_NODES, ctx.max_nodes)
+        trie = TokenTrie(budget)
         if self.index is not None:
             self.index.update(ctx.tokens)
-            lookup_trie = lookup(self.index, ctx.tokens, c.lookup_depth, c.lookup_branches, trie.max_nodes)
-            for path in paths(lookup_trie.parents):
-                trie.add([lookup_trie.tokens[i] for i in path])
-        if len(trie) == 0 and self.accept_ema < c.min_accept and self.skipped < c.PROBE_EVERY - 1:
+            lookup(self.index, ctx.tokens, c.lookup_depth, c.lookup_branches, trie)
+        if len(trie) == 0 and not self.gate.allow():
             # Recycled drafts have been failing and extra rows are not free (float32): save the
             # forward's extra cost; n-gram matches above are still drafted, being cheap to trust.
-            self.skipped += 1
             return Draft()
-        self.skipped = 0
-        self.table.bfs(self.root, self.template, trie)
+        self.table.bfs(ctx.tokens[-1], self.template, trie)
         return trie.draft()
 
-    def observe(self, draft: Draft, logits: torch.Tensor, verdict) -> None:
-        n = 1 + len(draft.tokens)  # root + every node, accepted or not
-        self.table.update([self.root] + draft.tokens, logits[:n])
-        if draft.tokens:
-            self.accept_ema = 0.8 * self.accept_ema + 0.2 * len(verdict.accepted)
+    def observe(self, block: Block, logits: torch.Tensor, verdict) -> None:
+        n = 1 + len(block.draft)  # root + every node, accepted or not
+        self.table.update(block.tokens[:n], logits[:n])
+        if len(block.draft):
+            self.gate.record(len(verdict.accepted))
 
