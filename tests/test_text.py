@@ -11,11 +11,9 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 import paradec
-from paradec.drafters.base import Drafter, StepContext
 from paradec.text import TextStream
-from paradec.tree import Draft
 
-from conftest import tiny_model, word_tokenizer
+from conftest import OracleDrafter, tiny_model, word_tokenizer
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog, again and again.",
@@ -98,8 +96,8 @@ def chunked(ids: list[int], rng: random.Random) -> list[list[int]]:
 
 def stream_text(tok, chunks: list[list[int]], stop: list[str] | None = None) -> tuple[str, TextStream]:
     stream = TextStream(tok, stop)
-    pieces = [stream.push(chunk) for chunk in chunks]
-    return "".join(pieces) + stream.flush(), stream
+    pieces = [stream.push(chunk, final=i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
+    return "".join(pieces), stream
 
 
 def test_streamed_text_is_the_full_decode_for_every_chunking(tokenizer):
@@ -165,28 +163,13 @@ def test_no_quadratic_redecoding_after_a_stop_string():
     assert sum(decoded) < 30, decoded
 
 
-class Oracle(Drafter):
-    """Proposes the next ``k`` tokens of a known continuation as one chain."""
-
-    name = "oracle"
-    summary = "test drafter"
-
-    def __init__(self, model, truth: list[int], prompt_length: int, k: int = 8):
-        super().__init__(model, None)
-        self.truth, self.prompt_length, self.k = truth, prompt_length, k
-
-    def propose(self, ctx: StepContext) -> Draft:
-        done = len(ctx.tokens) - self.prompt_length
-        return Draft.chain(self.truth[done : done + self.k])
-
-
 def test_several_stop_strings_give_the_same_text_with_multi_token_steps():
     """Issue 10 item 1: plain and a drafter accepting 8 tokens a step stopped at different strings."""
     model = tiny_model("llama", seed=0)
     prompt, stop = [5, 6, 7], [" w46", " w70"]
     truth = paradec.generate(model, prompt, max_new_tokens=40).token_ids
     plain = paradec.generate(model, prompt, max_new_tokens=40, stop=stop)
-    fast = paradec.generate(model, prompt, Oracle(model, truth, len(prompt)), max_new_tokens=40, stop=stop)
+    fast = paradec.generate(model, prompt, OracleDrafter(model, truth, len(prompt)), max_new_tokens=40, stop=stop)
     assert fast.stats.accepted_tokens > 0
     assert plain.text == fast.text == "w76 w7 w73 w1"
     assert plain.token_ids == fast.token_ids == truth[:7]

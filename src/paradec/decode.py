@@ -67,32 +67,38 @@ def decode(
     first = int(logits.argmax()) if params.greedy else sample(target_probs(logits, params), generator)
     stats.prefill_time = time.perf_counter() - start
     done = max_new_tokens <= 0 or accept([first])
+    piece = text.push(generated, final=done)
+    if piece:
+        yield piece
 
-    while True:
-        piece = text.push(generated[len(text.ids) :])
-        if piece:
-            yield piece
-        if done or text.stopped:
-            break
+    while not (done or text.stopped):
         room = target.max_length - target.length - 1  # rows after the root that still fit
         if room < 0:
             stats.stop_reason = "context"
             break
         start = time.perf_counter()
-        ctx = StepContext(tokens, len(prompt_ids), room, params, generator)
+        # A step delivers at most its accepted path + the bonus token: cap the draft's nodes (so its
+        # depth) at the tokens still wanted after the bonus.
+        wanted = max_new_tokens - len(generated) - 1
+        ctx = StepContext(tokens, len(prompt_ids), min(room, wanted), params, generator)
         draft = drafter.propose(ctx)
-        if draft.block_size - 1 > room:
-            draft = draft.truncated(room)
+        if draft.block_size - 1 > room or len(draft) > ctx.max_nodes:
+            draft = draft.truncated(ctx.max_nodes)
         # One forward over root + draft tree (+ aux rows): the whole draft is scored at once.
         logits = target.forward([tokens[-1]] + draft.tokens + draft.aux_tokens, block_positions(draft), block_mask(draft))
         verdict = verify(draft, logits, params, generator)
         target.commit([0] + [i + 1 for i in verdict.accepted])  # root + accepted path stay cached
         drafter.observe(draft, logits, verdict)
-        stats.record_step(depths(draft.parents), len(verdict.accepted))
+        fresh = len(generated)
         done = accept(verdict.tokens)
         stats.decode_time += time.perf_counter() - start
+        piece = text.push(generated[fresh:], final=done)
+        # the caller gets the step's tokens up to EOS, the token limit or a stop string: count only those
+        stats.record_step(depths(draft.parents), len(verdict.accepted), delivered=len(text.ids) - fresh)
+        if piece:
+            yield piece
 
-    tail = text.flush()
+    tail = text.push([], final=True)  # when the context window ended the generation
     if tail:
         yield tail
     if text.stopped:

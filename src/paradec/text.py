@@ -55,23 +55,21 @@ class TextStream:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def push(self, ids: list[int]) -> str:
-        """Add generated ids; return the text that is now safe to show."""
-        if self.stopped:
-            return ""
-        for token in ids:
-            self._read(token)
-        return self._emit(final=self._cut_at_stop())
+    def push(self, ids: list[int], final: bool = False) -> str:
+        """Add generated ids; return the text that is now safe to show.
 
-    def flush(self) -> str:
-        """Everything not yet emitted (at the end of generation), incomplete characters included."""
-        if not self.stopped and self.read < len(self.ids):
-            text = self.decode(self.ids[self.context :])
-            self.text += text[len(self.context_text) :]
-            self.read = len(self.ids)
-            self.ends[-1] = len(self.text)
-            self._cut_at_stop()
-        return self._emit(final=True)
+        ``final``: the generation ends here, so release everything, incomplete characters included.
+        """
+        if not self.stopped:
+            for token in ids:
+                self._read(token)
+            if final and self.read < len(self.ids):
+                text = self.decode(self.ids[self.context :])
+                self.text += text[len(self.context_text) :]
+                self.read = len(self.ids)
+                self.ends[-1] = len(self.text)
+            final = self._cut_at_stop() or final
+        return self._emit(final)
 
     def _read(self, token: int) -> None:
         """Read one id: append its text (and the pending ids') unless that text is empty or ends inside a character."""
