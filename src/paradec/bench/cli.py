@@ -15,8 +15,11 @@ from pathlib import Path
 from ..errors import ParadecError
 
 DEFAULT_CATEGORIES = "multi_turn,translation,summarization,qa,math_reasoning,rag,code"
-DEFAULT_LIMIT = 1
-DEFAULT_MAX_NEW_TOKENS = 128
+# The ~10-minute default run: 2 prompts per category (16 turns), 48 tokens each, one repeat. More
+# prompts narrow the speedup's interval more per minute than repeats or longer outputs (the spread
+# of speedups over prompts dominates the timing noise); the estimate is in docs/benchmarks.md.
+DEFAULT_LIMIT = 2
+DEFAULT_MAX_NEW_TOKENS = 48
 DEFAULT_DTYPE = "float32"
 
 EPILOG = """\
@@ -32,7 +35,8 @@ data: prompts come from files that PyPI packages ship (install once, no network 
 
 measurement: greedy, batch size 1, the same --max-new-tokens for all, one untimed warm-up per
 contender, methods interleaved on each prompt (plain first), wall time per turn with prefill and
-without detokenisation. Speedup = total plain time / total method time on the same turns.
+without detokenisation. Speedup = total plain time / total method time on the same turns, with a
+95% bootstrap interval over prompts and repeats; "≈" marks a speedup whose interval includes 1.
 Exactness: token ids per turn against paradec plain (same dtype) and transformers generate.
 
 peers (same process, same weights; --no-peers skips them): hf-generate (transformers greedy
@@ -77,7 +81,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
                    help="tokens generated per turn, the same for every contender (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=1, metavar="R",
-                   help="timed runs of every turn; medians are reported with the range over repeats (default: %(default)s)")
+                   help="timed runs of every turn; medians are reported and the interval resamples the repeats too; "
+                        "more prompts (--limit) narrow it faster (default: %(default)s)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="T",
                    help="torch CPU threads (default: the number of CPUs, %(default)s)")
     p.add_argument("--no-peers", action="store_true", help="skip the peers (transformers generate, prompt lookup, ...)")
