@@ -58,7 +58,6 @@ class OracleDrafter(Drafter):
     """Proposes the next ``k`` tokens of a known continuation (e.g. the plain output) as one chain."""
 
     name = "oracle"
-    summary = "test drafter"
 
     def __init__(self, model: Model, truth: list[int], prompt_length: int, k: int = 8):
         super().__init__(model, None)

@@ -62,7 +62,6 @@ def cost_gate(model, patience: int | None, pause: int | None, full_precision: tu
 @register
 class JacobiDrafter(Drafter):
     name = "jacobi"
-    summary = "Jacobi decoding: refine a window of guessed tokens each pass, accept the converged prefix (SJD acceptance when sampling)"
     Config = JacobiConfig
 
     def __init__(self, model, config: JacobiConfig = JacobiConfig()):

@@ -160,7 +160,6 @@ class NgramConfig(DrafterConfig):
 @register
 class NgramDrafter(Drafter):
     name = "ngram"
-    summary = "n-gram lookup in prompt + output (multi-level n, adaptive length, tree of continuations)"
     Config = NgramConfig
 
     def __init__(self, model, config: NgramConfig | None = None):

@@ -138,7 +138,6 @@ class RecyclingConfig(DrafterConfig):
 @register
 class RecyclingDrafter(Drafter):
     name = "recycling"
-    summary = "Token Recycling: top-k successors of every token from past forwards, BFS tree over a static template"
     Config = RecyclingConfig
 
     def __init__(self, model, config: RecyclingConfig | None = None):

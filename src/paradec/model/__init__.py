@@ -1,15 +1,22 @@
-"""Models: load a spec into a ``Model`` (weights + tokenizer); each generation gets its own ``HFTarget``."""
+"""Models: load a spec into a ``Model`` (weights + tokenizer); each generation gets its own ``HFTarget``.
+
+Importing this package does not import torch or transformers (``paradec models`` and ``--help``
+read its names); loading a model does.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-from .hf import HFTarget, context_length
 from .loading import BUILTIN_MODELS, DEFAULT_DTYPE, DEFAULT_MODEL, DTYPES, gguf_as_directory, load_pretrained, parse_dtype, resolve
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .hf import HFTarget
 
 
 @dataclass
@@ -27,6 +34,8 @@ class Model:
 
     @property
     def max_length(self) -> int:
+        from .hf import context_length
+
         return context_length(self.hf_model)
 
     @property
@@ -40,6 +49,8 @@ class Model:
 
     def target(self) -> HFTarget:
         """A fresh runtime with an empty KV cache."""
+        from .hf import HFTarget
+
         return HFTarget(self.hf_model)
 
 
@@ -55,6 +66,14 @@ def load(spec: str | Model = DEFAULT_MODEL, dtype: str | torch.dtype = DEFAULT_D
     directory = gguf_as_directory(path) if path.suffix == ".gguf" else path
     hf_model, tokenizer = load_pretrained(directory, torch_dtype)
     return Model(name=spec, hf_model=hf_model, tokenizer=tokenizer, path=path)
+
+
+def __getattr__(name: str):
+    if name == "HFTarget":
+        from .hf import HFTarget
+
+        return HFTarget
+    raise AttributeError(f"module 'paradec.model' has no attribute '{name}'")
 
 
 __all__ = ["BUILTIN_MODELS", "DEFAULT_DTYPE", "DEFAULT_MODEL", "DTYPES", "HFTarget", "Model", "load"]
