@@ -89,9 +89,7 @@ def test_draft_cache_matches_a_fresh_read_of_the_committed_tokens(pair):
 
     runner.sync = checked_sync
     result = paradec.generate(target, [3, 8, 13], drafter, max_new_tokens=30)
-    # every step drafts (and syncs) except the last when it wants only its bonus token
-    assert len(checked) == result.stats.drafted[0] >= result.stats.forward_passes - 1
-    assert result.stats.accepted_tokens > 0
+    assert len(checked) == result.stats.forward_passes and result.stats.accepted_tokens > 0
 
 
 def test_vocabulary_mismatch_is_a_clear_error(pair):
