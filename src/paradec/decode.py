@@ -77,13 +77,12 @@ def decode(
             stats.stop_reason = "context"
             break
         start = time.perf_counter()
-        # A step delivers at most its accepted path + the bonus token: cap the draft's nodes (so its
-        # depth) at the tokens still wanted after the bonus.
-        wanted = max_new_tokens - len(generated) - 1
-        ctx = StepContext(tokens, len(prompt_ids), min(room, wanted), params, generator)
-        draft = drafter.propose(ctx)
-        if draft.block_size - 1 > room or len(draft) > ctx.max_nodes:
-            draft = draft.truncated(ctx.max_nodes)
+        ctx = StepContext(tokens, len(prompt_ids), room, params, generator)
+        # A step delivers at most its accepted path + the bonus token: no node deeper than the
+        # tokens still wanted after the bonus is worth verifying.
+        draft = drafter.propose(ctx).to_depth(max_new_tokens - len(generated) - 1)
+        if draft.block_size - 1 > room:
+            draft = draft.truncated(room)
         # One forward over root + draft tree (+ aux rows): the whole draft is scored at once.
         logits = target.forward([tokens[-1]] + draft.tokens + draft.aux_tokens, block_positions(draft), block_mask(draft))
         verdict = verify(draft, logits, params, generator)

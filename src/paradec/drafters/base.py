@@ -28,8 +28,7 @@ class StepContext:
 
     tokens:    every committed token, prompt first; the last one is the root of the next draft
     prompt_length: how many of ``tokens`` are the prompt
-    max_nodes: the most draft nodes worth verifying: room left in the context window, and no more
-               than the tokens still wanted after the bonus (the loop truncates longer drafts)
+    max_nodes: the most draft nodes the context window still has room for
     """
 
     tokens: list[int]
