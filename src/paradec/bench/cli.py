@@ -60,9 +60,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="built-in name, Hugging Face model directory or .gguf file (default: %(default)s)")
     p.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16", "float64"],
-                   help="weights and compute dtype (default: %(default)s, where every lossless method must match plain "
-                        "decoding token for token; bfloat16 is ~1.7x faster on CPU, but its batched and one-token kernels "
-                        "round differently, so mismatches there are expected and not errors)")
+                   help="weights and compute dtype (default: %(default)s, where lossless methods match plain decoding "
+                        "token for token except at near ties, so a mismatch is a bug or a tie to look at; bfloat16 is "
+                        "~1.7x faster on CPU, but its multi-row and one-row forwards round differently, so mismatches "
+                        "there are expected, not errors; README: What is guaranteed)")
     p.add_argument("--methods", default="default", metavar="A,B,C",
                    help="paradec methods to run, comma-separated; 'default' = every registered lossless method that "
                         "needs no extra model, 'all' = every registered method; plain (the baseline) always runs first "
