@@ -9,7 +9,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 import paradec
+from paradec.drafters.base import Drafter, StepContext
 from paradec.model import Model
+from paradec.tree import Draft
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -59,6 +61,20 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.fl
 def rebuild(model: Model, hf, name: str | None = None) -> Model:
     """``model`` with other transformers weights (same tokenizer, runtime and quantization)."""
     return Model.from_hf(hf, model.tokenizer, runtime=model.runtime.name, quant=model.quant, name=name or model.name)
+
+
+class OracleDrafter(Drafter):
+    """Proposes the next ``k`` tokens of a known continuation (e.g. the plain output) as one chain."""
+
+    name = "oracle"
+
+    def __init__(self, model: Model, truth: list[int], prompt_length: int, k: int = 8):
+        super().__init__(model, None)
+        self.truth, self.prompt_length, self.k = truth, prompt_length, k
+
+    def propose(self, ctx: StepContext) -> Draft:
+        done = len(ctx.tokens) - self.prompt_length  # tokens generated so far
+        return Draft.chain(self.truth[done : done + self.k])
 
 
 _PLAIN: dict[tuple, "paradec.Result"] = {}

@@ -8,7 +8,7 @@ import torch
 import paradec
 from paradec import ContextOverflowError, ParadecError
 
-from conftest import tiny_model
+from conftest import OracleDrafter, tiny_model
 
 
 def test_real_model_plain_equals_transformers_generate(smollm2):
@@ -54,6 +54,43 @@ def test_max_new_tokens_and_stats(tiny_llama):
     assert len(r.token_ids) == s.new_tokens == 7 and s.stop_reason == "length"
     assert s.forward_passes == 6 and s.mean_accepted_length == 1.0 and s.prompt_tokens == 3
     assert set(r.to_dict()) == {"text", "token_ids", "stats"}
+
+
+def test_drafts_are_capped_by_max_new_tokens_and_stats_count_delivered_tokens(tiny_llama):
+    """Issue 10 item 5: with 3 tokens wanted, a drafter proposing 8 got all 8 verified and the stats
+    said 8 accepted tokens, 9.0 tokens per forward."""
+    truth = paradec.generate(tiny_llama, [4, 5, 6], max_new_tokens=12).token_ids
+    r = paradec.generate(tiny_llama, [4, 5, 6], OracleDrafter(tiny_llama, truth, 3, k=8), max_new_tokens=3)
+    s = r.stats
+    assert r.token_ids == truth[:3] and s.new_tokens == 3 and s.stop_reason == "length"
+    # the prefill gives token 1; one step drafts 1 node (2 tokens still wanted) and delivers it + the bonus
+    assert (s.forward_passes, s.draft_nodes, s.accepted_tokens, s.mean_accepted_length) == (1, 1, 1, 2.0)
+    assert s.drafted == s.accepted == [1]
+
+
+@pytest.mark.parametrize("ending", ["length", "eos", "stop"])
+def test_stats_match_the_delivered_tokens_however_generation_ends(ending):
+    """A step that ends the generation inside its accepted path counts only what the caller got."""
+    model = tiny_model("llama", seed=1)
+    prompt = [9, 10]
+    truth = paradec.generate(model, prompt, max_new_tokens=30).token_ids
+    # token 0 comes from the prefill, 1-9 from the first step (8 accepted + bonus), 10-18 from the
+    # second; generation ends at token 13, inside the second step's accepted path
+    kwargs = {"max_new_tokens": 30}
+    if ending == "eos":
+        assert truth[13] not in truth[:13]
+        model = tiny_model("llama", seed=1, eos=truth[13])
+    elif ending == "stop":
+        kwargs["stop"] = [model.tokenizer.decode(truth[12:14])]
+    else:
+        kwargs["max_new_tokens"] = 14
+    r = paradec.generate(model, prompt, OracleDrafter(model, truth, len(prompt), k=8), **kwargs)
+    s = r.stats
+    assert s.stop_reason == ending and s.new_tokens == len(r.token_ids) == (13 if ending == "eos" else 14)
+    assert r.token_ids == truth[: s.new_tokens] and s.forward_passes == 2
+    assert sum(s.accepted) == s.accepted_tokens and s.accepted_tokens <= s.draft_nodes
+    bonus_delivered = ending == "length"  # EOS is not delivered; the stop string cut the bonus here
+    assert s.new_tokens == 1 + s.accepted_tokens + s.forward_passes - (not bonus_delivered)
 
 
 def test_generation_stops_at_the_context_window():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -65,14 +66,62 @@ def test_exactness_reports_the_mismatch_and_its_first_position():
     assert ngram["exact vs plain"] == "1/2 (first diff: code-1#1@2)"
 
 
-def test_repeats_take_medians_and_report_the_spread():
+def test_repeats_take_medians_and_bound_the_interval():
     rs = []
     for rep, (tp, tm) in enumerate([(2.0, 1.0), (3.0, 1.0), (2.0, 2.0)]):
         rs += [rec("plain", "qa-1", tp, A, 5, 0, repeat=rep), rec("ngram", "qa-1", tm, A, 2, 3, repeat=rep)]
     o = report.summarize(rs, ["plain", "ngram"])["ngram"]["overall"]
     assert o["speedup"] == pytest.approx(2.0 / 1.0)  # median plain 2.0 / median ngram 1.0
-    assert (o["speedup_min"], o["speedup_max"]) == (pytest.approx(1.0), pytest.approx(3.0))
+    # one prompt: only the repeats are resampled; a median of 3 resampled pairs lies within their range
+    assert 1.0 <= o["speedup_low"] < o["speedup"] < o["speedup_high"] <= 3.0
     assert o["exact_plain"]["checked"] == 3
+
+
+def timed(method: str, factor: float, noise: float, prompts: int = 12, repeats: int = 3, seed: int = 0) -> list[dict]:
+    """Synthetic records: plain and ``method`` on prompts of different lengths (a few with two
+    turns), the method ``factor`` times faster, each time off by a random factor of ±``noise``."""
+    rng = random.Random(seed)
+    rs = []
+    for p in range(prompts):
+        category = ["qa", "code", "multi_turn"][p % 3]
+        for turn in range(2 if category == "multi_turn" else 1):
+            base = rng.uniform(2.0, 8.0)
+            for rep in range(repeats):
+                jitter = lambda: rng.uniform(1 - noise, 1 + noise)  # noqa: E731
+                rs.append(rec("plain", f"{category}-{p}", base * jitter(), A, 5, 0, category, turn, rep))
+                rs.append(rec(method, f"{category}-{p}", base / factor * jitter(), A, 3, 2, category, turn, rep))
+    return rs
+
+
+def test_an_obviously_faster_method_has_an_interval_above_one():
+    s = report.summarize(timed("fast", 1.5, 0.15), ["plain", "fast"])["fast"]
+    for cell in s.values():
+        assert 1.0 < cell["speedup_low"] < 1.5 < cell["speedup_high"]
+        assert not report.similar_to_plain(cell)
+    assert "≈" not in "".join(report.table_rows({"fast": s}, ["qa", "code", "multi_turn"])[1][0])
+
+
+def test_a_method_as_fast_as_plain_has_an_interval_around_one_and_is_marked():
+    s = report.summarize(timed("same", 1.0, 0.15), ["plain", "same"])
+    for cell in s["same"].values():
+        assert cell["speedup_low"] < 1.0 < cell["speedup_high"] and report.similar_to_plain(cell)
+    header, rows = report.table_rows(s, ["qa", "code", "multi_turn"])
+    same = dict(zip(header, rows[1]))
+    assert same["overall"].startswith("≈") and "(" in same["overall"]
+    assert dict(zip(header, rows[0]))["overall"] == "1.00×"  # plain itself: no interval, no mark
+
+
+def test_the_interval_is_seeded_and_narrows_with_more_prompts():
+    few, many = (report.summarize(timed("fast", 1.2, 0.3, prompts=n), ["plain", "fast"])["fast"]["overall"] for n in (6, 60))
+    again = report.summarize(timed("fast", 1.2, 0.3, prompts=6), ["plain", "fast"])["fast"]["overall"]
+    assert (few["speedup_low"], few["speedup_high"]) == (again["speedup_low"], again["speedup_high"])
+    assert many["speedup_high"] - many["speedup_low"] < few["speedup_high"] - few["speedup_low"]
+
+
+def test_no_interval_from_one_prompt_and_one_repeat():
+    o = report.summarize(records()[:2], ["plain", "ngram"])["ngram"]["overall"]
+    assert o["speedup_low"] is None and o["speedup_high"] is None and not report.similar_to_plain(o)
+    assert report.table_rows({"ngram": {"overall": o}}, [])[1][0][1] == "2.00×"
 
 
 def test_failed_turns_are_counted_and_left_out_of_the_ratio():
@@ -91,7 +140,7 @@ def test_files_are_written_and_agree(tmp_path):
     assert saved["summary"] == json.loads(json.dumps(summary)) and len(saved["records"]) == 6
     assert report.summarize(saved["records"], ["plain", "ngram"])["ngram"]["overall"]["speedup"] == pytest.approx(3.0)
     md = paths["markdown"].read_text()
-    assert "| ngram | 2.00× | 4.00× | 3.00× |" in md and "`lade`: unavailable: not installed" in md and "busy" in md
+    assert "| ngram | 2.00× | 4.00× | 3.00× (2.00–4.00) |" in md and "`lade`: unavailable: not installed" in md and "busy" in md
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -18,6 +18,8 @@ def test_generate_streams_text_and_prints_stats():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
     assert "[plain]" in out.stderr and "tokens/forward" in out.stderr
+    # nothing a user cannot act on: no library warnings (the summary is the last line)
+    assert "Warning" not in out.stderr and out.stderr.strip().splitlines()[-1].startswith("[plain]"), out.stderr
 
 
 def test_generate_json_schema():

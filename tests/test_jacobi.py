@@ -202,7 +202,9 @@ def empirical_pair(model, drafter, params) -> tuple[torch.Tensor, int]:
     counts = torch.zeros(SV, SV, dtype=torch.float64)
     accepted = 0
     for seed in range(RUNS):
-        r = paradec.generate(model, PROMPT, drafter, max_new_tokens=3, temperature=params.temperature,
+        # 6 tokens wanted: the first step may verify its whole window of 3 (drafts never go deeper
+        # than the tokens still wanted); only t2, t3 are compared
+        r = paradec.generate(model, PROMPT, drafter, max_new_tokens=6, temperature=params.temperature,
                              top_k=params.top_k, seed=seed)
         counts[r.token_ids[1], r.token_ids[2]] += 1
         accepted += r.stats.accepted_tokens

@@ -53,8 +53,9 @@ def test_all_layers_reproduce_the_target_so_every_draft_is_accepted(deep):
     tree = paradec.generate(deep, [5, 9, 17], "layerskip", max_new_tokens=41,
                             method_options=dict(layers=4, max_draft=3, tree_nodes=9, branch=3, branch_below=1.0, min_confidence=0.0, adaptive=False))
     # 9 nodes, 3 per node: level 1 has 3 nodes and the likeliest gets 3 children first, so the
-    # target's top-1 path is in the tree to depth 2 every step
-    assert tree.stats.accepted[:2] == [tree.stats.forward_passes] * 2
+    # target's top-1 path is in the tree to depth 2 every step (the last one drafts no deeper than
+    # the tokens still wanted)
+    assert tree.stats.accepted[:2] == tree.stats.drafted[:2] and tree.stats.drafted[1] >= tree.stats.forward_passes - 1
     assert tree.token_ids == result.token_ids == plain(deep, [5, 9, 17], 41)
 
 

@@ -64,7 +64,9 @@ def exact_joint(model, params: SamplingParams) -> torch.Tensor:
 def empirical_joint(model, method, params: SamplingParams) -> torch.Tensor:
     counts = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
     for seed in range(RUNS):
-        ids = paradec.generate(model, PROMPT, method, max_new_tokens=2, temperature=params.temperature,
+        # token 1 comes from the prefill, token 2 from the first step's depth-1 nodes: 3 tokens wanted,
+        # so the loop leaves the draft's depth-1 level (never more than the tokens still wanted)
+        ids = paradec.generate(model, PROMPT, method, max_new_tokens=3, temperature=params.temperature,
                                top_k=params.top_k, top_p=params.top_p, seed=seed).token_ids
         counts[ids[0], ids[1]] += 1
     return counts / RUNS

@@ -5,32 +5,45 @@
     result = paradec.generate(model, "Summarise: ...", method="plain", max_new_tokens=64)
     for piece in paradec.stream(model, "Hello", chat=True):
         print(piece, end="")
+
+``import paradec`` is light: each name below imports its module (and torch, transformers) on first
+use, so the command line starts at once for commands that need no model.
 """
 
-from .api import Stream, encode_prompt, generate, stream
-from .decode import Result
-from .drafters import METHODS, Drafter, make_drafter
-from .errors import ContextOverflowError, ParadecError
-from .model import BUILTIN_MODELS, Model, load
-from .sampling import SamplingParams
-from .stats import Stats
-from .tree import Draft
+from __future__ import annotations
 
-__all__ = [
-    "BUILTIN_MODELS",
-    "METHODS",
-    "ContextOverflowError",
-    "Draft",
-    "Drafter",
-    "Model",
-    "ParadecError",
-    "Result",
-    "SamplingParams",
-    "Stats",
-    "Stream",
-    "encode_prompt",
-    "generate",
-    "load",
-    "make_drafter",
-    "stream",
-]
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+_MODULES = {  # public name -> the submodule that defines it
+    "BUILTIN_MODELS": "model", "Model": "model", "load": "model",
+    "METHODS": "drafters", "Drafter": "drafters", "make_drafter": "drafters",
+    "ContextOverflowError": "errors", "ParadecError": "errors",
+    "Result": "decode", "SamplingParams": "sampling", "Stats": "stats", "Draft": "tree",
+    "Stream": "api", "encode_prompt": "api", "generate": "api", "stream": "api",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str):
+    if name not in _MODULES:
+        raise AttributeError(f"module 'paradec' has no attribute '{name}'")
+    value = getattr(import_module(f".{_MODULES[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from .api import Stream, encode_prompt, generate, stream
+    from .decode import Result
+    from .drafters import METHODS, Drafter, make_drafter
+    from .errors import ContextOverflowError, ParadecError
+    from .model import BUILTIN_MODELS, Model, load
+    from .sampling import SamplingParams
+    from .stats import Stats
+    from .tree import Draft

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 
 from .errors import ParadecError
 
@@ -24,8 +25,9 @@ EXAMPLE_PROMPT = (
 
 DTYPE_HELP = (
     "weights and compute dtype (default: %(default)s, measured ~1.7x faster than float32 on CPU). "
-    "Exact token equality with plain greedy decoding is only promised in float32/float64: "
-    "in bfloat16 batched and one-token kernels round differently, so outputs may diverge slightly"
+    "In float32/float64 greedy output equals plain greedy decoding token for token except at near ties "
+    "(two tokens' logits closer than the rounding, ~1e-4 in float32); in bfloat16 multi-row and one-row "
+    "forwards round differently enough that outputs drift from plain decoding. README: What is guaranteed"
 )
 
 
@@ -87,11 +89,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from .drafters import METHODS
+    from .methods import BUILTIN_METHODS
 
-    width = max(len(n) for n in METHODS)
-    for name in sorted(METHODS):
-        print(f"{name:<{width}}  {METHODS[name].summary}")
+    width = max(len(n) for n in BUILTIN_METHODS)
+    for name in sorted(BUILTIN_METHODS):
+        print(f"{name:<{width}}  {BUILTIN_METHODS[name].summary}")
     return 0
 
 
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models are never downloaded
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if not sys.warnoptions:  # libraries' deprecation notices are for developers (`python -W default` shows them)
+        warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING, format="paradec: %(message)s")
     args = build_parser().parse_args(argv)
     try:

@@ -67,31 +67,36 @@ def decode(
     first = int(logits.argmax()) if params.greedy else sample(target_probs(logits, params), generator)
     stats.prefill_time = time.perf_counter() - start
     done = max_new_tokens <= 0 or accept([first])
+    piece = text.push(generated, final=done)
+    if piece:
+        yield piece
 
-    while True:
-        piece = text.push(generated[len(text.ids) :])
-        if piece:
-            yield piece
-        if done or text.stopped:
-            break
+    while not (done or text.stopped):
         room = target.max_length - target.length - 1  # rows after the root that still fit
         if room < 0:
             stats.stop_reason = "context"
             break
         start = time.perf_counter()
         ctx = StepContext(tokens, len(prompt_ids), room, params, generator)
-        draft = drafter.propose(ctx)
+        # A step delivers at most its accepted path + the bonus token: no node deeper than the
+        # tokens still wanted after the bonus is worth verifying.
+        draft = drafter.propose(ctx).to_depth(max_new_tokens - len(generated) - 1)
         block = Block(tokens[-1], draft, drafter.aux_rows()).fitted(room)
         # One forward over root + draft tree (+ aux rows): the whole draft is scored at once.
         logits = target.forward(block.tokens, block_positions(block), block_mask(block))
         verdict = verify(block.draft, logits, params, generator)
         target.commit([0] + [i + 1 for i in verdict.accepted])  # root + accepted path stay cached
         drafter.observe(block, logits, verdict)
-        stats.record_step(depths(block.draft.parents), len(verdict.accepted))
+        fresh = len(generated)
         done = accept(verdict.tokens)
         stats.decode_time += time.perf_counter() - start
+        piece = text.push(generated[fresh:], final=done)
+        # the caller gets the step's tokens up to EOS, the token limit or a stop string: count only those
+        stats.record_step(depths(block.draft.parents), len(verdict.accepted), delivered=len(text.ids) - fresh)
+        if piece:
+            yield piece
 
-    tail = text.flush()
+    tail = text.push([], final=True)  # when the context window ended the generation
     if tail:
         yield tail
     if text.stopped:

@@ -11,15 +11,19 @@ class Stats:
 
     forward_passes counts target forwards after the prefill; each yields ``accepted + 1`` tokens
     (accepted draft tokens plus the bonus), so ``mean_accepted_length`` is tokens per forward.
-    ``drafted[d]`` / ``accepted[d]``: steps whose draft had a node at depth d+1 / whose accepted
-    path reached depth d+1. Times exclude detokenisation.
+    Only tokens the caller receives count as accepted: the step that ends a generation (EOS, the
+    token limit, a stop string) may verify more than it delivers. So ``new_tokens`` is
+    ``1 + accepted_tokens + forward_passes`` (the first token comes from the prefill), one less when
+    the last step's bonus token was EOS or cut by a stop string.
+    ``drafted[d]`` / ``accepted[d]``: steps whose draft had a node at depth d+1 / whose delivered
+    accepted path reached depth d+1. Times exclude detokenisation.
     """
 
     method: str
     prompt_tokens: int = 0
     new_tokens: int = 0
     forward_passes: int = 0
-    accepted_tokens: int = 0  # draft tokens accepted over all steps
+    accepted_tokens: int = 0  # accepted draft tokens the caller received, over all steps
     draft_nodes: int = 0  # draft nodes proposed over all steps (tree nodes, not aux rows)
     drafted: list[int] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)
@@ -27,7 +31,10 @@ class Stats:
     decode_time: float = 0.0
     stop_reason: str = ""  # eos | length | stop | context
 
-    def record_step(self, draft_depths: list[int], accepted_len: int) -> None:
+    def record_step(self, draft_depths: list[int], accepted_len: int, delivered: int) -> None:
+        """One forward: the draft's node depths, the accepted path's length, and how many of the
+        step's tokens (accepted path, then bonus) the caller received."""
+        accepted_len = min(accepted_len, delivered)
         self.forward_passes += 1
         self.accepted_tokens += accepted_len
         self.draft_nodes += len(draft_depths)

@@ -25,6 +25,7 @@ Worked example: root ``r`` with draft ``tokens=[a, b, c], parents=[-1, 0, -1]`` 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -68,6 +69,23 @@ class Draft:
         n = max(0, max_nodes)
         q = self.q[:n] if self.q is not None else None
         return Draft(tokens=self.tokens[:n], parents=self.parents[:n], q=q)
+
+
+    def to_depth(self, max_depth: int) -> "Draft":
+        """The nodes at most ``max_depth`` deep. A node's ancestors are shallower and
+        its siblings as deep, so this stays a tree and every kept node keeps all its siblings (which
+        multi-draft sampling needs)."""
+        d = depths(self.parents)
+        keep = [i for i in range(len(self.tokens)) if d[i] <= max_depth]
+        if len(keep) == len(self.tokens):
+            return self
+        new = {old: n for n, old in enumerate(keep)}  # kept node -> its index in the cut draft
+        return dataclasses.replace(
+            self,
+            tokens=[self.tokens[i] for i in keep],
+            parents=[new.get(self.parents[i], -1) for i in keep],
+            q=[self.q[i] for i in keep] if self.q is not None else None,
+        )
 
 
 @dataclass(frozen=True)

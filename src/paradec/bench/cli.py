@@ -15,8 +15,11 @@ from pathlib import Path
 from ..errors import ParadecError
 
 DEFAULT_CATEGORIES = "multi_turn,translation,summarization,qa,math_reasoning,rag,code"
-DEFAULT_LIMIT = 1
-DEFAULT_MAX_NEW_TOKENS = 128
+# The ~10-minute default run: 2 prompts per category (16 turns), 48 tokens each, one repeat. More
+# prompts narrow the speedup's interval more per minute than repeats or longer outputs (the spread
+# of speedups over prompts dominates the timing noise); the estimate is in docs/benchmarks.md.
+DEFAULT_LIMIT = 2
+DEFAULT_MAX_NEW_TOKENS = 48
 DEFAULT_DTYPE = "float32"
 
 EPILOG = """\
@@ -32,7 +35,8 @@ data: prompts come from files that PyPI packages ship (install once, no network 
 
 measurement: greedy, batch size 1, the same --max-new-tokens for all, one untimed warm-up per
 contender, methods interleaved on each prompt (plain first), wall time per turn with prefill and
-without detokenisation. Speedup = total plain time / total method time on the same turns.
+without detokenisation. Speedup = total plain time / total method time on the same turns, with a
+95% bootstrap interval over prompts and repeats; "≈" marks a speedup whose interval includes 1.
 Exactness: token ids per turn against paradec plain (same dtype) and transformers generate.
 
 peers (same process, same weights; --no-peers skips them): hf-generate (transformers greedy
@@ -56,9 +60,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="built-in name, Hugging Face model directory or .gguf file (default: %(default)s)")
     p.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16", "float64"],
-                   help="weights and compute dtype (default: %(default)s, where every lossless method must match plain "
-                        "decoding token for token; bfloat16 is ~1.7x faster on CPU, but its batched and one-token kernels "
-                        "round differently, so mismatches there are expected and not errors)")
+                   help="weights and compute dtype (default: %(default)s). On the native runtime every lossless method "
+                        "matches plain decoding token for token in every dtype and --quant (a row's logits do not depend "
+                        "on the other rows of its block), so a mismatch is a bug; on --runtime hf multi-row and one-row "
+                        "forwards round differently (README: What is guaranteed)")
     from ..cli import add_runtime_args
 
     add_runtime_args(p)
@@ -80,7 +85,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
                    help="tokens generated per turn, the same for every contender (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=1, metavar="R",
-                   help="timed runs of every turn; medians are reported with the range over repeats (default: %(default)s)")
+                   help="timed runs of every turn; medians are reported and the interval resamples the repeats too; "
+                        "more prompts (--limit) narrow it faster (default: %(default)s)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="T",
                    help="torch CPU threads (default: the number of CPUs, %(default)s)")
     p.add_argument("--no-peers", action="store_true", help="skip the peers (transformers generate, prompt lookup, ...)")

@@ -2,8 +2,9 @@
 
 Every figure is recomputed from the records (``summarize``), so the JSON alone reproduces the report.
 
-- speedup = total plain time / total method time over the same turns (medians over repeats);
-  its spread is the min..max of that ratio computed repeat by repeat;
+- speedup = total plain time / total method time over the same turns (medians over repeats), with
+  a 95 % bootstrap interval (``speedup_interval``); a cell whose interval includes 1.0 is marked
+  ``≈``: the run cannot tell that method from plain decoding there;
 - tokens per forward = (accepted draft tokens + forward passes) / forward passes;
 - exactness: per turn, token-id equality with plain decoding (and with transformers' greedy
   ``generate``), with the first position where they differ.
@@ -16,9 +17,14 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 BASELINE = "plain"
 HF_REFERENCE = "hf-generate"
 OVERALL = "overall"
+CONFIDENCE = 0.95
+BOOTSTRAP_SAMPLES = 4000
+SIMILAR = "≈"  # marks a speedup whose interval includes 1.0
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:
@@ -55,19 +61,54 @@ def _groups(records: list[dict]) -> dict[str, dict[tuple, list[dict]]]:
     return out
 
 
-def _stats(method_turns: dict[tuple, list[dict]], plain_turns: dict[tuple, list[dict]], keys: list[tuple]) -> dict:
+def speedup_interval(method_turns: dict[tuple, list[dict]], plain_turns: dict[tuple, list[dict]], keys: list[tuple],
+                     seed: int = 0) -> tuple[float, float] | None:
+    """A percentile-bootstrap interval (``CONFIDENCE``) of the speedup over the turns ``keys``.
+
+    Each replicate resamples the *prompts* with replacement (a prompt's turns go together: turn 2
+    continues turn 1) and, inside every turn, the *repeats*, plain and method paired by repeat
+    (they ran side by side, so a load spike hits both); then recomputes the speedup as the point
+    estimate does: sum of plain medians / sum of method medians. Prompts carry the real spread of
+    a method's speedup over texts, repeats the timing noise. Seeded: the same records give the same
+    interval. None when there is nothing to resample (one prompt, one repeat).
+    """
+    rng = np.random.default_rng(seed)
+    B = BOOTSTRAP_SAMPLES
+    prompts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    for k in keys:
+        plain = {r["repeat"]: r["seconds"] for r in plain_turns[k]}
+        method = {r["repeat"]: r["seconds"] for r in method_turns[k]}
+        reps = sorted(plain.keys() & method.keys())
+        if reps:
+            prompts[k[0]].append((np.array([plain[r] for r in reps]), np.array([method[r] for r in reps])))
+    turns = [t for ts in prompts.values() for t in ts]
+    if not turns or (len(prompts) == 1 and all(len(p) == 1 for p, _ in turns)):
+        return None
+    # per prompt, B replicates of its summed plain and method medians over resampled repeats: (U, B) each
+    plain_sums, method_sums = np.zeros((len(prompts), B)), np.zeros((len(prompts), B))
+    for u, ts in enumerate(prompts.values()):
+        for p, m in ts:
+            pick = rng.integers(0, len(p), size=(B, len(p)))  # (B, repeats), the same draw for both: paired
+            plain_sums[u] += np.median(p[pick], axis=1)
+            method_sums[u] += np.median(m[pick], axis=1)
+    drawn = rng.integers(0, len(prompts), size=(B, len(prompts)))  # (B, U): the prompts of each replicate
+    column = np.arange(B)[:, None]
+    ratios = plain_sums[drawn, column].sum(1) / method_sums[drawn, column].sum(1)  # (B,)
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(ratios, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def _stats(method_turns: dict[tuple, list[dict]], plain_turns: dict[tuple, list[dict]], keys: list[tuple],
+           interval: bool) -> dict:
     keys = [k for k in keys if k in method_turns and k in plain_turns]
     if not keys:
         return {"turns": 0}
     med = lambda rs: statistics.median(r["seconds"] for r in rs)  # noqa: E731
     t_method = sum(med(method_turns[k]) for k in keys)
     t_plain = sum(med(plain_turns[k]) for k in keys)
-    per_repeat = []
-    for rep in sorted({r["repeat"] for k in keys for r in method_turns[k]}):
-        tm = [r["seconds"] for k in keys for r in method_turns[k] if r["repeat"] == rep]
-        tp = [r["seconds"] for k in keys for r in plain_turns[k] if r["repeat"] == rep]
-        if len(tm) == len(tp) == len(keys) and sum(tm) > 0:
-            per_repeat.append(sum(tp) / sum(tm))
+    bounds = speedup_interval(method_turns, plain_turns, keys) if interval else None
+    low, high = bounds or (None, None)
     firsts = [method_turns[k][0] for k in keys]  # greedy output is the same in every repeat; counts from the first
     tokens = sum(r["new_tokens"] for r in firsts)
     forwards = sum(r["forward_passes"] for r in firsts)
@@ -77,8 +118,8 @@ def _stats(method_turns: dict[tuple, list[dict]], plain_turns: dict[tuple, list[
         "seconds": t_method,
         "plain_seconds": t_plain,
         "speedup": t_plain / t_method if t_method > 0 else None,
-        "speedup_min": min(per_repeat, default=None),
-        "speedup_max": max(per_repeat, default=None),
+        "speedup_low": low,  # the CONFIDENCE bootstrap interval; None for plain itself or nothing to resample
+        "speedup_high": high,
         "new_tokens": tokens,
         "tokens_per_second": tokens / t_method if t_method > 0 else None,
         "forward_passes": forwards,
@@ -105,9 +146,9 @@ def summarize(records: list[dict], methods: list[str]) -> dict:
     for m in methods:
         if m not in groups:
             continue
-        turns = groups[m]
-        out[m] = {c: _stats(turns, plain, [k for k in plain if plain[k][0]["category"] == c]) for c in categories}
-        out[m][OVERALL] = _stats(turns, plain, list(plain))
+        turns, interval = groups[m], m != BASELINE
+        out[m] = {c: _stats(turns, plain, [k for k in plain if plain[k][0]["category"] == c], interval) for c in categories}
+        out[m][OVERALL] = _stats(turns, plain, list(plain), interval)
         errors = [r for r in records if r["method"] == m and "error" in r]
         if errors:
             out[m][OVERALL]["errors"] = len(errors)
@@ -120,13 +161,24 @@ def _fmt(x, spec=".2f", none="–") -> str:
     return none if x is None else format(x, spec)
 
 
+def similar_to_plain(s: dict) -> bool:
+    """Whether the speedup's interval includes 1.0 (the run cannot tell the method from plain decoding)."""
+    return s.get("speedup_low") is not None and s["speedup_low"] <= 1.0 <= s["speedup_high"]
+
+
 def _speedup(s: dict) -> str:
+    """``1.21× (1.08–1.36)``; ``≈1.06× (0.97–1.15)`` when the interval includes 1.0."""
     if not s.get("turns"):
         return "–"
-    text = f"{s['speedup']:.2f}×"
-    if s.get("speedup_min") is not None and s["speedup_min"] != s["speedup_max"]:
-        text += f" ({s['speedup_min']:.2f}–{s['speedup_max']:.2f})"
+    text = f"{SIMILAR if similar_to_plain(s) else ''}{s['speedup']:.2f}×"
+    if s.get("speedup_low") is not None:
+        text += f" ({s['speedup_low']:.2f}–{s['speedup_high']:.2f})"
     return text
+
+
+LEGEND = (f"Speedup = total plain-decoding time / total method time on the same turns (median over repeats), "
+          f"with its {CONFIDENCE:.0%} bootstrap interval over prompts and repeats in brackets; "
+          f"{SIMILAR} marks a speedup whose interval includes 1.00: this run cannot tell it from plain decoding.")
 
 
 def _exact(s: dict, key: str) -> str:
@@ -154,7 +206,7 @@ def rich_table(summary: dict, categories: list[str], title: str = ""):
     from rich.table import Table
 
     header, rows = table_rows(summary, categories)
-    table = Table(title=title or "speedup over plain decoding (same prompts, same run)")
+    table = Table(title=title or "speedup over plain decoding (same prompts, same run)", caption=LEGEND)
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in rows:
@@ -173,8 +225,7 @@ def markdown(summary: dict, categories: list[str], meta: dict, unavailable: dict
               f"- load average (1/5/15 min) before {meta.get('load_before')}, after {meta.get('load_after')}, "
               f"highest 1-min sample during the run {meta.get('load_max_1min')}"]
     lines += [f"- **warning:** {w}" for w in meta.get("warnings", [])]
-    lines += ["", "Speedup = total plain-decoding time / total method time on the same turns (median over repeats; "
-              "range over repeats in brackets). Exact = turns whose token ids equal the reference's "
+    lines += ["", LEGEND + " Exact = turns whose token ids equal the reference's "
               "(`prompt#turn@position` of the first difference otherwise).", ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
@@ -195,7 +246,8 @@ def markdown(summary: dict, categories: list[str], meta: dict, unavailable: dict
 
 
 def plot(summary: dict, categories: list[str], path: Path, title: str = "", peers: set[str] = frozenset()) -> None:
-    """Grouped bars: speedup over plain per category (and overall), one bar per method; peers hatched."""
+    """Grouped bars: speedup over plain per category (and overall), one bar per method, with its
+    interval; peers hatched; bars whose interval includes 1.0 faded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,16 +259,24 @@ def plot(summary: dict, categories: list[str], path: Path, title: str = "", peer
     width = 0.8 / max(len(methods), 1)
     top = 1.0
     for i, m in enumerate(methods):
-        ys = [summary[m].get(g, {}).get("speedup") or 0.0 for g in groups]
+        cells = [summary[m].get(g, {}) for g in groups]
+        ys = [c.get("speedup") or 0.0 for c in cells]
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(groups))]
-        ax.bar(xs, ys, width, label=m + (" (peer)" if m in peers else ""), hatch="//" if m in peers else None,
-               edgecolor="white" if m in peers else None)
-        top = max(top, *ys)
+        bars = ax.bar(xs, ys, width, label=m + (" (peer)" if m in peers else ""), hatch="//" if m in peers else None,
+                      edgecolor="white" if m in peers else None)
+        for bar, c in zip(bars, cells):
+            if similar_to_plain(c):
+                bar.set_alpha(0.35)
+        known = [(x, y, c) for x, y, c in zip(xs, ys, cells) if c.get("speedup_low") is not None]
+        if known:
+            ax.errorbar([x for x, _, _ in known], [y for _, y, _ in known], fmt="none", ecolor="black", elinewidth=0.8,
+                        capsize=2, yerr=[[y - c["speedup_low"] for _, y, c in known], [c["speedup_high"] - y for _, y, c in known]])
+        top = max(top, *ys, *(c["speedup_high"] for _, _, c in known))
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_ylim(0, top * 1.1)
     ax.set_xticks(range(len(groups)), [g.replace("_", "\n") for g in groups])
-    ax.set_ylabel("speedup over plain decoding")
-    ax.set_title(title, fontsize=9)
+    ax.set_ylabel(f"speedup over plain decoding ({CONFIDENCE:.0%} interval)")
+    ax.set_title(f"{title}\nfaded: the interval includes 1.0" if title else "faded: the interval includes 1.0", fontsize=9)
     if methods:
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=min(5, len(methods)), frameon=False)
     fig.tight_layout()

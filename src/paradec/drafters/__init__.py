@@ -1,11 +1,12 @@
-"""Drafters, one module per method; importing this package registers them all."""
+"""Drafters, one module per method; importing this package imports (registers) the built-in ones,
+which ``paradec.methods`` lists."""
 
-from . import plain  # noqa: F401  (registers)
-from . import jacobi  # noqa: F401  (registers)
-from . import lookahead  # noqa: F401  (registers)
-from . import ngram  # noqa: F401  (registers)
-from . import recycling  # noqa: F401  (registers)
-from . import draft_model, layerskip  # noqa: F401  (registers)
+from importlib import import_module
+
+from ..methods import BUILTIN_METHODS
 from .base import METHODS, Drafter, DrafterConfig, StepContext, make_drafter, register
+
+for _method in BUILTIN_METHODS.values():
+    import_module(f".{_method.module}", __name__)
 
 __all__ = ["METHODS", "Drafter", "DrafterConfig", "StepContext", "make_drafter", "register"]

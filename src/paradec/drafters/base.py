@@ -82,10 +82,10 @@ def check_bool(config: DrafterConfig, name: str) -> None:
 
 
 class Drafter:
-    """Subclass, set ``name``, ``summary`` and ``Config``, and decorate with ``@register``."""
+    """Subclass, set ``name`` and ``Config``, and decorate with ``@register`` (a built-in method also
+    gets a line in ``paradec.methods``)."""
 
     name: ClassVar[str]
-    summary: ClassVar[str]  # one line for `paradec methods`
     Config: ClassVar[type[DrafterConfig]] = DrafterConfig
 
     def __init__(self, model: "Model", config: DrafterConfig):

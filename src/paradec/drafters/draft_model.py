@@ -38,10 +38,6 @@ class DraftModelConfig(DraftTreeConfig):
 @register
 class DraftModelDrafter(TreeDrafter):
     name = "draft"
-    summary = (
-        "speculative decoding with a smaller draft model of the same vocabulary (--draft MODEL); "
-        "chain or dynamic tree (tree_nodes), adaptive length"
-    )
     Config = DraftModelConfig
     config: DraftModelConfig
 

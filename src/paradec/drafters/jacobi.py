@@ -52,7 +52,6 @@ class JacobiConfig(GatedConfig):
 @register
 class JacobiDrafter(Drafter):
     name = "jacobi"
-    summary = "Jacobi decoding: refine a window of guessed tokens each pass, accept the converged prefix (SJD acceptance when sampling)"
     Config = JacobiConfig
     config: JacobiConfig
 

@@ -40,10 +40,6 @@ class LayerSkipConfig(DraftTreeConfig):
 @register
 class LayerSkipDrafter(TreeDrafter):
     name = "layerskip"
-    summary = (
-        "self-speculation: the target's first layers draft (no second model); untrained it is accepted "
-        "rarely (~1.1 tokens/forward), so it needs a trained exit head to help"
-    )
     Config = LayerSkipConfig
     config: LayerSkipConfig
 

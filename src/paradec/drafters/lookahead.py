@@ -92,7 +92,6 @@ def lookahead_layout(W: int, N: int) -> tuple[tuple[tuple[int, int], ...], tuple
 @register
 class LookaheadDrafter(Drafter):
     name = "lookahead"
-    summary = "Lookahead decoding: a W x N Jacobi window harvests n-grams, up to G pooled n-grams verified in the same pass"
     Config = LookaheadConfig
     config: LookaheadConfig
 

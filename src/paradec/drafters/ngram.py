@@ -62,7 +62,6 @@ class NgramConfig(GatedConfig):
 @register
 class NgramDrafter(Drafter):
     name = "ngram"
-    summary = "n-gram lookup in prompt + output (multi-level n, adaptive length, tree of continuations)"
     Config = NgramConfig
     config: NgramConfig
 

@@ -7,7 +7,6 @@ from .base import Drafter, StepContext, register
 @register
 class PlainDrafter(Drafter):
     name = "plain"
-    summary = "plain autoregressive decoding (no draft): the baseline, one token per forward pass"
 
     def propose(self, ctx: StepContext) -> Draft:
         return Draft()

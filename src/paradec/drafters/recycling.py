@@ -135,7 +135,6 @@ class RecyclingConfig(GatedConfig):
 @register
 class RecyclingDrafter(Drafter):
     name = "recycling"
-    summary = "Token Recycling: top-k successors of every token from past forwards, BFS tree over a static template"
     Config = RecyclingConfig
     config: RecyclingConfig
 

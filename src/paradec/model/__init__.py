@@ -1,15 +1,21 @@
-"""Models: load a spec into a ``Model`` (tokenizer + runtime); each generation gets its own target."""
+"""Models: load a spec into a ``Model`` (tokenizer + runtime); each generation gets its own target.
+
+Importing this package does not import torch or transformers (``paradec models`` and ``--help``
+read its names); loading a model does.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..runtime import DEFAULT_QUANT, DEFAULT_RUNTIME, QUANTS, RUNTIMES, load_runtime
 from .loading import (BUILTIN_MODELS, DEFAULT_DTYPE, DEFAULT_MODEL, DTYPES, gguf_as_directory, load_pretrained,
                       load_tokenizer, parse_dtype, resolve)
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

@@ -17,13 +17,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ParadecError
 from .builtins import BUILTIN_MODELS, BuiltinModel, cache_root, package_dir  # noqa: F401  (re-exported)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("float32", "bfloat16", "float64")  # torch dtype names; torch is imported only to load a model
 DEFAULT_DTYPE = "bfloat16"
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -31,10 +33,11 @@ log = logging.getLogger(__name__)
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ParadecError(f"unknown dtype '{name}'; choose one of: {', '.join(DTYPES)}") from None
+    if name not in DTYPES:
+        raise ParadecError(f"unknown dtype '{name}'; choose one of: {', '.join(DTYPES)}")
+    import torch
+
+    return getattr(torch, name)
 
 
 def resolve(spec: str) -> Path:
@@ -69,6 +72,7 @@ def gguf_as_directory(path: Path) -> Path:
     for module, pkg in (("gguf", "gguf"), ("accelerate", "accelerate")):
         if importlib.util.find_spec(module) is None:
             raise ParadecError(f"loading .gguf files needs the '{pkg}' package; install it with: pip install {pkg}")
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.warning("converting %s to a cached safetensors copy (once, ~20 s)", path.name)
