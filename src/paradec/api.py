@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .decode import Result, decode
 from .drafters import Drafter, make_drafter
@@ -57,10 +57,12 @@ def stream(
     stop: list[str] | None = None,
     chat: bool = False,
     method_options: dict | None = None,
+    interrupt: Callable[[], str | None] | None = None,
 ) -> Stream:
     """Like ``generate`` but lazily: iterate for text pieces, then read ``.result``.
 
     Nothing runs until iteration starts; all arguments are validated here, before that.
+    ``interrupt``: asked between decoding steps; a reason it returns ends the generation (see ``decode``).
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -72,7 +74,7 @@ def stream(
         raise ContextOverflowError(
             f"the prompt has {len(prompt_ids)} tokens but the model's context window is {model.max_length} tokens"
         )
-    return Stream(decode(model, drafter, prompt_ids, params, max_new_tokens, stop))
+    return Stream(decode(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt))
 
 
 def generate(model: Model | str, prompt: Prompt, method: str | Drafter = "plain", **kwargs) -> Result:

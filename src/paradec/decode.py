@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .drafters.base import Drafter, StepContext
 from .model import Model
@@ -35,10 +35,14 @@ def decode(
     params: SamplingParams,
     max_new_tokens: int,
     stop: list[str] | None = None,
+    interrupt: Callable[[], str | None] | None = None,
 ) -> Iterator[str]:
     """Generate after ``prompt_ids``; yield text pieces as they become final, return a ``Result``.
 
-    Use as ``result = yield from decode(...)`` or through ``paradec.stream``.
+    Use as ``result = yield from decode(...)`` or through ``paradec.stream``. ``interrupt`` is asked
+    between steps (after the prefill and after every forward); a reason it returns (e.g. "cancelled")
+    ends the generation there, with that reason as ``stop_reason``. It lets a server notice a gone
+    client even while text is held back (a long stop string), not only when a piece is emitted.
     """
     target = model.target()  # its prefill raises ContextOverflowError for a prompt that does not fit
     stats = Stats(method=drafter.name, prompt_tokens=len(prompt_ids))
@@ -72,6 +76,9 @@ def decode(
         yield piece
 
     while not (done or text.stopped):
+        if interrupt is not None and (reason := interrupt()):
+            stats.stop_reason = reason
+            break
         room = target.max_length - target.length - 1  # rows after the root that still fit
         if room < 0:
             stats.stop_reason = "context"

@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP app around one loaded model: ``create_app(model, ServeConfig(...))``.
 
-Requests are checked and queued by the ``Engine``. Generation runs on the worker thread, and its
-text pieces cross to the event loop through an asyncio queue. They leave as server-sent events or
-as one JSON body. A client that goes away cancels its generation.
+Requests pass the gates of ``guards.py`` (Host header, API key, body size), then are checked and
+queued by the ``Engine``. Generation runs on the worker thread, and its text pieces cross to the
+event loop through an asyncio queue. They leave as server-sent events or as one JSON body. A client
+that goes away cancels its generation, which stops at the end of the current decoding step.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from ..drafters import METHODS
 from ..model import Model
 from . import schemas as s
-from .engine import Engine, Prepared, ServeConfig, shutting_down
-from .errors import APIError, RequireKey, install_error_handlers
+from .config import ServeConfig
+from .engine import Engine, Prepared, shutting_down
+from .errors import APIError, install_error_handlers
+from .guards import CheckHost, LimitBody, RequireKey
 from .worker import Cancelled, Generation
 
 __all__ = ["ServeConfig", "create_app"]
@@ -71,8 +74,8 @@ async def run_to_end(request: Request, gen: Generation) -> str | None:
         return collect.result()
     except Cancelled:
         raise shutting_down() from None
-    except Exception as exc:
-        raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from exc
+    except Exception as exc:  # logged on the worker thread, where it happened
+        raise APIError.internal() from exc
 
 
 async def event_stream(
@@ -100,8 +103,9 @@ async def event_stream(
             yield sse(s.error_body(err.message, err.type, code=err.code))
             yield sse("[DONE]")
             return
-        except Exception as exc:  # noqa: BLE001  (any failure is reported in the stream; the server goes on)
-            yield sse(s.error_body(f"generation failed: {type(exc).__name__}: {exc}", "server_error"))
+        except Exception:  # noqa: BLE001  (reported in the stream, logged on the worker thread; the server goes on)
+            err = APIError.internal()
+            yield sse(s.error_body(err.message, err.type))
             yield sse("[DONE]")
             return
         extra = paradec_extra(gen, prepared)
@@ -130,8 +134,11 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
         description="OpenAI-compatible API for paradec: parallel decoding, same output.",
     )
     app.state.engine, app.state.worker = engine, engine.worker
+    # the last one added runs first: Host header, then API key, then the body size
+    app.add_middleware(LimitBody, limit=config.max_body_bytes)
     if config.api_key is not None:
         app.add_middleware(RequireKey, key=config.api_key)
+    app.add_middleware(CheckHost, allowed=config.allowed_hosts)
     install_error_handlers(app)
 
     def model_card() -> dict:
@@ -163,8 +170,25 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
         return JSONResponse(s.envelope(rid, obj, served, [choice], **paradec_extra(gen, prepared)))
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": served, "running": engine.worker.running, "queued": engine.worker.queued}
+    async def health() -> JSONResponse:
+        """200 "ok" while the worker makes progress; 503 "stalled" when the running generation has not
+        finished a decoding step for ``stall_after`` seconds, 503 "stopped" when the worker is gone."""
+        worker = engine.worker
+        age = worker.step_age
+        if not worker.alive:
+            status = "stopped"
+        elif age is not None and age > config.stall_after:
+            status = "stalled"
+        else:
+            status = "ok"
+        body = {
+            "status": status,
+            "model": served,
+            "running": worker.running,
+            "queued": worker.queued,
+            "seconds_since_step": None if age is None else round(age, 3),
+        }
+        return JSONResponse(body, 200 if status == "ok" else 503)
 
     @app.get("/v1/models")
     async def list_models() -> dict:

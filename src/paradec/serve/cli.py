@@ -11,6 +11,7 @@ import sys
 import threading
 
 from ..errors import ParadecError
+from .config import LOOPBACK_HOSTS, MAX_BODY_BYTES, STALL_AFTER, ServeConfig
 
 
 def add_parser(subparsers) -> None:
@@ -20,21 +21,44 @@ def add_parser(subparsers) -> None:
         "serve",
         help="OpenAI-compatible HTTP server (completions, chat, streaming)",
         description="Serve one model over the OpenAI API: /v1/completions, /v1/chat/completions, /v1/models, /health. "
-        'A request picks its method with the extra body field "paradec": {"method": NAME, "options": {...}}.',
+        'A request picks its method with the extra body field "paradec": {"method": NAME}; it may set only the '
+        "method options that --request-options opens, and a time limit up to --max-timeout.",
     )
     add_model_args(p)
     p.add_argument(
         "--method", default="plain", help="default decoding method, see `paradec methods` (default: %(default)s)"
     )
     p.add_argument(
-        "--draft", metavar="MODEL", help="draft model for the `draft` method (same kinds of spec as --model)"
+        "--draft",
+        metavar="MODEL",
+        help="draft model for the `draft` method, default or requested (same kinds of spec as --model); "
+        "requests can never name one",
     )
     p.add_argument("--method-options", metavar="JSON", help="options of the default method as a JSON object")
     p.add_argument(
-        "--no-request-options",
-        dest="request_options",
-        action="store_false",
-        help='refuse per-request method options ("paradec": {"options": ...}); requests may still pick a method',
+        "--request-options",
+        metavar="LIST",
+        default="",
+        help='method options requests may set in "paradec": {"options": ...}, comma-separated as method.option '
+        "(e.g. ngram.max_depth,recycling.k), or 'all' (default: none)",
+    )
+    p.add_argument(
+        "--share-drafter-state",
+        action="store_true",
+        help="reuse drafters across requests, so learning methods (recycling) use what other clients' text "
+        "taught them; off by default: each request starts from a fresh drafter",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time limit of a request from its arrival; then its answer ends (default: --max-timeout)",
+    )
+    p.add_argument(
+        "--max-timeout",
+        type=float,
+        metavar="SECONDS",
+        help='the longest time limit a request may ask for with "paradec": {"timeout": s} (default: no limit)',
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default: %(default)s)")
@@ -42,6 +66,27 @@ def add_parser(subparsers) -> None:
         "--api-key",
         default=os.environ.get("PARADEC_API_KEY") or None,
         help="require 'Authorization: Bearer KEY' on every route but /health (default: $PARADEC_API_KEY)",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        metavar="LIST",
+        help="host names the Host header may carry, comma-separated, or '*' for any (default: 127.0.0.1, "
+        "localhost, ::1 and --host); a guard against DNS rebinding",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=MAX_BODY_BYTES,
+        metavar="N",
+        help="larger request bodies get 413 before they are parsed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--stall-after",
+        type=float,
+        default=STALL_AFTER,
+        metavar="SECONDS",
+        help="/health answers 503 when the running generation has not finished a step for this long "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--max-queue",
@@ -85,44 +130,63 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def is_wildcard(host: str) -> bool:
+    """0.0.0.0 or ::, which bind every address (clients then use names this server cannot know)."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def split_list(value: str) -> list[str]:
+    """``"a, b,,c"`` → ``["a", "b", "c"]``."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def server_config(args: argparse.Namespace) -> ServeConfig:
+    """The command line's settings, all checked (before anything is loaded)."""
+    options = json.loads(args.method_options) if args.method_options else {}
+    if not isinstance(options, dict):
+        raise ParadecError("--method-options must be a JSON object")
+    if not 0 <= args.port <= 65535:
+        raise ParadecError(f"--port must be in 0..65535, got {args.port}")
+    hosts = split_list(args.allowed_hosts) if args.allowed_hosts else [*LOOPBACK_HOSTS, args.host]
+    try:
+        return ServeConfig(
+            method=args.method,
+            method_options=options,
+            draft=args.draft,
+            model_name=args.served_model_name,
+            api_key=args.api_key,
+            max_queue=args.max_queue,
+            default_max_tokens=args.default_max_tokens,
+            request_options=frozenset(split_list(args.request_options)),
+            share_drafter_state=args.share_drafter_state,
+            timeout=args.timeout,
+            max_timeout=args.max_timeout,
+            stall_after=args.stall_after,
+            max_body_bytes=args.max_body_bytes,
+            allowed_hosts=tuple(hosts),
+        )
+    except ValueError as exc:
+        raise ParadecError(f"bad server setting: {exc}") from exc
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .app import ServeConfig, create_app
+        from .app import create_app
     except ImportError as exc:
         raise ParadecError(
             f"the server needs fastapi and uvicorn ({exc}); install them with: pip install 'paradec[serve]'"
         ) from exc
-    from ..drafters import METHODS, make_drafter
     from ..model import load
 
-    options = json.loads(args.method_options) if args.method_options else {}
-    if not isinstance(options, dict):
-        raise ParadecError("--method-options must be a JSON object")
-    if args.draft:
-        options["draft"] = args.draft
-    if args.method not in METHODS:
-        raise ParadecError(f"unknown method '{args.method}'; choose one of: {', '.join(sorted(METHODS))}")
-    if args.max_queue < 0:
-        raise ParadecError("--max-queue must be >= 0")
-    if args.default_max_tokens is not None and args.default_max_tokens < 1:
-        raise ParadecError("--default-max-tokens must be >= 1")
-    if not 0 <= args.port <= 65535:
-        raise ParadecError(f"--port must be in 0..65535, got {args.port}")
+    config = server_config(args)
     sock = bind(args.host, args.port)  # before the model loads, so that a busy port fails fast
     model = load(args.model, args.dtype, args.runtime, args.quant)
-    make_drafter(args.method, model, **options)  # a bad default method configuration fails now, not per request
-    config = ServeConfig(
-        method=args.method,
-        method_options=options,
-        model_name=args.served_model_name,
-        api_key=args.api_key,
-        max_queue=args.max_queue,
-        default_max_tokens=args.default_max_tokens,
-        request_options=args.request_options,
-    )
-    app = create_app(model, config)
+    app = create_app(model, config)  # loads --draft and checks the default method's options
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(
@@ -133,6 +197,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if not is_loopback(args.host) and not args.api_key:
         print("paradec serve: warning: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
+    if is_wildcard(args.host) and not args.allowed_hosts:
+        print(
+            f"paradec serve: note: only requests to {', '.join(config.allowed_hosts)} are answered; "
+            "name this machine's host names with --allowed-hosts",
+            file=sys.stderr,
+            flush=True,
+        )
     engine = app.state.engine
 
     class Server(uvicorn.Server):

@@ -9,76 +9,59 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from jinja2 import TemplateError
 
 from ..api import Stream, encode_prompt, stream
 from ..drafters import METHODS, Drafter, make_drafter
 from ..errors import ParadecError
-from ..model import Model
+from ..model import Model, load
 from . import schemas as s
+from .config import ServeConfig
 from .errors import APIError
-from .worker import Closed, Generation, QueueFull, Worker
+from .worker import Closed, Generation, Job, QueueFull, Worker
 
-MAX_DRAFTERS = 8  # drafters kept for reuse, least recently used dropped first
+MAX_DRAFTERS = 8  # shared drafters kept for reuse, least recently used dropped first
+DRAFT_REFUSED = "requests cannot name a draft model; the server's operator chooses it (paradec serve --draft)"
 
 
 def shutting_down() -> APIError:
     return APIError(503, "the server is shutting down", "server_error", code="shutting_down")
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    """Server settings.
-
-    method / method_options: the default decoding method (a request may name another)
-    max_queue:          requests that may wait while one runs; more get 429
-    default_max_tokens: cap for chat requests without max_tokens (default: the rest of the context)
-    api_key:            required as ``Authorization: Bearer KEY`` on every route but /health
-    request_options:    whether a request may set method options (some, such as a draft model
-                        spec, name files on this machine)
-    """
-
-    method: str = "plain"
-    method_options: dict[str, Any] = field(default_factory=dict)
-    model_name: str | None = None
-    api_key: str | None = None
-    max_queue: int = 32
-    default_max_tokens: int | None = None
-    request_options: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ParadecError(f"unknown method '{self.method}'; choose one of: {', '.join(sorted(METHODS))}")
-        if not isinstance(self.max_queue, int) or self.max_queue < 0:
-            raise ValueError(f"max_queue must be an integer >= 0, got {self.max_queue!r}")
-        if self.default_max_tokens is not None and self.default_max_tokens < 1:
-            raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens!r}")
-        if self.api_key is not None and not self.api_key:
-            raise ValueError("api_key must not be empty")
-
-
 @dataclass
 class Prepared:
-    """A checked request, ready to queue: its lazy decoder and what the response reports."""
+    """A checked request, ready to queue: its lazy decoder, its job (cancel, deadline), what the response reports."""
 
     pieces: Stream
+    job: Job
     prompt_tokens: int
     method: str
 
 
 class Engine:
-    """One model, the worker that runs its generations, and the drafters reused across requests."""
+    """One model, the worker that runs its generations, and how requests get their drafters.
+
+    By default every request gets a drafter of its own, so nothing learnt from one client's text
+    (Token Recycling's table, for one) reaches another client's drafts or stats. With
+    ``share_drafter_state`` the drafters are kept and reused per (method, options) instead.
+    """
 
     def __init__(self, model: Model, config: ServeConfig):
         self.model, self.config = model, config
         self.served = config.model_name or model.name
-        self.worker = Worker(config.max_queue)
         self.vocab = model.vocab_size
         self.context = model.max_length
+        # loaded once, by the operator, on the target's runtime and quantization
+        self.draft = None if config.draft is None else load(config.draft, model.dtype, model.runtime.name, model.quant)
+        make_drafter(config.method, model, **self.operator_options(config.method))  # a bad default fails now
         self._drafters: OrderedDict[tuple[str, str], Drafter] = OrderedDict()
         self._drafters_lock = threading.Lock()
+        self.worker = Worker(config.max_queue)
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.served:
@@ -91,6 +74,7 @@ class Engine:
 
     def prepare(self, req: s.GenerationRequest, prompt: Any, chat: bool, default_limit: int | None) -> Prepared:
         """Check a request and build its decoder (blocking work: call it from a thread pool)."""
+        job = Job(self.deadline(req.paradec))
         self.check_model(req.model)
         problem = req.unsupported()
         if problem:
@@ -109,15 +93,16 @@ class Engine:
                 top_k=req.top_k or 0,
                 seed=req.seed,
                 stop=req.stop_list(),
+                interrupt=job.interrupt,
             )
         except ParadecError as exc:
             raise APIError(400, str(exc)) from exc
-        return Prepared(pieces, len(ids), drafter.name)
+        return Prepared(pieces, job, len(ids), drafter.name)
 
     def start(self, prepared: Prepared) -> Generation:
         """Queue a prepared request; 429 when the queue is full, 503 when shutting down."""
         try:
-            return Generation(self.worker, prepared.pieces)
+            return Generation(self.worker, prepared.pieces, prepared.job)
         except QueueFull as exc:
             raise self.busy(str(exc)) from exc
         except Closed as exc:
@@ -138,8 +123,25 @@ class Engine:
             headers={"Retry-After": "1"},
         )
 
+    def deadline(self, field: s.ParadecField | None) -> float | None:
+        """When the request must end (``time.monotonic()``): its ``timeout`` or the server's, from now."""
+        asked, limit = (field.timeout if field else None), self.config.max_timeout
+        if asked is not None and limit is not None and asked > limit:
+            raise APIError(400, f"paradec.timeout must be at most {limit:g} seconds here", param="paradec.timeout")
+        timeout = asked if asked is not None else self.config.default_timeout
+        return None if timeout is None else time.monotonic() + timeout
+
+    def operator_options(self, method: str) -> dict[str, Any]:
+        """The options the operator set for ``method``: ``method_options`` for the default method,
+        and the ``--draft`` model for the draft method."""
+        options = dict(self.config.method_options) if method == self.config.method else {}
+        if method == "draft" and self.draft is not None:
+            options["draft"] = self.draft
+        return options
+
     def drafter(self, field: s.ParadecField | None) -> Drafter:
-        """The request's method (or the server's) with its options, as a drafter."""
+        """The request's method (or the server's) with the operator's options and the allowed ones of
+        the request, as a drafter."""
         method = field.method if field and field.method else self.config.method
         if method not in METHODS:
             raise APIError(
@@ -148,33 +150,41 @@ class Engine:
                 param="paradec.method",
                 code="method_not_found",
             )
-        options = dict(self.config.method_options) if method == self.config.method else {}
-        if field and field.options:
-            if not self.config.request_options:
-                raise APIError(
-                    400,
-                    "this server does not accept method options in requests (started with --no-request-options)",
-                    param="paradec.options",
-                    code="unsupported_parameter",
-                )
-            options.update(field.options)
+        if method == "draft" and self.draft is None:
+            raise APIError(400, "this server has no draft model (paradec serve --draft MODEL)", param="paradec.method")
+        requested = dict(field.options or {}) if field else {}
+        if "draft" in requested:
+            raise APIError(400, DRAFT_REFUSED, param="paradec.options", code="unsupported_parameter")
+        refused = sorted(name for name in requested if not self.config.allows(method, name))
+        if refused:
+            allowed = ", ".join(sorted(self.config.request_options)) or "none (paradec serve --request-options)"
+            raise APIError(
+                400,
+                f"this server does not accept the method option(s) {', '.join(f'{method}.{n}' for n in refused)} "
+                f"in requests; it accepts: {allowed}",
+                param="paradec.options",
+                code="unsupported_parameter",
+            )
+        options = {**self.operator_options(method), **requested}
+        if not self.config.share_drafter_state:
+            return self.build(method, options)
+        key = (method, json.dumps(requested, sort_keys=True))
+        with self._drafters_lock:
+            drafter = self._drafters.get(key)
+        if drafter is None:
+            drafter = self.build(method, options)  # outside the lock: other requests need not wait for it
+        with self._drafters_lock:
+            drafter = self._drafters.setdefault(key, drafter)
+            self._drafters.move_to_end(key)
+            if len(self._drafters) > MAX_DRAFTERS:
+                self._drafters.popitem(last=False)
+        return drafter
+
+    def build(self, method: str, options: dict[str, Any]) -> Drafter:
         try:
-            return self._cached_drafter(method, options)
+            return make_drafter(method, self.model, **options)
         except ParadecError as exc:
             raise APIError(400, str(exc), param="paradec.options") from exc
-
-    def _cached_drafter(self, method: str, options: dict) -> Drafter:
-        """One drafter per (method, options), reused by later requests. Generations run one at a time,
-        so sharing is safe (``begin`` resets per-generation state), construction is paid once, and
-        methods that learn across generations (Token Recycling's hot start) keep what they learnt."""
-        key = (method, json.dumps(options, sort_keys=True, default=repr))
-        with self._drafters_lock:
-            if key not in self._drafters:
-                self._drafters[key] = make_drafter(method, self.model, **options)
-                if len(self._drafters) > MAX_DRAFTERS:
-                    self._drafters.popitem(last=False)
-            self._drafters.move_to_end(key)
-            return self._drafters[key]
 
     def encode(self, prompt: Any, chat: bool) -> list[int]:
         param = "messages" if chat else "prompt"
@@ -184,6 +194,8 @@ class Engine:
             ids = encode_prompt(self.model, prompt, chat)
         except ParadecError as exc:
             raise APIError(400, str(exc), param=param) from exc
+        except TemplateError as exc:  # the template's own check (e.g. "roles must alternate") refused them
+            raise APIError(400, f"the model's chat template refused these messages: {exc}", param=param) from exc
         if len(ids) >= self.context:
             raise APIError(
                 400,

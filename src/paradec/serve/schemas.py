@@ -3,6 +3,8 @@
 Types are strict (``"16"`` is not an integer) so that a wrong type is a 400, as with OpenAI.
 Unknown fields are ignored, as clients send many; known fields that paradec cannot honour
 (``n > 1``, logprobs, tools, penalties, ...) are refused by ``unsupported()`` rather than ignored.
+Strings must be valid Unicode: JSON can spell a lone surrogate (``"\\ud800"``), which no tokenizer
+and no UTF-8 response can carry, so it is a 400 here rather than a crash later.
 """
 
 from __future__ import annotations
@@ -11,19 +13,31 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+
+def whole_characters(text: str) -> str:
+    """Refuse lone surrogates (U+D800..U+DFFF), the one thing a JSON string holds that text cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"the string holds a lone surrogate at position {exc.start}; send valid Unicode") from None
+    return text
+
+
+Str = Annotated[StrictStr, AfterValidator(whole_characters)]
 Number = Annotated[float, Field(strict=True)]  # accepts 1 and 1.0, refuses "1" and true
-NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
+NonEmptyStr = Annotated[Str, Field(min_length=1)]
 
 
 class ParadecField(BaseModel):
-    """The extra body field ``"paradec": {"method": "lookahead", "options": {...}}``."""
+    """The extra body field ``"paradec": {"method": "lookahead", "options": {...}, "timeout": 30}``."""
 
     model_config = ConfigDict(extra="forbid")
 
     method: NonEmptyStr | None = None
-    options: dict[str, Any] | None = None
+    options: dict[Str, Any] | None = None
+    timeout: Annotated[Number, Field(gt=0)] | None = None  # seconds from arrival; then the answer ends
 
 
 class StreamOptions(BaseModel):
@@ -35,20 +49,20 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr | None = None  # None: the served model
+    model: Str | None = None  # None: the served model
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
     top_p: Annotated[Number, Field(gt=0, le=1)] | None = None
     top_k: Annotated[StrictInt, Field(ge=0)] | None = None  # extension, as in vLLM
     seed: Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None
-    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
+    stop: Str | Annotated[list[Str], Field(max_length=4)] | None = None
     n: StrictInt | None = None
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     presence_penalty: Number | None = None
     frequency_penalty: Number | None = None
     logit_bias: dict[str, Any] | None = None
-    user: StrictStr | None = None
+    user: Str | None = None
     paradec: ParadecField | None = None
 
     def unsupported(self) -> tuple[str, str] | None:
@@ -74,15 +88,15 @@ TokenIds = list[StrictInt]
 
 class CompletionRequest(GenerationRequest):
     prompt: (
-        StrictStr
-        | Annotated[list[StrictStr], Field(min_length=1)]
+        Str
+        | Annotated[list[Str], Field(min_length=1)]
         | Annotated[TokenIds, Field(min_length=1)]
         | list[TokenIds]
     )
     echo: StrictBool | None = False
     logprobs: StrictInt | None = None
     best_of: StrictInt | None = None
-    suffix: StrictStr | None = None
+    suffix: Str | None = None
 
     def unsupported(self) -> tuple[str, str] | None:
         if self.echo:
@@ -107,15 +121,15 @@ class CompletionRequest(GenerationRequest):
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: StrictStr
+    text: Str
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[TextPart] | None = None
-    name: StrictStr | None = None
+    content: Str | list[TextPart] | None = None
+    name: Str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -126,7 +140,7 @@ class Message(BaseModel):
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    type: StrictStr
+    type: Str
 
 
 class ChatCompletionRequest(GenerationRequest):
@@ -156,7 +170,8 @@ class ChatCompletionRequest(GenerationRequest):
 
 # ---- responses: plain dicts in the OpenAI shapes, with paradec's stats in an extra field ----
 
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length"}
+# paradec's stop reasons → OpenAI's finish_reason; a request cut by its time limit ends as "length"
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "deadline": "length"}
 
 
 def new_id(prefix: str) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,8 +20,6 @@ from ..api import Stream
 from ..decode import Result
 
 log = logging.getLogger(__name__)
-
-JobFn = Callable[[threading.Event], bool]  # runs on the worker thread; True = ran to the end
 
 
 class QueueFull(Exception):
@@ -32,15 +31,32 @@ class Closed(Exception):
 
 
 class Job:
-    """A submitted unit of work; ``cancel()`` asks it to stop (or not to start) as soon as it can."""
+    """The controls of one submitted unit of work: ``cancel()``, an optional deadline, and the
+    time of its last step (which tells a busy worker from a wedged one).
 
-    def __init__(self, fn: JobFn):
-        self.fn = fn
-        self.cancelled = threading.Event()  # read by fn between steps
-        self.finished = threading.Event()  # set by the worker after fn returned
+    ``interrupt`` is the decoder's between-steps hook (``paradec.stream(..., interrupt=job.interrupt)``).
+    """
+
+    def __init__(self, deadline: float | None = None):
+        self.deadline = deadline  # time.monotonic() after which the job should stop, or None
+        self.cancelled = threading.Event()  # read by the job between steps
+        self.finished = threading.Event()  # set by the worker after the job's function returned
+        self.last_step: float | None = None  # time.monotonic() of its start or last step
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def interrupt(self) -> str | None:
+        """Called between steps: note the progress; "cancelled" or "deadline" if the job must stop."""
+        self.last_step = now = time.monotonic()
+        if self.cancelled.is_set():
+            return "cancelled"
+        if self.deadline is not None and now >= self.deadline:
+            return "deadline"
+        return None
+
+
+JobFn = Callable[[Job], bool]  # runs on the worker thread; True = ran to the end
 
 
 class Worker:
@@ -59,7 +75,7 @@ class Worker:
         self.stopped = 0  # jobs that stopped early (cancelled) or raised
         self._admitted = 0  # running + waiting
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[JobFn, Job] | None] = queue.SimpleQueue()
         self._current: Job | None = None
         self._pending: set[Job] = set()
         self._closed = False
@@ -76,13 +92,25 @@ class Worker:
             return self._admitted - self.running
 
     @property
+    def step_age(self) -> float | None:
+        """Seconds since the running job started or last reported a step; None when idle."""
+        job = self._current
+        if job is None or job.last_step is None:
+            return None
+        return time.monotonic() - job.last_step
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
     def full(self) -> bool:
         with self._lock:
             return self._admitted >= self.capacity
 
-    def submit(self, fn: JobFn) -> Job:
-        """Queue ``fn(cancelled_event)``; raise ``QueueFull`` when every slot is taken, ``Closed`` after ``close``."""
-        job = Job(fn)
+    def submit(self, fn: JobFn, job: Job | None = None) -> Job:
+        """Queue ``fn(job)``; raise ``QueueFull`` when every slot is taken, ``Closed`` after ``close``."""
+        job = job or Job()
         with self._lock:
             if self._closed:
                 raise Closed("the server is shutting down")
@@ -90,7 +118,7 @@ class Worker:
                 raise QueueFull(f"{self._admitted} requests are running or waiting (limit {self.capacity})")
             self._admitted += 1
             self._pending.add(job)
-        self._jobs.put(job)
+        self._jobs.put((fn, job))
         return job
 
     def close(self, timeout: float = 5.0) -> None:
@@ -104,12 +132,14 @@ class Worker:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while (item := self._jobs.get()) is not None:
+            fn, job = item
+            job.last_step = time.monotonic()
             with self._lock:
                 self._pending.discard(job)
                 self._current = job
             try:
-                ok = bool(job.fn(job.cancelled))
+                ok = bool(fn(job))
             except Exception:  # the job reports its own errors; this only keeps the worker alive
                 log.exception("a job failed")
                 ok = False
@@ -128,14 +158,18 @@ class Cancelled(Exception):
 
 
 class Generation:
-    """One generation on the worker thread, seen from the event loop as an async iterator of pieces."""
+    """One generation on the worker thread, seen from the event loop as an async iterator of pieces.
 
-    def __init__(self, worker: Worker, pieces: Stream):
+    ``pieces`` must have been built with ``interrupt=job.interrupt``, so that a cancel (or the
+    deadline) stops the decoder between steps, whether or not it is emitting text.
+    """
+
+    def __init__(self, worker: Worker, pieces: Stream, job: Job):
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._stream = pieces
         self.result: Result | None = None
-        self.job = worker.submit(self._run)  # raises QueueFull
+        self.job = worker.submit(self._run, job)  # raises QueueFull
 
     def _emit(self, kind: str, value: Any = None) -> None:
         try:
@@ -143,18 +177,18 @@ class Generation:
         except RuntimeError:  # the loop is closed: nobody is listening any more
             pass
 
-    def _run(self, cancelled: threading.Event) -> bool:
-        """Worker thread: step the decoder, checking the cancel flag after every piece."""
-        if cancelled.is_set():
+    def _run(self, job: Job) -> bool:
+        """Worker thread: run the decoder (which asks ``job.interrupt`` between steps)."""
+        if job.cancelled.is_set():
             self._emit("cancelled")
             return False
         pieces = iter(self._stream)
         try:
             for piece in pieces:
                 self._emit("piece", piece)
-                if cancelled.is_set():
-                    self._emit("cancelled")
-                    return False
+            if job.cancelled.is_set():  # the decoder stopped early for it (or finished just as it came)
+                self._emit("cancelled")
+                return False
             self._emit("done", self._stream.result)
             return True
         except Exception as exc:  # reported to the client; the worker keeps serving

@@ -1,0 +1,129 @@
+"""The operator's settings for a server. Requests choose only within them.
+
+Light to import (the drafters are imported when a config is checked), so that ``paradec --help``
+can show these defaults without loading torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ParadecError
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_BODY_BYTES = 1 << 20  # 1 MiB of JSON is ~250k tokens of English, more than any context window
+STALL_AFTER = 60.0  # seconds without a finished step before /health says "stalled"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Server settings.
+
+    method / method_options: the default decoding method and its options (a request may name another
+                        method; it gets that method's defaults)
+    draft:              the draft model of the ``draft`` method (a model spec or a loaded ``Model``).
+                        Only the operator names it: a request can't make the server open a file
+    request_options:    the method options a request may set, as ``"method.option"`` entries (such as
+                        ``"ngram.max_depth"``), or ``"all"``. None by default. The drafters' configs
+                        bound every value, but an option still changes how much work a request costs
+    share_drafter_state: keep one drafter per (method, options) for every request. Learning methods
+                        (Token Recycling's table) then use what earlier requests taught them: text
+                        from other clients, which also shows in each response's stats and speed.
+                        Off by default, so every request starts from a fresh drafter
+    timeout / max_timeout: a request's time limit in seconds, counted from its arrival: the default,
+                        and the most a request may ask for with ``"paradec": {"timeout": s}``. None = no
+                        limit. Without ``timeout``, requests get ``max_timeout``
+    stall_after:        /health answers 503 "stalled" once the running generation has gone this many
+                        seconds without finishing a decoding step (the prefill is one step)
+    max_body_bytes:     a larger request body gets 413 before any of it is parsed
+    allowed_hosts:      the host names the ``Host`` header may carry (``"*"``: any). Against DNS
+                        rebinding: a web page whose domain is re-pointed at 127.0.0.1 sends its own name
+    max_queue:          requests that may wait while one runs; more get 429
+    default_max_tokens: cap for chat requests without max_tokens (default: the rest of the context)
+    api_key:            required as ``Authorization: Bearer KEY`` on every route but /health
+    """
+
+    method: str = "plain"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    draft: str | Model | None = None
+    model_name: str | None = None
+    api_key: str | None = None
+    max_queue: int = 32
+    default_max_tokens: int | None = None
+    request_options: frozenset[str] = frozenset()
+    share_drafter_state: bool = False
+    timeout: float | None = None
+    max_timeout: float | None = None
+    stall_after: float = STALL_AFTER
+    max_body_bytes: int = MAX_BODY_BYTES
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+
+    def __post_init__(self) -> None:
+        from ..drafters import METHODS
+
+        if self.method not in METHODS:
+            raise ParadecError(f"unknown method '{self.method}'; choose one of: {', '.join(sorted(METHODS))}")
+        if "draft" in self.method_options:
+            raise ParadecError("give the draft model as ServeConfig.draft (--draft), not as a method option")
+        object.__setattr__(self, "request_options", frozenset(self.request_options))
+        for entry in self.request_options:
+            check_request_option(entry)
+        object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
+        if not self.allowed_hosts or not all(isinstance(h, str) and h for h in self.allowed_hosts):
+            raise ValueError(f"allowed_hosts must be non-empty host names (or '*'), got {self.allowed_hosts!r}")
+        for name in ("timeout", "max_timeout", "stall_after"):
+            value = getattr(self, name)
+            if value is None and name != "stall_after":
+                continue
+            if not (is_number(value) and value > 0):
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if self.timeout is not None and self.max_timeout is not None and self.timeout > self.max_timeout:
+            raise ValueError(f"timeout ({self.timeout}) must not exceed max_timeout ({self.max_timeout})")
+        for name, low in (("max_queue", 0), ("max_body_bytes", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.default_max_tokens is not None and self.default_max_tokens < 1:
+            raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens!r}")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("api_key must not be empty")
+        if not isinstance(self.share_drafter_state, bool):
+            raise ValueError(f"share_drafter_state must be true or false, got {self.share_drafter_state!r}")
+
+    def allows(self, method: str, option: str) -> bool:
+        """Whether a request may set ``option`` of ``method`` (never ``draft``: that is a file path)."""
+        if option == "draft":
+            return False
+        return "all" in self.request_options or f"{method}.{option}" in self.request_options
+
+    @property
+    def default_timeout(self) -> float | None:
+        return self.timeout if self.timeout is not None else self.max_timeout
+
+
+def check_request_option(entry: str) -> None:
+    """``entry`` is "all" or "method.option" naming a real option that requests may be given."""
+    from ..drafters import METHODS
+
+    if entry == "all":
+        return
+    method, _, option = entry.partition(".")
+    if method not in METHODS:
+        raise ParadecError(f"request option '{entry}': unknown method '{method}'; use method.option or 'all'")
+    options = sorted(f.name for f in dataclasses.fields(METHODS[method].Config))
+    if option not in options:
+        raise ParadecError(
+            f"request option '{entry}': method '{method}' has no option '{option}'; "
+            f"its options: {', '.join(options) or 'none'}"
+        )
+    if option == "draft":
+        raise ParadecError("requests can never name the draft model (a path on this machine); give it with --draft")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
