@@ -104,7 +104,7 @@ def test_linear_kernel_matches_the_dequantized_reference(k, fmt):
     torch.manual_seed(1)
     lin = quantize(torch.randn(70, 96), fmt, bias=torch.randn(70))
     x = torch.randn(5, 96)
-    y = k.linear(x, lin.fmt, lin.w, lin.bias)
+    y = k.linear(x, lin.fmt, lin.w, lin.shape[0], lin.bias)
     assert torch.allclose(y.double(), reference_linear(x, lin), atol=1e-4, rtol=1e-4)
 
 
@@ -114,9 +114,9 @@ def test_linear_kernel_rows_are_bitwise_independent(k, fmt):
     torch.manual_seed(2)
     lin = quantize(torch.randn(50, 64), fmt)
     x = torch.randn(37, 64)
-    full = k.linear(x, lin.fmt, lin.w, None)
+    full = k.linear(x, lin.fmt, lin.w, lin.shape[0], None)
     for size in (1, 2, 3, 5):
-        parts = [k.linear(x[i : i + size].contiguous(), lin.fmt, lin.w, None) for i in range(0, 37, size)]
+        parts = [k.linear(x[i : i + size].contiguous(), lin.fmt, lin.w, lin.shape[0], None) for i in range(0, 37, size)]
         assert torch.equal(torch.cat(parts), full), f"blocks of {size}"
 
 

@@ -19,9 +19,10 @@ import torch
 from ..errors import ParadecError
 from .arch import Arch
 from .model import LayerWeights, Weights
-from .weights import FLOAT_FORMATS, QK, Linear, quantize
-
 from . import QUANTS
+from .weights import FLOAT_FORMATS, QK, Linear, from_blocks, quantize, to_blocks
+
+QUANTIZED = ("q4", "q8")
 FLOAT_FMT = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float64: "f64"}
 
 
@@ -120,8 +121,9 @@ class GGUFBlocks:
         layer, kind = hf.split(".")[2], hf.split(".")[-1]
         return f"blk.{layer}.{self.GGUF_NAMES[kind]}.weight"
 
-    def linear(self, hf: str, fmt: str) -> Linear | None:
-        """The tensor as ``fmt`` if the file holds it in a block format that maps onto it, else None."""
+    def blocks(self, hf: str, fmt: str) -> torch.Tensor | None:
+        """GGML blocks (rows, row bytes) of ``fmt`` if the file holds the tensor in a block format that maps
+        onto it, else None."""
         t = self.tensors.get(self._gguf_name(hf))
         if t is None:
             return None
@@ -141,29 +143,32 @@ class GGUFBlocks:
         if self.permute_qk and kind in ("q_proj", "k_proj"):
             heads = self.arch.heads if kind == "q_proj" else self.arch.kv_heads
             w = w[torch.arange(n).view(heads, self.arch.head_dim // 2, 2).transpose(1, 2).reshape(-1)]
-        return Linear(fmt, w.contiguous())
-
-
-def _cat(parts: list[Linear]) -> Linear:
-    """Stack linear layers along their outputs (q|k|v, gate|up): one kernel call instead of several."""
-    bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts]).contiguous()
-    return Linear(parts[0].fmt, torch.cat([p.w for p in parts]).contiguous(), bias)
+        return w
 
 
 def load_weights(src: SafetensorsSource | StateDictSource, arch: Arch, layout: Layout, gguf_file: Path | None = None) -> Weights:
     """Read and pack every weight; ``gguf_file``, when given, supplies block-quantized tensors as they are."""
-    blocks = GGUFBlocks(gguf_file, arch) if gguf_file is not None and layout.linear in ("q4", "q8") else None
+    gguf = GGUFBlocks(gguf_file, arch) if gguf_file is not None and layout.linear in QUANTIZED else None
 
-    def linear(hf: str, fmt: str) -> Linear:
-        bias = src.get(hf + ".bias") if src.has(hf + ".bias") else None
-        if fmt in ("q4", "q8") and blocks is not None:
-            lin = blocks.linear(hf, fmt)
-            if lin is not None:
-                return lin if bias is None else Linear(lin.fmt, lin.w, bias.float().contiguous())
+    def part(hf: str, fmt: str) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+        """(format, float matrix or GGML blocks, bias) of one transformers linear layer."""
+        bias = src.get(hf + ".bias").float() if src.has(hf + ".bias") else None
+        if fmt in QUANTIZED and gguf is not None:
+            blocks = gguf.blocks(hf, fmt)
+            if blocks is not None:
+                return fmt, blocks, bias
         weight = src.get(hf + ".weight")
-        if fmt in ("q4", "q8") and weight.shape[1] % QK:
-            fmt = FLOAT_FMT[layout.act] if layout.act == torch.float64 else "bf16"  # kernels need K % 32 == 0
-        return quantize(weight, fmt, bias)
+        if fmt in QUANTIZED and weight.shape[1] % QK:  # the kernels need K % 32 == 0
+            fmt = FLOAT_FMT[layout.act] if layout.act == torch.float64 else "bf16"
+        return fmt, (to_blocks(weight, fmt).flatten(1) if fmt in QUANTIZED else weight), bias
+
+    def linear(fmt: str, *names: str) -> Linear:
+        """The layers ``names`` stacked along their outputs (q|k|v, gate|up: one kernel call for all)."""
+        parts = [part(name, fmt) for name in names]
+        fmt = parts[0][0]
+        data = torch.cat([p[1] for p in parts])
+        bias = None if parts[0][2] is None else torch.cat([p[2] for p in parts])
+        return from_blocks(data, fmt, bias) if fmt in QUANTIZED else quantize(data, fmt, bias)
 
     def norm(name: str) -> torch.Tensor:
         return src.get(name).to(layout.act).contiguous()
@@ -173,16 +178,16 @@ def load_weights(src: SafetensorsSource | StateDictSource, arch: Arch, layout: L
         n = _hf_names(i)
         layers.append(LayerWeights(
             attn_norm=norm(n["attn_norm"]), mlp_norm=norm(n["mlp_norm"]),
-            qkv=_cat([linear(n[k], layout.linear) for k in ("q", "k", "v")]),
-            o=linear(n["o"], layout.linear),
-            gate_up=_cat([linear(n[k], layout.linear) for k in ("gate", "up")]),
-            down=linear(n["down"], layout.linear),
+            qkv=linear(layout.linear, n["q"], n["k"], n["v"]),
+            o=linear(layout.linear, n["o"]),
+            gate_up=linear(layout.linear, n["gate"], n["up"]),
+            down=linear(layout.linear, n["down"]),
         ))
-    embed = linear("model.embed_tokens", layout.embed)
+    embed = linear(layout.embed, "model.embed_tokens")
     if arch.tie_embeddings or not src.has("lm_head.weight"):
-        head = embed if layout.head == layout.embed else linear("model.embed_tokens", layout.head)
+        head = embed if layout.head == layout.embed else linear(layout.head, "model.embed_tokens")
     else:
-        head = linear("lm_head", layout.head)
+        head = linear(layout.head, "lm_head")
     return Weights(arch=arch, embed=embed, layers=layers, norm=norm("model.norm.weight"), lm_head=head,
                    act=layout.act, kv=layout.kv)
 

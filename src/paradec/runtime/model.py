@@ -66,7 +66,7 @@ class Rows:
 
 def embed(table: Linear, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Rows of the embedding table, (M, hidden) in ``dtype``, whatever its format."""
-    return table.rows(tokens).dequantize(dtype).contiguous()
+    return table.rows(tokens).to(dtype).contiguous()
 
 
 @torch.inference_mode()

@@ -24,7 +24,7 @@ class NativeOps:
         self.dtype = torch.float32  # activations
 
     def linear(self, x: torch.Tensor, lin: Linear) -> torch.Tensor:  # (M, K) -> (M, N)
-        return self.k.linear(x, lin.fmt, lin.w, lin.bias)
+        return self.k.linear(x, lin.fmt, lin.w, lin.shape[0], lin.bias)
 
     def rmsnorm(self, x, w, eps):
         return self.k.rmsnorm(x, w, eps)

@@ -11,8 +11,8 @@
 // Weight formats (rows = output features, K = input features, K % 32 == 0 for q8/q4):
 //   f32  : float  [N, K]
 //   bf16 : bf16   [N, K]            (converted to float in registers)
-//   q8   : uint8  [N, K/32 * 34]    GGML Q8_0 blocks, w = d * q
-//   q4   : uint8  [N, K/32 * 20]    GGML Q4_1 blocks, w = d * q + m, q in 0..15
+//   q8   : GGML Q8_0 blocks (fp16 d, 32 int8 q: w = d * q) regrouped in tiles of 4 rows (see below)
+//   q4   : GGML Q4_1 blocks (fp16 d and m, 32 4-bit q: w = d * q + m) regrouped likewise
 // Activations are float32 [M, K]; for q8/q4 weights each row is quantised to int8 blocks of 32
 // (as llama.cpp's Q8 activations), per row, so that too is row-invariant.
 //
@@ -250,11 +250,14 @@ void gemm(const W& wt, int64_t M, int64_t N, int64_t K, const float* x, const fl
 // d_w * d_x, in block order. On AVX2 this costs ~2.5x fewer instructions per weight than
 // converting the weights to float, which matters most for one-row steps.
 struct QAct {
-  std::vector<int8_t> q;  // [M, K]
-  std::vector<float> d, s;  // [M, K/32]: scale, scale * sum(q) (the q4 minimum's partner)
-  int64_t K, nb;
+  std::vector<int8_t> q;    // [M, K]
+  std::vector<float> d, s;  // [M, NBP]: scale, scale * sum(q) (the q4 minimum's partner); zero-padded
+  int64_t K, nb, nbp;       // chunks, chunks rounded up to whole groups of 8
 
-  QAct(const float* x, int64_t M, int64_t K_) : q(M * K_), d(M * (K_ / QK)), s(M * (K_ / QK)), K(K_), nb(K_ / QK) {
+  QAct(const float* x, int64_t M, int64_t K_)
+      : q(M * K_), K(K_), nb(K_ / QK), nbp((K_ / QK + 7) / 8 * 8) {
+    d.assign(M * nbp, 0.f);
+    s.assign(M * nbp, 0.f);
     for (int64_t r = 0; r < M; ++r)
       for (int64_t b = 0; b < nb; ++b) {
         const float* xb = x + r * K + b * QK;
@@ -267,159 +270,155 @@ struct QAct {
           q[r * K + b * QK + j] = static_cast<int8_t>(v);
           sum += v;
         }
-        d[r * nb + b] = scale;
-        s[r * nb + b] = scale * float(sum);
+        d[r * nbp + b] = scale;
+        s[r * nbp + b] = scale * float(sum);
       }
   }
 };
 
-// Quantised weights are stored as GGML blocks, one row after another: per 32 weights
-//   q8 (Q8_0): [d: f16][q: 32 x int8]                 34 bytes, w = d * q
-//   q4 (Q4_1): [d: f16][m: f16][q: 16 bytes, 2 x 4 bit] 20 bytes, w = d * q + m
-// (byte j of q4's q holds element j in its low nibble and element j + 16 in its high one), so a
-// GGUF file's tensors are used as they are and each row is one contiguous stream for the prefetcher.
+// Quantised weights come in tiles of 4 output rows (see weights.py, which packs them): per group
+// of 8 chunks of 32 weights,
+//   q4: [d: 4 x 8 f16][m: 4 x 8 f16][q: chunk-major, 4 rows x 16 bytes each]   w = d * q + m
+//   q8: [d: 4 x 8 f16][q: chunk-major, 4 rows x 32 bytes each]                 w = d * q
+// (the last group may hold fewer than 8 chunks; its d/m slots are zero-padded). A tile is one
+// contiguous stream, and a group's scales load as vectors: 8 chunks at once.
 inline float f16(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
 #if defined(__F16C__)
-  return _cvtsh_ss(h);  // one instruction; the portable conversion below is ~15
+  return _cvtsh_ss(h);
 #else
   return c10::detail::fp16_ieee_to_fp32_value(h);
 #endif
 }
 
-struct Q8W {
-  static constexpr int64_t BYTES = 2 + QK;
+struct Q8T {
+  static constexpr int64_t QB = QK, HDR = 64;
   static constexpr bool has_min = false;
-  const uint8_t* w;
-  int64_t K;
-  inline const uint8_t* row(int64_t n) const { return w + n * (K / QK) * BYTES; }
-  static inline float scale(const uint8_t* b) { return f16(b); }
-  static inline float min(const uint8_t*) { return 0.f; }
 #if PARADEC_AVX2
   // (|w|, w) for the sign trick: maddubs multiplies unsigned by signed bytes
-  static inline void load(const uint8_t* b, __m256i& a, __m256i& sgn) {
-    sgn = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
+  static inline void load(const uint8_t* q, __m256i& a, __m256i& sgn) {
+    sgn = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
     a = _mm256_sign_epi8(sgn, sgn);
   }
   static inline __m256i signed_x(__m256i x, __m256i sgn) { return _mm256_sign_epi8(x, sgn); }
 #endif
-  static inline int32_t idot(const uint8_t* b, const int8_t* x) {
-    const int8_t* q = reinterpret_cast<const int8_t*>(b + 2);
+  static inline int32_t idot(const uint8_t* q, const int8_t* x) {
     int32_t acc = 0;
-    for (int j = 0; j < QK; ++j) acc += int32_t(q[j]) * int32_t(x[j]);
+    for (int j = 0; j < QK; ++j) acc += int32_t(static_cast<int8_t>(q[j])) * int32_t(x[j]);
     return acc;
   }
 };
 
-struct Q4W {
-  static constexpr int64_t BYTES = 4 + QK / 2;
+struct Q4T {
+  static constexpr int64_t QB = QK / 2, HDR = 128;
   static constexpr bool has_min = true;
-  const uint8_t* w;
-  int64_t K;
-  inline const uint8_t* row(int64_t n) const { return w + n * (K / QK) * BYTES; }
-  static inline float scale(const uint8_t* b) { return f16(b); }
-  static inline float min(const uint8_t* b) { return f16(b + 2); }
 #if PARADEC_AVX2
-  static inline void load(const uint8_t* b, __m256i& a, __m256i&) {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 4));
+  static inline void load(const uint8_t* q, __m256i& a, __m256i&) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
     a = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0F));
   }
   static inline __m256i signed_x(__m256i x, __m256i) { return x; }
 #endif
-  static inline int32_t idot(const uint8_t* b, const int8_t* x) {
-    const uint8_t* p = b + 4;
+  static inline int32_t idot(const uint8_t* q, const int8_t* x) {
     int32_t acc = 0;
-    for (int j = 0; j < QK / 2; ++j) acc += int32_t(p[j] & 0x0F) * int32_t(x[j]) + int32_t(p[j] >> 4) * int32_t(x[j + 16]);
+    for (int j = 0; j < QK / 2; ++j) acc += int32_t(q[j] & 0x0F) * int32_t(x[j]) + int32_t(q[j] >> 4) * int32_t(x[j + 16]);
     return acc;
   }
 };
 
-template <int NT, int RT, class W>
-inline void qtile(const W& wt, int64_t n0, int64_t r0, const QAct& xa, int64_t N, const float* bias, float* y) {
-  const int64_t nb = xa.nb, K = xa.K;
-  const uint8_t* rows[NT];
-  for (int i = 0; i < NT; ++i) rows[i] = wt.row(n0 + i);
-  const int8_t* xq[RT];
-  const float* xd[RT];
-  const float* xs[RT];
-  for (int r = 0; r < RT; ++r) {
-    xq[r] = xa.q.data() + (r0 + r) * K;
-    xd[r] = xa.d.data() + (r0 + r) * nb;
-    xs[r] = xa.s.data() + (r0 + r) * nb;
-  }
-  float mins[NT][RT] = {};
+template <class W>
+struct Tiles {
+  const uint8_t* w;
+  int64_t K, nb, ng;
+  static constexpr int64_t GROUP = W::HDR + 8 * 4 * W::QB;  // bytes of a full group
+  Tiles(const uint8_t* w_, int64_t K_) : w(w_), K(K_), nb(K_ / QK), ng((K_ / QK + 7) / 8) {}
+  int64_t tile_bytes() const { return (nb / 8) * GROUP + (nb % 8 ? W::HDR + (nb % 8) * 4 * W::QB : 0); }
+};
+
+// Outputs 4t .. 4t+3 (those below N) for rows r0 .. r0+RT-1. Per (output, row) one accumulator gets,
+// group by group, the minimum term (q4: 8 chunk lanes at once), then one FMA per chunk in order.
+template <int RT, class W>
+inline void qtile(const Tiles<W>& T, int64_t t, int64_t r0, const QAct& xa, int64_t N, const float* bias, float* y) {
+  const uint8_t* tile = T.w + t * T.tile_bytes();
+  const int64_t K = xa.K, nbp = xa.nbp;
 #if PARADEC_AVX2
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[NT][RT];
-  for (int i = 0; i < NT; ++i)
+  __m256 acc[4][RT];
+  for (int i = 0; i < 4; ++i)
     for (int r = 0; r < RT; ++r) acc[i][r] = _mm256_setzero_ps();
-  for (int64_t c = 0; c < nb; ++c)
-    for (int i = 0; i < NT; ++i) {
-      const uint8_t* b = rows[i] + c * W::BYTES;
-      __m256i a, sgn;
-      W::load(b, a, sgn);
-      const float dw = W::scale(b);
-      const float mw = W::min(b);
-      for (int r = 0; r < RT; ++r) {
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[r] + c * QK));
-        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(a, W::signed_x(xv, sgn)), ones);
-        acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * xd[r][c]), acc[i][r]);
-        if (W::has_min) mins[i][r] = std::fma(mw, xs[r][c], mins[i][r]);
+  alignas(32) float sc[4][RT][8];
+  for (int64_t g = 0; g < T.ng; ++g) {
+    const uint8_t* G = tile + g * Tiles<W>::GROUP;
+    const int64_t cg = std::min<int64_t>(8, T.nb - 8 * g);
+    for (int i = 0; i < 4; ++i) {
+      const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(G + 16 * i)));
+      for (int r = 0; r < RT; ++r) _mm256_store_ps(sc[i][r], _mm256_mul_ps(dv, _mm256_loadu_ps(xa.d.data() + (r0 + r) * nbp + 8 * g)));
+      if (W::has_min) {
+        const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(G + 64 + 16 * i)));
+        for (int r = 0; r < RT; ++r) acc[i][r] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(xa.s.data() + (r0 + r) * nbp + 8 * g), acc[i][r]);
       }
     }
-#endif
-  for (int i = 0; i < NT; ++i)
-    for (int r = 0; r < RT; ++r) {
-#if PARADEC_AVX2
-      float v = hsum(acc[i][r]);
-#else
-      float v = 0.f;
-      for (int64_t c = 0; c < nb; ++c) {
-        const uint8_t* b = rows[i] + c * W::BYTES;
-        v += W::scale(b) * xd[r][c] * float(W::idot(b, xq[r] + c * QK));
-        if (W::has_min) mins[i][r] = std::fma(W::min(b), xs[r][c], mins[i][r]);
+    const uint8_t* Q = G + W::HDR;
+    for (int64_t c = 0; c < cg; ++c) {
+      __m256i xv[RT];
+      for (int r = 0; r < RT; ++r) xv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa.q.data() + (r0 + r) * K + (8 * g + c) * QK));
+      for (int i = 0; i < 4; ++i) {
+        __m256i a, sgn;
+        W::load(Q + (c * 4 + i) * W::QB, a, sgn);
+        for (int r = 0; r < RT; ++r) {
+          const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(a, W::signed_x(xv[r], sgn)), ones);
+          acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&sc[i][r][c]), acc[i][r]);
+        }
       }
-#endif
-      v += mins[i][r];
-      y[(r0 + r) * N + n0 + i] = bias ? v + bias[n0 + i] : v;
     }
-}
-
-template <int NT, int RT, class W>
-void qblock(const W& wt, int64_t n0, int64_t n1, int64_t r0, int64_t r1, const QAct& xa, int64_t N, const float* bias,
-            float* y) {
-  for (int64_t n = n0; n < n1; n += NT) {
-    if (n + NT > n1) {
-      for (int64_t i = n; i < n1; ++i) qblock<1, RT>(wt, i, i + 1, r0, r1, xa, N, bias, y);
-      break;
-    }
-    int64_t r = r0;
-    for (; r + RT <= r1; r += RT) qtile<NT, RT>(wt, n, r, xa, N, bias, y);
-    for (; r < r1; ++r) qtile<NT, 1>(wt, n, r, xa, N, bias, y);
   }
+  for (int i = 0; i < 4 && 4 * t + i < N; ++i)
+    for (int r = 0; r < RT; ++r) {
+      const float v = hsum(acc[i][r]);
+      y[(r0 + r) * N + 4 * t + i] = bias ? v + bias[4 * t + i] : v;
+    }
+#else
+  for (int i = 0; i < 4 && 4 * t + i < N; ++i)
+    for (int r = 0; r < RT; ++r) {
+      float v = 0.f;
+      for (int64_t g = 0; g < T.ng; ++g) {
+        const uint8_t* G = tile + g * Tiles<W>::GROUP;
+        for (int64_t c = 0; c < std::min<int64_t>(8, T.nb - 8 * g); ++c) {
+          const int64_t b = 8 * g + c;
+          const float scale = f16(G + 16 * i + 2 * c) * xa.d[(r0 + r) * nbp + b];
+          v += scale * float(W::idot(G + W::HDR + (c * 4 + i) * W::QB, xa.q.data() + (r0 + r) * K + b * QK));
+          if (W::has_min) v += f16(G + 64 + 16 * i + 2 * c) * xa.s[(r0 + r) * nbp + b];
+        }
+      }
+      y[(r0 + r) * N + 4 * t + i] = bias ? v + bias[4 * t + i] : v;
+    }
+#endif
 }
 
 template <class W>
-void qgemm(const W& wt, int64_t M, int64_t N, const float* x, const float* bias, float* y) {
-  const QAct xa(x, M, wt.K);
-  at::parallel_for(0, (N + NT - 1) / NT, grain_for(wt.K * std::min(M, RB) * NT / 4), [&](int64_t t0, int64_t t1) {
-    const int64_t n0 = t0 * NT, n1 = std::min(N, t1 * NT);
+void qgemm(const Tiles<W>& T, int64_t M, int64_t N, const float* x, const float* bias, float* y) {
+  const QAct xa(x, M, T.K);
+  at::parallel_for(0, (N + 3) / 4, grain_for(T.K * std::min(M, RB)), [&](int64_t t0, int64_t t1) {
     for (int64_t r0 = 0; r0 < M; r0 += RB) {
       const int64_t r1 = std::min(M, r0 + RB);
-      if (r1 - r0 <= 2) qblock<4, 1>(wt, n0, n1, r0, r1, xa, N, bias, y);
-      else qblock<2, 4>(wt, n0, n1, r0, r1, xa, N, bias, y);
+      for (int64_t t = t0; t < t1; ++t) {
+        int64_t r = r0;
+        for (; r + 2 <= r1; r += 2) qtile<2>(T, t, r, xa, N, bias, y);
+        if (r < r1) qtile<1>(T, t, r, xa, N, bias, y);
+      }
     }
   });
 }
 
 }  // namespace
 
-torch::Tensor linear(torch::Tensor x, const std::string& fmt, torch::Tensor w, c10::optional<torch::Tensor> bias) {
+// n: output features (for tiled formats w has one row per 4 of them)
+torch::Tensor linear(torch::Tensor x, const std::string& fmt, torch::Tensor w, int64_t N, c10::optional<torch::Tensor> bias) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous float [M, K]");
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  const int64_t cols = fmt == "q4" ? K / QK * Q4W::BYTES : fmt == "q8" ? K / QK * Q8W::BYTES : K;
-  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.size(1) == cols, "weight does not match K = ", K);
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(fmt == "q4" || fmt == "q8" || w.size(0) == N, "weight has ", w.size(0), " rows, expected ", N);
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "weight must be a contiguous matrix");
   auto y = torch::empty({M, N}, x.options());
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -435,15 +434,17 @@ torch::Tensor linear(torch::Tensor x, const std::string& fmt, torch::Tensor w, c
     py::gil_scoped_release no_gil;
     gemm(wt, M, N, K, xp, bp, yp);
   } else if (fmt == "q8") {
-    TORCH_CHECK(w.scalar_type() == torch::kByte && K % QK == 0, "q8 needs uint8 Q8_0 blocks and K % 32 == 0");
-    const Q8W wt{w.data_ptr<uint8_t>(), K};
+    const Tiles<Q8T> T(w.data_ptr<uint8_t>(), K);
+    TORCH_CHECK(w.scalar_type() == torch::kByte && K % QK == 0 && w.size(1) == T.tile_bytes() && 4 * w.size(0) >= N,
+                "q8 needs uint8 tiles of K = ", K);
     py::gil_scoped_release no_gil;
-    qgemm(wt, M, N, xp, bp, yp);
+    qgemm(T, M, N, xp, bp, yp);
   } else if (fmt == "q4") {
-    TORCH_CHECK(w.scalar_type() == torch::kByte && K % QK == 0, "q4 needs uint8 Q4_1 blocks and K % 32 == 0");
-    const Q4W wt{w.data_ptr<uint8_t>(), K};
+    const Tiles<Q4T> T(w.data_ptr<uint8_t>(), K);
+    TORCH_CHECK(w.scalar_type() == torch::kByte && K % QK == 0 && w.size(1) == T.tile_bytes() && 4 * w.size(0) >= N,
+                "q4 needs uint8 tiles of K = ", K);
     py::gil_scoped_release no_gil;
-    qgemm(wt, M, N, xp, bp, yp);
+    qgemm(T, M, N, xp, bp, yp);
   } else {
     TORCH_CHECK(false, "unknown weight format ", fmt);
   }
