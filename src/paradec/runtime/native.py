@@ -18,7 +18,7 @@ from .kv import KVCache
 from .loading import Layout, SafetensorsSource, StateDictSource, load_weights, read_config
 from .model import Rows, Weights, forward
 from .ops import NativeOps, TorchOps
-from .target import Target, visible_slots
+from .target import Block, Target, visible_slots
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,34 @@ class NativeRuntime:
         """A fresh sequence; ``layers``/``exit_head`` make a truncated model (self-speculation)."""
         return NativeTarget(self, layers, exit_head)
 
+    def forward_many(self, targets: list["NativeTarget"], blocks: list[Block], hidden: bool = False) -> list:
+        """One forward over the rows of several sequences: the weights are read once for all of them,
+        and each row attends to its own sequence's cache only. Rows are invariant, so every sequence gets
+        the bits it would get alone. Returns per block its logits (and hidden states with ``hidden``)."""
+        first = targets[0]
+        if any(t.runtime is not self or (t.layers, t.exit_head) != (first.layers, first.exit_head) for t in targets):
+            raise ValueError("forward_many needs targets of this runtime with the same layers and exit head")
+        parts = [t._rows(b.tokens, b.offsets, b.mask, i) for i, (t, b) in enumerate(zip(targets, blocks))]
+        width = max(p["extra"].shape[1] for p in parts)
+        cat = lambda key: torch.cat([p[key] for p in parts])  # noqa: E731
+        extra = torch.cat([torch.nn.functional.pad(p["extra"], (0, width - p["extra"].shape[1]), value=-1) for p in parts])
+        positions = cat("positions")
+        self.rope.ensure(int(positions.max()) + 1)
+        start = {w: (positions - w + 1).clamp(min=0) if w else torch.zeros_like(positions) for w in set(self.arch.windows)}
+        rows = Rows(cat("tokens"), positions, cat("store"), cat("seq"), start, cat("prefix"), extra)
+        bounds, at = [], 0
+        for b in blocks:
+            bounds.append((at + len(b.tokens) - 1, at + len(b.tokens)) if b.last_only else (at, at + len(b.tokens)))
+            at += len(b.tokens)
+        keep = torch.cat([torch.arange(lo, hi) for lo, hi in bounds])
+        out = forward(self.weights, self.ops, self.rope, rows, [t.kv.tensor for t in targets], keep, first.layers,
+                      first.exit_head, hidden)
+        logits, states = out if hidden else (out, None)
+        sizes = [hi - lo for lo, hi in bounds]
+        if hidden:
+            return list(zip(logits.split(sizes), states.split(sizes)))
+        return list(logits.split(sizes))
+
 
 def choose_ops(act: torch.dtype, required: bool = False):
     """The C++ kernels for float32 activations; plain torch for float64, or where they cannot be built."""
@@ -94,24 +122,29 @@ class NativeTarget(Target):
         self.kv.crop(length)
         self.length, self.pending = self.kv.length, 0
 
-    def _forward(self, tokens, offsets, mask, last_only):
-        n = len(tokens)
-        kv, rt = self.kv, self.runtime
+    def _forward(self, tokens, offsets, mask, last_only, hidden=False):
+        return self.runtime.forward_many([self], [Block(tokens, offsets, mask, last_only)], hidden)[0]
+
+    def _rows(self, tokens: list[int], offsets: list[int], mask: torch.Tensor | None, seq: int) -> dict:
+        """This target's share of a forward's ``Rows``, its rows appended to the cache as pending."""
+        n, kv = len(tokens), self.kv
         if mask is None:  # a causal chain after every pending row: no mask arithmetic
             prefix, extra = torch.arange(n) + (kv.length + kv.pending + 1), torch.full((n, 1), -1, dtype=torch.int64)
         else:
             prefix, extra = visible_slots(mask.to(torch.bool), kv.length)
         kv.reserve(n)
         first = kv.append(n)
-        positions = torch.tensor(offsets, dtype=torch.int64) + kv.length
-        rt.rope.ensure(int(positions.max()) + 1)
-        store = torch.stack([torch.zeros(n, dtype=torch.int64), torch.arange(first, first + n)], dim=1)
-        start = {w: (positions - w + 1).clamp(min=0) if w else torch.zeros(n, dtype=torch.int64) for w in set(rt.arch.windows)}
-        rows = Rows(torch.tensor(tokens, dtype=torch.int64), positions, store, torch.zeros(n, dtype=torch.int64),
-                    start, prefix, extra)
         self.pending = kv.pending
-        logits_rows = torch.tensor([n - 1]) if last_only else None
-        return forward(rt.weights, rt.ops, rt.rope, rows, [kv.tensor], logits_rows, self.layers, self.exit_head)
+        positions = torch.tensor(offsets, dtype=torch.int64) + kv.length
+        store = torch.stack([torch.full((n,), seq, dtype=torch.int64), torch.arange(first, first + n)], dim=1)
+        return dict(tokens=torch.tensor(tokens, dtype=torch.int64), positions=positions, store=store,
+                    seq=store[:, 0], prefix=prefix, extra=extra)
+
+    def fork(self) -> "NativeTarget":
+        twin = NativeTarget(self.runtime, self.layers, self.exit_head)
+        twin.kv = self.kv.copy()
+        twin.length = twin.kv.length
+        return twin
 
     def commit(self, keep: list[int]) -> None:
         self.kv.keep(list(keep))
