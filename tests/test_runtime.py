@@ -292,3 +292,12 @@ def test_hidden_states_are_what_the_lm_head_reads(runtime):
         head = model.hf_model.lm_head(states)
     assert states.shape == (4, 32) and torch.allclose(states, ref, atol=1e-10)
     assert torch.allclose(logits, head, atol=1e-10)
+
+
+@pytest.mark.parametrize("fmt", ["q8", "q4"])
+def test_embedding_rows_of_quantized_tables_match_dequantize(k, fmt):
+    torch.manual_seed(5)
+    lin = quantize(torch.randn(13, 96), fmt)
+    idx = torch.tensor([12, 0, 5, 5, 3])
+    assert torch.equal(k.dequant_rows(lin.w, fmt, 96, idx), lin.dequantize()[idx])
+    assert torch.equal(lin.rows(idx), lin.dequantize()[idx])

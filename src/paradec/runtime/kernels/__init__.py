@@ -20,7 +20,7 @@ from pathlib import Path
 from ...errors import ParadecError
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-ffp-contract=off"]  # FMAs only where written
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@
 // paths are used where the compiler targets AVX2, a scalar path elsewhere (same results per row
 // within one build, which is all row invariance needs).
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/utils/pybind.h>  // not torch/extension.h: this builds in a third of the time
 
 #include <cmath>
 #include <cstdint>
@@ -413,35 +414,68 @@ void qgemm(const Tiles<W>& T, int64_t M, int64_t N, const float* x, const float*
 
 }  // namespace
 
+// Rows idx of a tiled q8/q4 matrix as float32 [len(idx), K]: the embedding lookup of a quantised table.
+template <class W>
+static void rows_of(const Tiles<W>& T, const int64_t* idx, int64_t n, float* out) {
+  for (int64_t r = 0; r < n; ++r) {
+    const uint8_t* tile = T.w + (idx[r] / 4) * T.tile_bytes();
+    const int64_t i = idx[r] % 4;
+    for (int64_t b = 0; b < T.nb; ++b) {
+      const uint8_t* G = tile + (b / 8) * Tiles<W>::GROUP;
+      const int64_t c = b % 8;
+      const float d = f16(G + 16 * i + 2 * c), m = W::has_min ? f16(G + 64 + 16 * i + 2 * c) : 0.f;
+      const uint8_t* q = G + W::HDR + (c * 4 + i) * W::QB;
+      float* o = out + r * T.K + b * QK;
+      for (int j = 0; j < QK; ++j) {
+        if (W::has_min) {
+          const int v = j < 16 ? (q[j] & 0x0F) : (q[j - 16] >> 4);
+          o[j] = float(v) * d + m;
+        } else {
+          o[j] = float(static_cast<int8_t>(q[j])) * d;
+        }
+      }
+    }
+  }
+}
+
+at::Tensor dequant_rows(at::Tensor w, const std::string& fmt, int64_t K, at::Tensor idx) {
+  TORCH_CHECK(idx.scalar_type() == at::kLong && idx.is_contiguous(), "idx must be contiguous int64");
+  auto out = at::empty({idx.numel(), K}, at::kFloat);
+  if (fmt == "q8") rows_of(Tiles<Q8T>(w.data_ptr<uint8_t>(), K), idx.data_ptr<int64_t>(), idx.numel(), out.data_ptr<float>());
+  else if (fmt == "q4") rows_of(Tiles<Q4T>(w.data_ptr<uint8_t>(), K), idx.data_ptr<int64_t>(), idx.numel(), out.data_ptr<float>());
+  else TORCH_CHECK(false, "dequant_rows takes q8 or q4 tiles, got ", fmt);
+  return out;
+}
+
 // n: output features (for tiled formats w has one row per 4 of them)
-torch::Tensor linear(torch::Tensor x, const std::string& fmt, torch::Tensor w, int64_t N, c10::optional<torch::Tensor> bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous float [M, K]");
+at::Tensor linear(at::Tensor x, const std::string& fmt, at::Tensor w, int64_t N, c10::optional<at::Tensor> bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be contiguous float [M, K]");
   const int64_t M = x.size(0), K = x.size(1);
   TORCH_CHECK(fmt == "q4" || fmt == "q8" || w.size(0) == N, "weight has ", w.size(0), " rows, expected ", N);
   TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "weight must be a contiguous matrix");
-  auto y = torch::empty({M, N}, x.options());
+  auto y = at::empty({M, N}, x.options());
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   if (fmt == "f32") {
-    TORCH_CHECK(w.scalar_type() == torch::kFloat, "f32 weight must be float32");
+    TORCH_CHECK(w.scalar_type() == at::kFloat, "f32 weight must be float32");
     const F32W wt{w.data_ptr<float>(), K};
     py::gil_scoped_release no_gil;
     gemm(wt, M, N, K, xp, bp, yp);
   } else if (fmt == "bf16") {
-    TORCH_CHECK(w.scalar_type() == torch::kBFloat16, "bf16 weight must be bfloat16");
+    TORCH_CHECK(w.scalar_type() == at::kBFloat16, "bf16 weight must be bfloat16");
     const BF16W wt{reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), K};
     py::gil_scoped_release no_gil;
     gemm(wt, M, N, K, xp, bp, yp);
   } else if (fmt == "q8") {
     const Tiles<Q8T> T(w.data_ptr<uint8_t>(), K);
-    TORCH_CHECK(w.scalar_type() == torch::kByte && K % QK == 0 && w.size(1) == T.tile_bytes() && 4 * w.size(0) >= N,
+    TORCH_CHECK(w.scalar_type() == at::kByte && K % QK == 0 && w.size(1) == T.tile_bytes() && 4 * w.size(0) >= N,
                 "q8 needs uint8 tiles of K = ", K);
     py::gil_scoped_release no_gil;
     qgemm(T, M, N, xp, bp, yp);
   } else if (fmt == "q4") {
     const Tiles<Q4T> T(w.data_ptr<uint8_t>(), K);
-    TORCH_CHECK(w.scalar_type() == torch::kByte && K % QK == 0 && w.size(1) == T.tile_bytes() && 4 * w.size(0) >= N,
+    TORCH_CHECK(w.scalar_type() == at::kByte && K % QK == 0 && w.size(1) == T.tile_bytes() && 4 * w.size(0) >= N,
                 "q4 needs uint8 tiles of K = ", K);
     py::gil_scoped_release no_gil;
     qgemm(T, M, N, xp, bp, yp);
@@ -471,31 +505,31 @@ static void rmsnorm_row(const float* x, const float* w, float eps, float* y, int
 }
 
 // y = rmsnorm(x) * w, per row
-torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor w, double eps) {
-  TORCH_CHECK(x.is_contiguous() && x.scalar_type() == torch::kFloat, "x must be contiguous float");
+at::Tensor rmsnorm(at::Tensor x, at::Tensor w, double eps) {
+  TORCH_CHECK(x.is_contiguous() && x.scalar_type() == at::kFloat, "x must be contiguous float");
   const int64_t D = x.size(-1), M = x.numel() / D;
-  auto y = torch::empty_like(x);
+  auto y = at::empty_like(x);
   for (int64_t r = 0; r < M; ++r) rmsnorm_row(x.data_ptr<float>() + r * D, w.data_ptr<float>(), float(eps), y.data_ptr<float>() + r * D, D);
   return y;
 }
 
 // h += delta (in place); returns rmsnorm(h) * w: the residual add fused with the next norm
-torch::Tensor add_rmsnorm(torch::Tensor h, torch::Tensor delta, torch::Tensor w, double eps) {
+at::Tensor add_rmsnorm(at::Tensor h, at::Tensor delta, at::Tensor w, double eps) {
   TORCH_CHECK(h.is_contiguous() && delta.is_contiguous() && h.sizes() == delta.sizes(), "h and delta must match");
   const int64_t D = h.size(-1), M = h.numel() / D;
   float* hp = h.data_ptr<float>();
   const float* dp = delta.data_ptr<float>();
   for (int64_t i = 0; i < M * D; ++i) hp[i] += dp[i];
-  auto y = torch::empty_like(h);
+  auto y = at::empty_like(h);
   for (int64_t r = 0; r < M; ++r) rmsnorm_row(hp + r * D, w.data_ptr<float>(), float(eps), y.data_ptr<float>() + r * D, D);
   return y;
 }
 
 // [M, 2I] (gate | up) -> [M, I]: silu(gate) * up
-torch::Tensor silu_mul(torch::Tensor gu) {
+at::Tensor silu_mul(at::Tensor gu) {
   TORCH_CHECK(gu.is_contiguous() && gu.dim() == 2, "gate_up must be contiguous [M, 2I]");
   const int64_t M = gu.size(0), I = gu.size(1) / 2;
-  auto y = torch::empty({M, I}, gu.options());
+  auto y = at::empty({M, I}, gu.options());
   std::vector<float> e(I);
   for (int64_t r = 0; r < M; ++r) {
     const float* g = gu.data_ptr<float>() + r * 2 * I;
@@ -532,11 +566,11 @@ static void rope_row(const float* x, const float* c, const float* s, int64_t D, 
   }
 }
 
-torch::Tensor rope_store(torch::Tensor qkv, int64_t H, int64_t Hkv, torch::Tensor cos, torch::Tensor sin,
-                         torch::Tensor pos, std::vector<torch::Tensor> caches, torch::Tensor rows, int64_t layer) {
+at::Tensor rope_store(at::Tensor qkv, int64_t H, int64_t Hkv, at::Tensor cos, at::Tensor sin,
+                         at::Tensor pos, std::vector<at::Tensor> caches, at::Tensor rows, int64_t layer) {
   const int64_t M = qkv.size(0), D = cos.size(1) * 2;
   TORCH_CHECK(qkv.is_contiguous() && qkv.size(1) == (H + 2 * Hkv) * D, "qkv has the wrong shape");
-  auto q = torch::empty({M, H, D}, qkv.options());
+  auto q = at::empty({M, H, D}, qkv.options());
   const int64_t* pp = pos.data_ptr<int64_t>();
   const int64_t* rp = rows.data_ptr<int64_t>();  // [M, 2]
   std::vector<float> tmp(D);
@@ -545,7 +579,7 @@ torch::Tensor rope_store(torch::Tensor qkv, int64_t H, int64_t Hkv, torch::Tenso
     const float* c = cos.data_ptr<float>() + pp[r] * (D / 2);
     const float* s = sin.data_ptr<float>() + pp[r] * (D / 2);
     for (int64_t h = 0; h < H; ++h) rope_row(row + h * D, c, s, D, q.data_ptr<float>() + (r * H + h) * D);
-    torch::Tensor& cache = caches[rp[2 * r]];
+    at::Tensor& cache = caches[rp[2 * r]];
     const int64_t cap = cache.size(3), slot = rp[2 * r + 1];
     TORCH_CHECK(slot >= 0 && slot < cap, "KV slot ", slot, " outside the cache (capacity ", cap, ")");
     for (int64_t g = 0; g < Hkv; ++g) {
@@ -553,7 +587,7 @@ torch::Tensor rope_store(torch::Tensor qkv, int64_t H, int64_t Hkv, torch::Tenso
       const int64_t koff = (((layer * 2 + 0) * Hkv + g) * cap + slot) * D;
       const int64_t voff = (((layer * 2 + 1) * Hkv + g) * cap + slot) * D;
       const float* v = row + (H + Hkv + g) * D;
-      if (cache.scalar_type() == torch::kFloat) {
+      if (cache.scalar_type() == at::kFloat) {
         store<float>(cache.data_ptr<float>() + koff, tmp.data(), D);
         store<float>(cache.data_ptr<float>() + voff, v, D);
       } else {
@@ -573,61 +607,112 @@ torch::Tensor rope_store(torch::Tensor qkv, int64_t H, int64_t Hkv, torch::Tenso
 // in ascending order, -1 = none.
 // Keys are visited prefix first, then extra, whatever M is: the arithmetic for a row is that of
 // plain decoding of the same token.
+// One key's score: 8-lane FMAs over D in order, then a fixed reduction tree
+// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), the tree four keys reduced together also give,
+// so a key scores the same bits whether it is read alone or in a group of four.
 template <typename T>
-static inline float kdot(const float* q, const T* k, int64_t D);
+inline const float* as_float(const T* p, int64_t D, float* buf);
 template <>
-inline float kdot<float>(const float* q, const float* k, int64_t D) { return dot_f32(k, q, D); }
+inline const float* as_float<float>(const float* p, int64_t, float*) { return p; }
 template <>
-inline float kdot<at::BFloat16>(const float* q, const at::BFloat16* k, int64_t D) {
-  return dot_bf16(reinterpret_cast<const uint16_t*>(k), q, D);
+inline const float* as_float<at::BFloat16>(const at::BFloat16* p, int64_t D, float* buf) {
+  for (int64_t i = 0; i < D; ++i) buf[i] = static_cast<float>(p[i]);
+  return buf;
 }
 
+#if PARADEC_AVX2
 template <typename T>
-static inline void axpy(float a, const T* v, float* out, int64_t D);
+inline __m256 load8(const T* p);
 template <>
-inline void axpy<float>(float a, const float* v, float* out, int64_t D) {
-  int64_t i = 0;
-#if PARADEC_AVX2
-  const __m256 av = _mm256_set1_ps(a);
-  for (; i + 8 <= D; i += 8) _mm256_storeu_ps(out + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
-#endif
-  for (; i < D; ++i) out[i] += a * v[i];
+inline __m256 load8<float>(const float* p) { return _mm256_loadu_ps(p); }
+template <>
+inline __m256 load8<at::BFloat16>(const at::BFloat16* p) { return load_bf16(reinterpret_cast<const uint16_t*>(p)); }
+
+inline __m256 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {  // lanes 0..3 of the result: the 4 sums
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm256_add_ps(t, _mm256_permute2f128_ps(t, t, 1));
 }
-template <>
-inline void axpy<at::BFloat16>(float a, const at::BFloat16* v, float* out, int64_t D) {
-  const uint16_t* h = reinterpret_cast<const uint16_t*>(v);
-  int64_t i = 0;
-#if PARADEC_AVX2
-  const __m256 av = _mm256_set1_ps(a);
-  for (; i + 8 <= D; i += 8) _mm256_storeu_ps(out + i, _mm256_fmadd_ps(av, load_bf16(h + i), _mm256_loadu_ps(out + i)));
 #endif
-  for (; i < D; ++i) out[i] += a * bf16_to_float(h[i]);
+
+template <typename T>
+static void key_scores(const float* q, const T* K, const int64_t* slots, int64_t n, int64_t D, float scale, float* out) {
+  int64_t j = 0;
+#if PARADEC_AVX2
+  if (D % 8 == 0) {
+    for (; j + 4 <= n; j += 4) {
+      const T* k[4] = {K + slots[j] * D, K + slots[j + 1] * D, K + slots[j + 2] * D, K + slots[j + 3] * D};
+      __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t d = 0; d < D; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + d);
+        for (int i = 0; i < 4; ++i) a[i] = _mm256_fmadd_ps(qv, load8<T>(k[i] + d), a[i]);
+      }
+      alignas(32) float sums[8];
+      _mm256_store_ps(sums, reduce4(a[0], a[1], a[2], a[3]));
+      for (int i = 0; i < 4; ++i) out[j + i] = sums[i] * scale;
+    }
+    for (; j < n; ++j) {
+      const T* k = K + slots[j] * D;
+      __m256 a = _mm256_setzero_ps();
+      for (int64_t d = 0; d < D; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8<T>(k + d), a);
+      const __m256 z = _mm256_setzero_ps();
+      out[j] = _mm256_cvtss_f32(reduce4(a, z, z, z)) * scale;
+    }
+    return;
+  }
+#endif
+  float buf[1024];
+  for (; j < n; ++j) {
+    const float* k = as_float<T>(K + slots[j] * D, std::min<int64_t>(D, 1024), buf);
+    float s = 0.f;
+    for (int64_t d = 0; d < D; ++d) s = std::fma(q[d], k[d], s);
+    out[j] = s * scale;
+  }
+}
+
+// out[d] = sum_j p[j] v_j[d], keys in order, 64 dimensions at a time in registers.
+template <typename T>
+static void weighted_values(const float* p, const T* V, const int64_t* slots, int64_t n, int64_t D, float* out) {
+  int64_t d0 = 0;
+#if PARADEC_AVX2
+  for (; d0 + 64 <= D; d0 += 64) {
+    __m256 acc[8];
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 pj = _mm256_set1_ps(p[j]);
+      const T* v = V + slots[j] * D + d0;
+      for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(pj, load8<T>(v + 8 * i), acc[i]);
+    }
+    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + d0 + 8 * i, acc[i]);
+  }
+#endif
+  for (int64_t d = d0; d < D; ++d) {
+    float s = 0.f;
+    for (int64_t j = 0; j < n; ++j) s = std::fma(p[j], static_cast<float>(V[slots[j] * D + d]), s);
+    out[d] = s;
+  }
 }
 
 template <typename T>
 static void attend_one(const float* q, const T* K, const T* V, const int64_t* slots, int64_t n, int64_t D, float scale,
                        float* out, std::vector<float>& p) {
   p.resize(n);
+  key_scores<T>(q, K, slots, n, D, scale, p.data());
   float mx = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) {
-    p[j] = kdot<T>(q, K + slots[j] * D, D) * scale;
-    mx = std::max(mx, p[j]);
-  }
+  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, p[j]);
   for (int64_t j = 0; j < n; ++j) p[j] -= mx;
   exp_inplace(p.data(), n);
   float sum = 0.f;
   for (int64_t j = 0; j < n; ++j) sum += p[j];
-  std::fill(out, out + D, 0.f);
-  for (int64_t j = 0; j < n; ++j) axpy<T>(p[j], V + slots[j] * D, out, D);
+  weighted_values<T>(p.data(), V, slots, n, D, out);
   const float inv = 1.f / sum;
   for (int64_t i = 0; i < D; ++i) out[i] *= inv;
 }
 
-torch::Tensor attention(torch::Tensor q, std::vector<torch::Tensor> caches, torch::Tensor seq, torch::Tensor start,
-                        torch::Tensor prefix, torch::Tensor extra, int64_t layer, double scale) {
+at::Tensor attention(at::Tensor q, std::vector<at::Tensor> caches, at::Tensor seq, at::Tensor start,
+                        at::Tensor prefix, at::Tensor extra, int64_t layer, double scale) {
   const int64_t M = q.size(0), H = q.size(1), D = q.size(2), E = extra.size(1);
-  TORCH_CHECK(q.is_contiguous() && q.scalar_type() == torch::kFloat, "q must be contiguous float [M, H, D]");
-  auto out = torch::empty_like(q);
+  TORCH_CHECK(q.is_contiguous() && q.scalar_type() == at::kFloat, "q must be contiguous float [M, H, D]");
+  auto out = at::empty_like(q);
   const int64_t* sp = seq.data_ptr<int64_t>();
   const int64_t* st = start.data_ptr<int64_t>();
   const int64_t* pp = prefix.data_ptr<int64_t>();
@@ -638,7 +723,7 @@ torch::Tensor attention(torch::Tensor q, std::vector<torch::Tensor> caches, torc
     std::vector<float> p;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r = t / H, h = t % H;
-      const torch::Tensor& cache = caches[sp[r]];
+      const at::Tensor& cache = caches[sp[r]];
       const int64_t Hkv = cache.size(2), cap = cache.size(3), g = h / (H / Hkv);
       slots.clear();
       for (int64_t j = st[r]; j < pp[r]; ++j) slots.push_back(j);
@@ -646,7 +731,7 @@ torch::Tensor attention(torch::Tensor q, std::vector<torch::Tensor> caches, torc
       const int64_t koff = ((layer * 2 + 0) * Hkv + g) * cap * D, voff = ((layer * 2 + 1) * Hkv + g) * cap * D;
       const float* qp = q.data_ptr<float>() + (r * H + h) * D;
       float* op = out.data_ptr<float>() + (r * H + h) * D;
-      if (cache.scalar_type() == torch::kFloat)
+      if (cache.scalar_type() == at::kFloat)
         attend_one<float>(qp, cache.data_ptr<float>() + koff, cache.data_ptr<float>() + voff, slots.data(), slots.size(), D,
                           float(scale), op, p);
       else
@@ -661,6 +746,7 @@ bool has_avx2() { return PARADEC_AVX2; }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("linear", &linear, "y = x @ W^T (+ bias) for f32/bf16/q8/q4 weights");
+  mod.def("dequant_rows", &dequant_rows, "rows of a q8/q4 tiled matrix as float32");
   mod.def("rmsnorm", &rmsnorm);
   mod.def("add_rmsnorm", &add_rmsnorm);
   mod.def("silu_mul", &silu_mul);
