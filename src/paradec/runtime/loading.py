@@ -52,6 +52,20 @@ class Layout:
         return cls("q8" if quant == "int8" else "q4", "q8", "q8", act, kv)
 
 
+def resolve_quant(quant: str, dtype: torch.dtype, gguf_file: Path | None) -> str:
+    """``auto`` → the block format a GGUF file's decoder layers already have, when the kernels read it
+    (Q4_0/Q4_1 → int4, Q8_0 → int8: the file's own weights, no second rounding), else ``none``."""
+    if quant != "auto":
+        return quant
+    if gguf_file is None or dtype == torch.float64:
+        return "none"
+    import gguf
+
+    kinds = [t.tensor_type.name for t in gguf.GGUFReader(str(gguf_file)).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
+    top = max(set(kinds), key=kinds.count) if kinds else ""
+    return {"Q4_0": "int4", "Q4_1": "int4", "Q8_0": "int8"}.get(top, "none")
+
+
 def _hf_names(i: int) -> dict[str, str]:
     p = f"model.layers.{i}."
     return {"attn_norm": p + "input_layernorm.weight", "mlp_norm": p + "post_attention_layernorm.weight",

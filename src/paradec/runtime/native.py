@@ -15,7 +15,7 @@ from ..errors import ParadecError
 from .arch import RopeTables, arch_of
 from .kernels import KernelsUnavailable, kernels
 from .kv import KVCache
-from .loading import Layout, SafetensorsSource, StateDictSource, load_weights, read_config
+from .loading import Layout, SafetensorsSource, StateDictSource, load_weights, read_config, resolve_quant
 from .model import Rows, Weights, forward
 from .ops import NativeOps, TorchOps
 from .target import Block, Target, visible_slots
@@ -33,6 +33,7 @@ class NativeRuntime:
         self.rope = RopeTables(self.arch, weights.act)
         self.vocab_size = self.arch.vocab_size
         self.layers = self.arch.layers
+        self.quant = "none"  # the resolved --quant (set by load / from_hf)
         self.max_length = self.arch.max_positions
 
     @classmethod
@@ -40,16 +41,21 @@ class NativeRuntime:
              kernels_required: bool = False) -> "NativeRuntime":
         """Read the config and weights of ``directory`` (and ``gguf_file``'s blocks) for ``dtype``/``quant``."""
         arch = arch_of(read_config(directory))
-        layout = Layout.of(dtype, quant)
-        weights = load_weights(SafetensorsSource(directory), arch, layout, gguf_file)
-        return cls(weights, choose_ops(layout.act, kernels_required))
+        quant = resolve_quant(quant, dtype, gguf_file)
+        weights = load_weights(SafetensorsSource(directory), arch, Layout.of(dtype, quant), gguf_file)
+        runtime = cls(weights, choose_ops(weights.act, kernels_required))
+        runtime.quant = quant
+        return runtime
 
     @classmethod
     def from_hf(cls, hf_model, dtype: torch.dtype, quant: str = "none") -> "NativeRuntime":
         """The same, from a transformers model in memory (tests build tiny ones in-process)."""
         arch = arch_of(hf_model.config)
+        quant = resolve_quant(quant, dtype, None)
         layout = Layout.of(dtype, quant)
-        return cls(load_weights(StateDictSource(hf_model.state_dict()), arch, layout), choose_ops(layout.act))
+        runtime = cls(load_weights(StateDictSource(hf_model.state_dict()), arch, layout), choose_ops(layout.act))
+        runtime.quant = quant
+        return runtime
 
     @property
     def description(self) -> str:
