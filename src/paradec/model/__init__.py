@@ -90,8 +90,8 @@ def load(spec: str | Model = DEFAULT_MODEL, dtype: str | torch.dtype = DEFAULT_D
     """Load a built-in name (``smollm2-135m``), a Hugging Face model directory or a ``.gguf`` file.
 
     ``dtype``: ``float32``, ``bfloat16`` or ``float64``; ``runtime``: ``native`` or ``hf``;
-    ``quant``: ``auto`` (a GGUF file's own 4-/8-bit blocks where the native kernels read them, else
-    ``none``), ``none``, ``int8`` or ``int4`` (native runtime). Nothing is downloaded.
+    ``quant``: ``auto`` (in bfloat16, a GGUF file's own 4-/8-bit blocks where the native kernels read
+    them; else ``none``), ``none``, ``int8`` or ``int4`` (native runtime). Nothing is downloaded.
     """
     if isinstance(spec, Model):
         return spec

@@ -53,11 +53,12 @@ class Layout:
 
 
 def resolve_quant(quant: str, dtype: torch.dtype, gguf_file: Path | None) -> str:
-    """``auto`` → the block format a GGUF file's decoder layers already have, when the kernels read it
-    (Q4_0/Q4_1 → int4, Q8_0 → int8: the file's own weights, no second rounding), else ``none``."""
+    """``auto`` in bfloat16 (the fast default) → the block format a GGUF file's decoder layers already have,
+    when the kernels read it (Q4_0/Q4_1 → int4, Q8_0 → int8: the file's own weights, no second rounding);
+    else ``none`` (asking for float32/float64 asks for float weights)."""
     if quant != "auto":
         return quant
-    if gguf_file is None or dtype == torch.float64:
+    if gguf_file is None or dtype != torch.bfloat16:
         return "none"
     import gguf
 
