@@ -6,6 +6,7 @@ read its names); loading a model does.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -105,11 +106,9 @@ def load(spec: str | Model = DEFAULT_MODEL, dtype: str | torch.dtype = DEFAULT_D
     directory = gguf_as_directory(path) if gguf else path
     tokenizer = load_tokenizer(directory)
     rt = load_runtime(runtime, directory, torch_dtype, quant, gguf)
-    from transformers import GenerationConfig
-
-    try:
-        eos = GenerationConfig.from_pretrained(directory, local_files_only=True).eos_token_id
-    except OSError:  # no generation_config.json
+    try:  # generation_config.json is read directly: transformers' GenerationConfig import takes seconds
+        eos = json.loads((directory / "generation_config.json").read_text()).get("eos_token_id")
+    except (OSError, ValueError):
         eos = None
     return Model(name=spec, tokenizer=tokenizer, runtime=rt, dtype=torch_dtype, quant=rt.quant, path=path,
                  directory=directory, eos_ids=_ids(eos), _hf=getattr(rt, "model", None))

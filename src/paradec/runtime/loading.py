@@ -9,7 +9,6 @@ no second rounding.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,16 +206,4 @@ def load_weights(src: SafetensorsSource | StateDictSource, arch: Arch, layout: L
                    act=layout.act, kv=layout.kv)
 
 
-def read_config(directory: Path):
-    """The transformers config of a model directory (no weights are read)."""
-    from transformers import AutoConfig
-
-    if not (directory / "config.json").is_file():
-        raise ParadecError(f"'{directory}' holds no config.json")
-    try:
-        return AutoConfig.from_pretrained(directory, local_files_only=True)
-    except (ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise ParadecError(f"cannot read the config in '{directory}': {exc}") from exc
-
-
-__all__ = ["FLOAT_FORMATS", "Layout", "QUANTS", "SafetensorsSource", "StateDictSource", "load_weights", "read_config"]
+__all__ = ["FLOAT_FORMATS", "Layout", "QUANTS", "SafetensorsSource", "StateDictSource", "load_weights"]

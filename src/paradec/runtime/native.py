@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 
 from ..errors import ParadecError
-from .arch import RopeTables, arch_of
+from .arch import JsonConfig, RopeTables, arch_of
 from .kernels import KernelsUnavailable, kernels
+from . import packed
 from .kv import KVCache
-from .loading import Layout, SafetensorsSource, StateDictSource, load_weights, read_config, resolve_quant
+from .loading import Layout, SafetensorsSource, StateDictSource, load_weights, resolve_quant
 from .model import Rows, Weights, forward
 from .ops import NativeOps, TorchOps
 from .target import Block, Target, visible_slots
@@ -40,9 +41,16 @@ class NativeRuntime:
     def load(cls, directory: Path, dtype: torch.dtype, quant: str = "none", gguf_file: Path | None = None,
              kernels_required: bool = False) -> "NativeRuntime":
         """Read the config and weights of ``directory`` (and ``gguf_file``'s blocks) for ``dtype``/``quant``."""
-        arch = arch_of(read_config(directory))
-        quant = resolve_quant(quant, dtype, gguf_file)
-        weights = load_weights(SafetensorsSource(directory), arch, Layout.of(dtype, quant), gguf_file)
+        arch = arch_of(JsonConfig.read(directory))
+        sources = sorted(directory.glob("*.safetensors")) + [directory / "config.json"] + ([gguf_file] if gguf_file else [])
+        cache = packed.path_for(packed.key(sources, dtype, quant))
+        hit = packed.load(cache, arch)
+        if hit is None:
+            quant = resolve_quant(quant, dtype, gguf_file)
+            weights = load_weights(SafetensorsSource(directory), arch, Layout.of(dtype, quant), gguf_file)
+            packed.save(cache, weights, quant)
+        else:
+            weights, quant = hit
         runtime = cls(weights, choose_ops(weights.act, kernels_required))
         runtime.quant = quant
         return runtime
