@@ -29,7 +29,7 @@ class NativeOps:
     def embed(self, table: Linear, tokens: torch.Tensor) -> torch.Tensor:  # (M,) -> (M, K) float32
         if table.fmt in ("q8", "q4"):
             return self.k.dequant_rows(table.w, table.fmt, table.shape[1], tokens)
-        return table.w[tokens].to(torch.float32)
+        return table.rows(tokens).to(torch.float32)
 
     def rmsnorm(self, x, w, eps):
         return self.k.rmsnorm(x, w, eps)

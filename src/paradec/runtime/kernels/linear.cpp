@@ -38,6 +38,20 @@ struct BF16W {
   inline float at(int64_t n, int64_t k) const { return bf16_to_float(w[n * K + k]); }
 };
 
+// bf16 in tiles of 4 rows (weights.py packs them when K % 32 == 0): per 32-column chunk the 4 rows'
+// values side by side, so a tile is one memory stream (bf16 decoding is bandwidth-bound).
+struct BF16T {
+  const uint16_t* w;
+  int64_t K;
+#if PARADEC_AVX2
+  inline void load(int64_t n, int64_t c, __m256* v) const {
+    const uint16_t* p = w + (n / 4) * 4 * K + c * 4 * QK + (n % 4) * QK;
+    for (int j = 0; j < 4; ++j) v[j] = load_bf16(p + 8 * j);
+  }
+#endif
+  inline float at(int64_t n, int64_t k) const { return bf16_to_float(w[(n / 4) * 4 * K + (k / QK) * 4 * QK + (n % 4) * QK + k % QK]); }
+};
+
 // Outputs n0 .. n0+NT-1 for rows r0 .. r0+RT-1.
 template <int NT, int RT, class W>
 inline void tile(const W& wt, int64_t n0, int64_t r0, const float* x, int64_t K, int64_t N, const float* bias, float* y) {
@@ -298,7 +312,8 @@ at::Tensor dequant_rows(at::Tensor w, const std::string& fmt, int64_t K, at::Ten
 at::Tensor linear(at::Tensor x, const std::string& fmt, at::Tensor w, int64_t N, c10::optional<at::Tensor> bias) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be contiguous float [M, K]");
   const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(fmt == "q4" || fmt == "q8" || w.size(0) == N, "weight has ", w.size(0), " rows, expected ", N);
+  TORCH_CHECK(fmt == "q4" || fmt == "q8" || w.size(0) == N || w.size(1) == 4 * K, "weight has ", w.size(0),
+              " rows, expected ", N);
   TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "weight must be a contiguous matrix");
   auto y = at::empty({M, N}, x.options());
   const float* xp = x.data_ptr<float>();
@@ -311,9 +326,10 @@ at::Tensor linear(at::Tensor x, const std::string& fmt, at::Tensor w, int64_t N,
     gemm(wt, M, N, K, xp, bp, yp);
   } else if (fmt == "bf16") {
     TORCH_CHECK(w.scalar_type() == at::kBFloat16, "bf16 weight must be bfloat16");
-    const BF16W wt{reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), K};
+    const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
     py::gil_scoped_release no_gil;
-    gemm(wt, M, N, K, xp, bp, yp);
+    if (w.size(1) == 4 * K && K % QK == 0) gemm(BF16T{wp, K}, M, N, K, xp, bp, yp);  // tiled: (ceil(N/4), 4K)
+    else gemm(BF16W{wp, K}, M, N, K, xp, bp, yp);
   } else if (fmt == "q8") {
     const Tiles<Q8T> T(w.data_ptr<uint8_t>(), K);
     TORCH_CHECK(w.scalar_type() == at::kByte && K % QK == 0 && w.size(1) == T.tile_bytes() && 4 * w.size(0) >= N,
