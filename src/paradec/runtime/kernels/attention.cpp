@@ -122,26 +122,38 @@ at::Tensor attention(at::Tensor q, std::vector<at::Tensor> caches, at::Tensor se
   const int64_t* st = start.data_ptr<int64_t>();
   const int64_t* pp = prefix.data_ptr<int64_t>();
   const int64_t* ep = extra.data_ptr<int64_t>();
+  struct Seq {
+    const void* base;
+    bool f32;
+    int64_t Hkv, cap;
+  };
+  std::vector<Seq> seqs;
+  for (const auto& c : caches) seqs.push_back({c.data_ptr(), c.scalar_type() == at::kFloat, c.size(2), c.size(3)});
+  std::vector<std::vector<int64_t>> slots(M);  // each row's visible keys, shared by its heads
+  for (int64_t r = 0; r < M; ++r) {
+    for (int64_t j = st[r]; j < pp[r]; ++j) slots[r].push_back(j);
+    for (int64_t e = 0; e < E && ep[r * E + e] >= 0; ++e) slots[r].push_back(ep[r * E + e]);
+  }
+  const float* qbase = q.data_ptr<float>();
+  float* obase = out.data_ptr<float>();
   py::gil_scoped_release no_gil;
   parallel(M * H, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<int64_t> slots;
     std::vector<float> p;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r = t / H, h = t % H;
-      const at::Tensor& cache = caches[sp[r]];
-      const int64_t Hkv = cache.size(2), cap = cache.size(3), g = h / (H / Hkv);
-      slots.clear();
-      for (int64_t j = st[r]; j < pp[r]; ++j) slots.push_back(j);
-      for (int64_t e = 0; e < E && ep[r * E + e] >= 0; ++e) slots.push_back(ep[r * E + e]);
-      const int64_t koff = ((layer * 2 + 0) * Hkv + g) * cap * D, voff = ((layer * 2 + 1) * Hkv + g) * cap * D;
-      const float* qp = q.data_ptr<float>() + (r * H + h) * D;
-      float* op = out.data_ptr<float>() + (r * H + h) * D;
-      if (cache.scalar_type() == at::kFloat)
-        attend_one<float>(qp, cache.data_ptr<float>() + koff, cache.data_ptr<float>() + voff, slots.data(), slots.size(), D,
-                          float(scale), op, p);
-      else
-        attend_one<at::BFloat16>(qp, cache.data_ptr<at::BFloat16>() + koff, cache.data_ptr<at::BFloat16>() + voff,
-                                 slots.data(), slots.size(), D, float(scale), op, p);
+      const Seq& c = seqs[sp[r]];
+      const int64_t g = h / (H / c.Hkv);
+      const int64_t koff = ((layer * 2 + 0) * c.Hkv + g) * c.cap * D, voff = ((layer * 2 + 1) * c.Hkv + g) * c.cap * D;
+      const float* qp = qbase + (r * H + h) * D;
+      float* op = obase + (r * H + h) * D;
+      const std::vector<int64_t>& sl = slots[r];
+      if (c.f32) {
+        const float* kv = static_cast<const float*>(c.base);
+        attend_one<float>(qp, kv + koff, kv + voff, sl.data(), sl.size(), D, float(scale), op, p);
+      } else {
+        const at::BFloat16* kv = static_cast<const at::BFloat16*>(c.base);
+        attend_one<at::BFloat16>(qp, kv + koff, kv + voff, sl.data(), sl.size(), D, float(scale), op, p);
+      }
     }
   });
   return out;
