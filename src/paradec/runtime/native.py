@@ -1,7 +1,7 @@
 """paradec's own runtime: flat packed weights, a preallocated KV cache, row-invariant C++ kernels.
 
 ``NativeRuntime`` holds what every sequence shares (weights, kernels, rotary tables);
-``NativeTarget`` is one sequence: its ``KVCache`` and the three verbs of ``Target``.
+``NativeTarget`` is one sequence: its ``KVCache`` behind the verbs of ``Target``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 
 from ..errors import ParadecError
 from .arch import JsonConfig, RopeTables, arch_of
-from .kernels import KernelsUnavailable, kernels
 from . import packed
+from .kernels import KernelsUnavailable, kernels
 from .kv import KVCache
 from .loading import Layout, SafetensorsSource, StateDictSource, load_weights, resolve_quant
 from .model import Rows, Weights, forward
@@ -27,14 +27,14 @@ log = logging.getLogger(__name__)
 class NativeRuntime:
     name = "native"
 
-    def __init__(self, weights: Weights, ops):
+    def __init__(self, weights: Weights, ops, quant: str = "none"):
         self.weights = weights
         self.arch = weights.arch
         self.ops = ops
         self.rope = RopeTables(self.arch, weights.act)
         self.vocab_size = self.arch.vocab_size
         self.layers = self.arch.layers
-        self.quant = "none"  # the resolved --quant (set by load / from_hf)
+        self.quant = quant  # the resolved --quant
         self.max_length = self.arch.max_positions
 
     @classmethod
@@ -51,9 +51,7 @@ class NativeRuntime:
             packed.save(cache, weights, quant)
         else:
             weights, quant = hit
-        runtime = cls(weights, choose_ops(weights.act, kernels_required))
-        runtime.quant = quant
-        return runtime
+        return cls(weights, choose_ops(weights.act, kernels_required), quant)
 
     @classmethod
     def from_hf(cls, hf_model, dtype: torch.dtype, quant: str = "none") -> "NativeRuntime":
@@ -61,9 +59,7 @@ class NativeRuntime:
         arch = arch_of(hf_model.config)
         quant = resolve_quant(quant, dtype, None)
         layout = Layout.of(dtype, quant)
-        runtime = cls(load_weights(StateDictSource(hf_model.state_dict()), arch, layout), choose_ops(layout.act))
-        runtime.quant = quant
-        return runtime
+        return cls(load_weights(StateDictSource(hf_model.state_dict()), arch, layout), choose_ops(layout.act), quant)
 
     @property
     def description(self) -> str:
