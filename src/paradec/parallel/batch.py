@@ -153,6 +153,8 @@ class Batch:
             c.tokens += len(seq.generated) - before
             if piece:
                 out.pieces.append((seq, piece))
+            if seq.finished:  # leaves now, so that its result comes with this step
+                self._finish(seq, out)
         if self.switch is not None:
             self.switch.observe([s for s, _ in stepping])
         return out
