@@ -8,6 +8,7 @@ prefixes read once; n samples, First Finish Search, extraction and reasoning bra
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -241,3 +242,38 @@ def test_reasoning_branches_are_answered_together_then_joined(tiny_llama):
     notes = "".join(f"Sub-question: {q}\nAnswer: {a.text.strip()}\n\n" for q, a in zip(["w3 w4", "w5"], r.answers))
     joined = prefix + tok(notes + "Final answer:", add_special_tokens=False).input_ids
     assert r.final.token_ids == solo(tiny_llama, joined, "ngram", 6, stop=["\n\n"]).token_ids
+
+
+# ---------- sampling: each branch draws from the model's distribution, independently ----------
+
+
+def test_every_branch_samples_the_model_distribution_independently():
+    """4 branches of one prompt, each verifying a sampled two-sibling tree (multi-draft rejection
+    sampling): each branch's first two tokens follow p(t1) p(t2 | t1), and two branches' first tokens
+    are independent (their joint is p(t1) p(t1'))."""
+    from test_sampling_distribution import PROMPT, VOCAB, BadTreeDrafter, exact_joint
+
+    runs = 500
+    model = tiny_model("llama", seed=5, vocab=VOCAB, init_range=0.3)
+    p = exact_joint(model, SamplingParams(temperature=1.0))
+    counts = torch.zeros(4, VOCAB, VOCAB, dtype=torch.float64)
+    pairs = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
+    for run in range(runs):
+        group = [Sequence(model, BadTreeDrafter(model), PROMPT, SamplingParams(1.0, seed=4 * run + b), 3)
+                 for b in range(4)]
+        ids = [r.token_ids for r in decode_together([group])]
+        for b in range(4):
+            counts[b, ids[b][0], ids[b][1]] += 1
+        pairs[ids[0][0], ids[1][0]] += 1
+    for b in range(4):
+        tv = 0.5 * (counts[b] / runs - p).abs().sum().item()
+        assert tv < tv_threshold(p, runs), f"branch {b}: TV {tv:.4f} vs {tv_threshold(p, runs):.4f}"
+    first = p.sum(1)
+    independent = first[:, None] * first[None, :]
+    tv = 0.5 * (pairs / runs - independent).abs().sum().item()
+    assert tv < tv_threshold(independent, runs), f"branches 0 and 1 are not independent: TV {tv:.4f}"
+
+
+def tv_threshold(p: torch.Tensor, runs: int) -> float:
+    """Twice the expected TV distance of an empirical distribution of ``runs`` samples from p."""
+    return 2 * 0.5 * sum(math.sqrt(2 * x * (1 - x) / (math.pi * runs)) for x in p.flatten().tolist())
