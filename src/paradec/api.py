@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Sequence
 
-from .decode import Result, decode
+from .decode import Result, Step, decode
 from .drafters import Drafter, make_drafter
 from .errors import ContextOverflowError, ParadecError
 from .model import DEFAULT_DTYPE, Model, load
@@ -47,7 +47,7 @@ class Stream:
 def stream(
     model: Model | str,
     prompt: Prompt,
-    method: str | Drafter = "plain",
+    method: str | Drafter = "auto",
     *,
     max_new_tokens: int = 256,
     temperature: float = 0.0,
@@ -58,11 +58,13 @@ def stream(
     chat: bool = False,
     method_options: dict | None = None,
     interrupt: Callable[[], str | None] | None = None,
+    on_step: Callable[[Step], None] | None = None,
 ) -> Stream:
     """Like ``generate`` but lazily: iterate for text pieces, then read ``.result``.
 
     Nothing runs until iteration starts; all arguments are validated here, before that.
     ``interrupt``: asked between decoding steps; a reason it returns ends the generation (see ``decode``).
+    ``on_step``: called with every decoding ``Step`` (``paradec.viz.Trace`` records them for the view).
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -74,12 +76,13 @@ def stream(
         raise ContextOverflowError(
             f"the prompt has {len(prompt_ids)} tokens but the model's context window is {model.max_length} tokens"
         )
-    return Stream(decode(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt))
+    return Stream(decode(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt, on_step))
 
 
-def generate(model: Model | str, prompt: Prompt, method: str | Drafter = "plain", **kwargs) -> Result:
-    """Generate a completion with a decoding method (a registered name or a ``Drafter``);
-    same keyword arguments as ``stream``.
+def generate(model: Model | str, prompt: Prompt, method: str | Drafter = "auto", **kwargs) -> Result:
+    """Generate a completion with a decoding method (a registered name or a ``Drafter``; by default
+    ``auto``, the fastest lossless method for the text on this machine); same keyword arguments as
+    ``stream``.
 
     >>> m = paradec.load("smollm2-135m", dtype="float32")
     >>> r = paradec.generate(m, "The capital of France is", max_new_tokens=8)

@@ -113,8 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text with a decoding method, streamed to the terminal")
     g.add_argument("prompt", nargs="?", help="the prompt (default: a built-in summarisation example)")
     add_model_args(g)
-    g.add_argument("--method", default="plain", help="decoding method, see `paradec methods` (default: %(default)s)")
-    g.add_argument("--draft", metavar="MODEL", help="draft model for the `draft` method (same kinds of spec as --model)")
+    g.add_argument("--method", default="auto",
+                   help="decoding method, see `paradec methods`; 'auto' picks the fastest lossless one step by step, "
+                        "from this machine's cost curve (measured once, a few seconds, cached) and the drafts' "
+                        "acceptance; 'plain' is no parallel decoding (default: %(default)s)")
+    g.add_argument("--draft", metavar="MODEL",
+                   help="draft model for the `draft` method, and a candidate of `auto` (same kinds of spec as --model)")
     g.add_argument("--method-options", metavar="JSON", help='method config as a JSON object, e.g. \'{"max_draft": 8}\'')
     g.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")

@@ -15,7 +15,7 @@ from .sampling import SamplingParams, sample, target_probs
 from .stats import Stats
 from .text import TextStream
 from .tree import Block, block_mask, block_positions, depths
-from .verify import verify
+from .verify import Verdict, verify
 
 
 @dataclass
@@ -28,6 +28,16 @@ class Result:
         return {"text": self.text, "token_ids": self.token_ids, "stats": self.stats.to_dict()}
 
 
+@dataclass(frozen=True)
+class Step:
+    """One decoding step, for an ``on_step`` hook (the decoding view, ``viz.py``, records these)."""
+
+    block: Block  # what the target read: root, draft tree, aux rows
+    verdict: Verdict  # the accepted path and the bonus token
+    delivered: int  # how many of ``verdict.tokens`` the caller received (fewer on the last step)
+    method: str  # the method that drafted it (``Drafter.step_method``)
+
+
 def decode(
     model: Model,
     drafter: Drafter,
@@ -36,6 +46,7 @@ def decode(
     max_new_tokens: int,
     stop: list[str] | None = None,
     interrupt: Callable[[], str | None] | None = None,
+    on_step: Callable[[Step], None] | None = None,
 ) -> Iterator[str]:
     """Generate after ``prompt_ids``; yield text pieces as they become final, return a ``Result``.
 
@@ -43,6 +54,7 @@ def decode(
     between steps (after the prefill and after every forward); a reason it returns (e.g. "cancelled")
     ends the generation there, with that reason as ``stop_reason``. It lets a server notice a gone
     client even while text is held back (a long stop string), not only when a piece is emitted.
+    ``on_step`` is called with every ``Step`` after its forward (None: nothing is recorded).
     """
     target = model.target()  # its prefill raises ContextOverflowError for a prompt that does not fit
     stats = Stats(method=drafter.name, prompt_tokens=len(prompt_ids))
@@ -99,7 +111,10 @@ def decode(
         stats.decode_time += time.perf_counter() - start
         piece = text.push(generated[fresh:], final=done)
         # the caller gets the step's tokens up to EOS, the token limit or a stop string: count only those
-        stats.record_step(depths(block.draft.parents), len(verdict.accepted), delivered=len(text.ids) - fresh)
+        delivered, method = len(text.ids) - fresh, drafter.step_method()
+        stats.record_step(depths(block.draft.parents), len(verdict.accepted), delivered, method)
+        if on_step is not None:
+            on_step(Step(block, verdict, delivered, method))
         if piece:
             yield piece
 

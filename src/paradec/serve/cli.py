@@ -26,12 +26,15 @@ def add_parser(subparsers) -> None:
     )
     add_model_args(p)
     p.add_argument(
-        "--method", default="plain", help="default decoding method, see `paradec methods` (default: %(default)s)"
+        "--method",
+        default="auto",
+        help="default decoding method, see `paradec methods`; 'auto' picks the fastest lossless one step by step "
+        "(its cost curve is measured on the first request, once per machine, and cached) (default: %(default)s)",
     )
     p.add_argument(
         "--draft",
         metavar="MODEL",
-        help="draft model for the `draft` method, default or requested (same kinds of spec as --model); "
+        help="draft model for the `draft` method and `auto`, default or requested (same kinds of spec as --model); "
         "requests can never name one",
     )
     p.add_argument("--method-options", metavar="JSON", help="options of the default method as a JSON object")

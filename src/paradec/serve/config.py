@@ -26,7 +26,7 @@ class ServeConfig:
 
     method / method_options: the default decoding method and its options (a request may name another
                         method; it gets that method's defaults)
-    draft:              the draft model of the ``draft`` method (a model spec or a loaded ``Model``).
+    draft:              the draft model of the ``draft`` method and of ``auto`` (a model spec or a loaded ``Model``).
                         Only the operator names it: a request can't make the server open a file
     request_options:    the method options a request may set, as ``"method.option"`` entries (such as
                         ``"ngram.max_depth"``), or ``"all"``. None by default. The drafters' configs
@@ -48,7 +48,7 @@ class ServeConfig:
     api_key:            required as ``Authorization: Bearer KEY`` on every route but /health
     """
 
-    method: str = "plain"
+    method: str = "auto"
     method_options: dict[str, Any] = field(default_factory=dict)
     draft: str | Model | None = None
     model_name: str | None = None

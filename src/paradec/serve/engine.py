@@ -7,6 +7,7 @@ the model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -133,9 +134,9 @@ class Engine:
 
     def operator_options(self, method: str) -> dict[str, Any]:
         """The options the operator set for ``method``: ``method_options`` for the default method,
-        and the ``--draft`` model for the draft method."""
+        and the ``--draft`` model for the methods that take one (``draft``, ``auto``)."""
         options = dict(self.config.method_options) if method == self.config.method else {}
-        if method == "draft" and self.draft is not None:
+        if self.draft is not None and any(f.name == "draft" for f in dataclasses.fields(METHODS[method].Config)):
             options["draft"] = self.draft
         return options
 
