@@ -135,6 +135,18 @@ def test_greedy_equals_plain_across_generations_of_one_drafter(model):
         assert paradec.generate(model, prompt, auto, max_new_tokens=30).token_ids == plain_greedy(model, prompt, 30).token_ids
 
 
+def test_drafting_models_are_candidates_at_their_cost(model):
+    """draft (a second model) and layerskip (the first layers) join when configured; their drafting
+    forwards count in the cost, from their own measured curves."""
+    auto = make_drafter("auto", model, costs=FLAT, methods=["layerskip", "draft", "ngram"], draft=model)
+    for prompt in PROMPTS:
+        result = paradec.generate(model, prompt, auto, max_new_tokens=30)
+        assert result.token_ids == plain_greedy(model, prompt, 30).token_ids
+    costs_by_name = {arm.drafter.name: arm.node_cost for arm in auto.arms}
+    assert costs_by_name["ngram"] == 0 and costs_by_name["draft"] > 0 and costs_by_name["layerskip"] > 0
+    assert [arm.drafter.name for arm in make_drafter("auto", model, draft=model).arms][-1] == "draft"
+
+
 def test_same_text_same_choices(model):
     """Nothing is timed while decoding: the same run makes the same choices."""
     runs = [paradec.generate(model, PROMPTS[1], "auto", max_new_tokens=40, temperature=0.8, seed=7,

@@ -73,8 +73,8 @@ class AutoConfig(DrafterConfig):
     first four, plus draft when a draft model is given); max_nodes: the largest draft sent (its cost
     curve is measured up to 16 rows); costs: the cost curve by hand, ``{k: c(k)/c(1)}`` (None: measured
     once per machine, model, dtype, runtime, quantization and thread count, and cached: ``costs.py``);
-    options: the candidates' options by
-    method, over auto's own (e.g. ``{"ngram": {"max_n": 3}}``); draft: the draft model of ``draft``."""
+    options: the candidates' options by method, over auto's own (e.g. ``{"ngram": {"max_n": 3}}``);
+    draft: the draft model of the ``draft`` candidate."""
 
     methods: tuple[str, ...] | None = None
     max_nodes: int = 16
@@ -172,7 +172,6 @@ class Arm:
             self.seen[i] += 1
             self.sent[i] += i < n
             self.hit[i] += i in hits
-
 
 
 @register
