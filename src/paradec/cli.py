@@ -53,7 +53,7 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .api import stream
+    from .api import encode_prompt, stream
     from .model import load
     from .sampling import SamplingParams
 
@@ -64,9 +64,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ParadecError("--method-options must be a JSON object")
     if args.draft:
         options["draft"] = args.draft
+    chat = args.chat or args.prompt is None  # the built-in example is a chat request
+    prompt_ids = encode_prompt(model, args.prompt if args.prompt is not None else EXAMPLE_PROMPT, chat)
+    trace = None
+    if args.html:
+        from .viz import Trace
+
+        trace = Trace()
     s = stream(
         model,
-        args.prompt if args.prompt is not None else EXAMPLE_PROMPT,
+        prompt_ids,
         args.method,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -74,16 +81,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         stop=args.stop,
-        chat=args.chat or args.prompt is None,  # the built-in example is a chat request
         method_options=options,
+        on_step=trace.step if trace is not None else None,
     )
     for piece in s:
         if not args.json:
             print(piece, end="", flush=True)
+    if trace is not None:
+        from .viz import write_view
+
+        try:
+            write_view(args.html, trace, s.result, model.tokenizer, prompt_ids, model.name)
+        except OSError as exc:
+            raise ParadecError(f"cannot write the view to {args.html}: {exc.strerror or exc}") from exc
     if args.json:
         print(json.dumps(s.result.to_dict()))
     else:
         print()
+        if trace is not None:
+            print(f"paradec: wrote the decoding view to {args.html}", file=sys.stderr)
         print(s.result.stats.summary(), file=sys.stderr)
     return 0
 
@@ -128,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     g.add_argument("--json", action="store_true", help='print one JSON object {"text", "token_ids", "stats"} instead of streaming')
+    g.add_argument("--html", metavar="PATH",
+                   help="also write a page (one self-contained HTML file) showing each step's draft tree, accepted "
+                        "path and bonus token, and the output coloured by how each token was produced")
     g.set_defaults(func=cmd_generate)
 
     m = sub.add_parser("methods", help="list decoding methods")
