@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..drafters import METHODS
@@ -26,11 +26,16 @@ from .config import ServeConfig
 from .engine import Engine, Prepared, shutting_down
 from .errors import APIError, install_error_handlers
 from .guards import CheckHost, LimitBody, RequireKey
+from .views import owner_of
 from .worker import Cancelled, Generation
 
 __all__ = ["ServeConfig", "create_app"]
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+VIEW_PATH = "/v1/paradec/view/"
+# the decoding view is one file with inline CSS and JavaScript: it may load nothing at all
+VIEW_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+                "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 def sse(data: dict | str) -> str:
@@ -38,12 +43,14 @@ def sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def paradec_extra(gen: Generation, prepared: Prepared) -> dict:
-    """``usage`` and the extra ``paradec`` field (method and decoding stats) of a finished generation."""
-    return {
-        "usage": s.usage(prepared.prompt_tokens, len(gen.result.token_ids)),
-        "paradec": {"method": prepared.method, "stats": gen.result.stats.to_dict()},
-    }
+def paradec_extra(engine: Engine, gen: Generation, prepared: Prepared) -> dict:
+    """``usage`` and the extra ``paradec`` field (method, decoding stats, and the URL of the decoding
+    view if the request asked for one, which is kept from now on) of a finished generation."""
+    extra = {"method": prepared.method, "stats": gen.result.stats.to_dict()}
+    if prepared.view is not None:
+        engine.views.add(prepared.view, gen.result)
+        extra["view"] = VIEW_PATH + prepared.view.id
+    return {"usage": s.usage(prepared.prompt_tokens, len(gen.result.token_ids)), "paradec": extra}
 
 
 def finish_reason(gen: Generation) -> str:
@@ -79,7 +86,7 @@ async def run_to_end(request: Request, gen: Generation) -> str | None:
 
 
 async def event_stream(
-    gen: Generation, prepared: Prepared, req: s.GenerationRequest, chat: bool, model: str
+    engine: Engine, gen: Generation, prepared: Prepared, req: s.GenerationRequest, chat: bool, model: str
 ) -> AsyncIterator[str]:
     """SSE chunks: (chat: a role delta), one chunk per text piece, a last chunk with ``finish_reason``
     and the ``paradec`` stats, a usage chunk if ``stream_options.include_usage``, ``data: [DONE]``."""
@@ -108,7 +115,7 @@ async def event_stream(
             yield sse(s.error_body(err.message, err.type))
             yield sse("[DONE]")
             return
-        extra = paradec_extra(gen, prepared)
+        extra = paradec_extra(engine, gen, prepared)
         yield sse(chunk(None, finish_reason(gen), paradec=extra["paradec"]))
         if req.stream_options and req.stream_options.include_usage:
             yield sse(s.envelope(rid, obj, model, [], usage=extra["usage"]))
@@ -152,11 +159,12 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
 
     async def respond(request: Request, req: s.GenerationRequest, prompt: Any, chat: bool, default: int | None):
         engine.check_capacity()
-        prepared = await run_in_threadpool(engine.prepare, req, prompt, chat, default)
+        owner = owner_of(request.headers.get("authorization")) if config.api_key is not None else None
+        prepared = await run_in_threadpool(engine.prepare, req, prompt, chat, default, owner)
         gen = engine.start(prepared)
         if req.stream:
             return StreamingResponse(
-                event_stream(gen, prepared, req, chat, served),
+                event_stream(engine, gen, prepared, req, chat, served),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -167,7 +175,7 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
             rid, obj, choice = s.new_id("chatcmpl"), "chat.completion", s.chat_choice(text, finish_reason(gen))
         else:
             rid, obj, choice = s.new_id("cmpl"), "text_completion", s.completion_choice(text, finish_reason(gen))
-        return JSONResponse(s.envelope(rid, obj, served, [choice], **paradec_extra(gen, prepared)))
+        return JSONResponse(s.envelope(rid, obj, served, [choice], **paradec_extra(engine, gen, prepared)))
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -198,6 +206,16 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
     async def get_model(model_id: str) -> dict:
         engine.check_model(model_id)
         return model_card()
+
+    @app.get(VIEW_PATH + "{view_id}")
+    async def view(view_id: str, request: Request) -> HTMLResponse:
+        """The decoding view of a request that asked for one, to the same API key only."""
+        owner = owner_of(request.headers.get("authorization")) if config.api_key is not None else None
+        page = await run_in_threadpool(engine.views.page, view_id, owner, model.tokenizer, served)
+        if page is None:
+            raise APIError(404, f"no decoding view '{view_id}' here: views are kept for the last {config.max_views} "
+                                "requests that asked for one, and shown only with their API key", code="view_not_found")
+        return HTMLResponse(page, headers=VIEW_HEADERS)
 
     @app.post("/v1/completions")
     async def completions(req: s.CompletionRequest, request: Request) -> Response:

@@ -11,7 +11,7 @@ import sys
 import threading
 
 from ..errors import ParadecError
-from .config import LOOPBACK_HOSTS, MAX_BODY_BYTES, STALL_AFTER, ServeConfig
+from .config import LOOPBACK_HOSTS, MAX_BODY_BYTES, MAX_VIEWS, STALL_AFTER, ServeConfig
 
 
 def add_parser(subparsers) -> None:
@@ -21,8 +21,10 @@ def add_parser(subparsers) -> None:
         "serve",
         help="OpenAI-compatible HTTP server (completions, chat, streaming)",
         description="Serve one model over the OpenAI API: /v1/completions, /v1/chat/completions, /v1/models, /health. "
-        'A request picks its method with the extra body field "paradec": {"method": NAME}; it may set only the '
-        "method options that --request-options opens, and a time limit up to --max-timeout.",
+        'A request picks its method with the extra body field "paradec": {"method": NAME} (default: --method, '
+        'auto unless set); it may set only the method options that --request-options opens, and a time limit up '
+        'to --max-timeout; with "view": true its response names a page showing its decoding, '
+        "/v1/paradec/view/ID.",
     )
     add_model_args(p)
     p.add_argument(
@@ -90,6 +92,15 @@ def add_parser(subparsers) -> None:
         metavar="SECONDS",
         help="/health answers 503 when the running generation has not finished a step for this long "
         "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-views",
+        type=int,
+        default=MAX_VIEWS,
+        metavar="N",
+        help='decoding views kept for requests that ask with "paradec": {"view": true} (a page per request at '
+        "/v1/paradec/view/ID, readable only with the requesting key), the oldest dropped first; 0 refuses "
+        "such requests (default: %(default)s)",
     )
     p.add_argument(
         "--max-queue",
@@ -169,6 +180,7 @@ def server_config(args: argparse.Namespace) -> ServeConfig:
             max_timeout=args.max_timeout,
             stall_after=args.stall_after,
             max_body_bytes=args.max_body_bytes,
+            max_views=args.max_views,
             allowed_hosts=tuple(hosts),
         )
     except ValueError as exc:

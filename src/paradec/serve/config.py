@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_BODY_BYTES = 1 << 20  # 1 MiB of JSON is ~250k tokens of English, more than any context window
+MAX_VIEWS = 16  # decoding views kept (requests that asked for one), the oldest dropped first
 STALL_AFTER = 60.0  # seconds without a finished step before /health says "stalled"
 
 
@@ -43,6 +44,8 @@ class ServeConfig:
     max_body_bytes:     a larger request body gets 413 before any of it is parsed
     allowed_hosts:      the host names the ``Host`` header may carry (``"*"``: any). Against DNS
                         rebinding: a web page whose domain is re-pointed at 127.0.0.1 sends its own name
+    max_views:          decoding views kept for requests that asked for one (``"paradec": {"view": true}``),
+                        the oldest dropped first; 0 refuses such requests
     max_queue:          requests that may wait while one runs; more get 429
     default_max_tokens: cap for chat requests without max_tokens (default: the rest of the context)
     api_key:            required as ``Authorization: Bearer KEY`` on every route but /health
@@ -61,6 +64,7 @@ class ServeConfig:
     max_timeout: float | None = None
     stall_after: float = STALL_AFTER
     max_body_bytes: int = MAX_BODY_BYTES
+    max_views: int = MAX_VIEWS
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
 
     def __post_init__(self) -> None:
@@ -84,7 +88,7 @@ class ServeConfig:
                 raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
         if self.timeout is not None and self.max_timeout is not None and self.timeout > self.max_timeout:
             raise ValueError(f"timeout ({self.timeout}) must not exceed max_timeout ({self.max_timeout})")
-        for name, low in (("max_queue", 0), ("max_body_bytes", 1)):
+        for name, low in (("max_queue", 0), ("max_body_bytes", 1), ("max_views", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")

@@ -24,6 +24,7 @@ from ..model import Model, load
 from . import schemas as s
 from .config import ServeConfig
 from .errors import APIError
+from .views import Recording, Views
 from .worker import Closed, Generation, Job, QueueFull, Worker
 
 MAX_DRAFTERS = 8  # shared drafters kept for reuse, least recently used dropped first
@@ -42,6 +43,7 @@ class Prepared:
     job: Job
     prompt_tokens: int
     method: str
+    view: Recording | None = None  # the steps recorded for the decoding view the request asked for
 
 
 class Engine:
@@ -63,6 +65,7 @@ class Engine:
         self._drafters: OrderedDict[tuple[str, str], Drafter] = OrderedDict()
         self._drafters_lock = threading.Lock()
         self.worker = Worker(config.max_queue)
+        self.views = Views(config.max_views)
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.served:
@@ -73,8 +76,10 @@ class Engine:
                 code="model_not_found",
             )
 
-    def prepare(self, req: s.GenerationRequest, prompt: Any, chat: bool, default_limit: int | None) -> Prepared:
-        """Check a request and build its decoder (blocking work: call it from a thread pool)."""
+    def prepare(self, req: s.GenerationRequest, prompt: Any, chat: bool, default_limit: int | None,
+                owner: str | None = None) -> Prepared:
+        """Check a request and build its decoder (blocking work: call it from a thread pool). ``owner``:
+        who may read its decoding view (``views.owner_of`` the request's key; None without a key)."""
         job = Job(self.deadline(req.paradec))
         self.check_model(req.model)
         problem = req.unsupported()
@@ -83,6 +88,11 @@ class Engine:
         drafter = self.drafter(req.paradec)
         ids = self.encode(prompt, chat)
         limit = self.token_budget(req, len(ids), default_limit, "messages" if chat else "prompt")
+        view = None
+        if req.paradec and req.paradec.view:
+            if not self.views.capacity:
+                raise APIError(400, "this server keeps no decoding views (paradec serve --max-views)", param="paradec.view")
+            view = self.views.record(ids, owner)
         try:
             pieces = stream(
                 self.model,
@@ -95,10 +105,11 @@ class Engine:
                 seed=req.seed,
                 stop=req.stop_list(),
                 interrupt=job.interrupt,
+                on_step=view.trace.step if view is not None else None,
             )
         except ParadecError as exc:
             raise APIError(400, str(exc)) from exc
-        return Prepared(pieces, job, len(ids), drafter.name)
+        return Prepared(pieces, job, len(ids), drafter.name, view)
 
     def start(self, prepared: Prepared) -> Generation:
         """Queue a prepared request; 429 when the queue is full, 503 when shutting down."""
