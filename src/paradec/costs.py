@@ -3,10 +3,11 @@
 Draft trees are verified in one forward, but on a CPU that forward is not free: on the 2-core AVX2
 machine of this project 4-bit SmolLM2-135M reads c(4) = 1.55 and c(16) = 5.8. So whether a draft of
 k - 1 nodes pays depends on the machine as much as on the text: a step that yields tau tokens on k
-rows speeds decoding up by about tau / c(k). ``auto`` reads the curve to size its drafts.
+rows speeds decoding up by about tau / c(k). ``auto`` reads the curve to size its drafts, and a
+batch's draft switch (``parallel/switch.py``) to decide whether drafting pays at the batch's size.
 
 The curve is measured once per machine, model, dtype, runtime, quantization and thread count (a few
-seconds: k in 1..16, a few rounds) and cached as JSON under ``$PARADEC_CACHE/costs/``, one file per
+seconds: k in 1..64, a few rounds) and cached as JSON under ``$PARADEC_CACHE/costs/``, one file per
 fingerprint of all of those, so a change of any of them measures anew.
 """
 
@@ -25,10 +26,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-CACHE_KS = (1, 2, 3, 4, 6, 8, 12, 16)  # rows measured for the cache: auto's drafts stay within 16 rows
+# rows measured for the cache: auto's drafts stay within 16 rows; a batch's forwards reach further
+CACHE_KS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 CACHE_CONTEXT = 64  # tokens in the cache before the rows
 CACHE_ROUNDS = 3
-PROTOCOL = 1  # bump when the cached measurement changes, so old files are not read
+PROTOCOL = 2  # bump when the cached measurement changes, so old files are not read
 
 
 def measure(model, ks=CACHE_KS, context: int = 256, rounds: int = 15, warmup: int = 2,
@@ -163,7 +165,7 @@ def cost_curve(model, layers: int | None = None) -> CostCurve:
         path = cache_dir() / f"{name}.json"
         curve = _read(path, key)
         if curve is None:
-            log.warning("measuring what a forward over 1-16 rows costs on this machine (once; cached in %s)",
+            log.warning("measuring what a forward over 1-64 rows costs on this machine (once; cached in %s)",
                         path.parent)
             times = measure(model, CACHE_KS, CACHE_CONTEXT, CACHE_ROUNDS, warmup=1, layers=layers)
             curve = CostCurve.from_seconds(times)

@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
         "--method",
         default="auto",
         help="default decoding method, see `paradec methods`; 'auto' picks the fastest lossless one step by step "
-        "(its cost curve is measured on the first request, once per machine, and cached) (default: %(default)s)",
+        "(from the runtime's cost curve, measured once per machine, model and format, and cached) (default: %(default)s)",
     )
     p.add_argument(
         "--draft",
@@ -121,9 +121,10 @@ def add_parser(subparsers) -> None:
         "--cost-curve",
         choices=COST_CURVES,
         default="measure",
-        help="'measure': time forwards of 1..64 rows at start-up (about a second) and stop drafting for the "
-        "batch while drafts cost more than they save at its size; 'off': requests draft as their method "
-        "decides (default: %(default)s)",
+        help="'measure': read the cost curve of forwards over 1..64 rows at start-up (measured once per machine, "
+        "model, format and thread count, a few seconds, then cached in $PARADEC_CACHE/costs) and stop drafting "
+        "for the batch while drafts cost more than they save at its size; 'off': requests draft as their "
+        "method decides (default: %(default)s)",
     )
     p.add_argument(
         "--default-max-tokens",

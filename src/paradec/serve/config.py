@@ -50,10 +50,11 @@ class ServeConfig:
     max_batch:          sequences decoded together, one forward per step for all (a request with n
                         choices brings n); requests join and leave the batch between steps
     max_queue:          requests that may wait while the batch is full; more get 429
-    cost_curve:         "measure": measure the runtime's cost curve at start-up (about a second) and
-                        let the batch stop drafting while drafts cost more forward time than they save
-                        at its size (``paradec.parallel.switch``); "off": every request drafts as its
-                        method decides
+    cost_curve:         "measure": read the runtime's cost curve at start-up (``paradec.costs``: measured
+                        once per machine, model, format and thread count, a few seconds, then cached)
+                        and let the batch stop drafting while drafts cost more forward time than they
+                        save at its size (``paradec.parallel.switch``); "off": every request drafts as
+                        its method decides (``auto`` still reads the curve, on its first request)
     default_max_tokens: cap for chat requests without max_tokens (default: the rest of the context)
     api_key:            required as ``Authorization: Bearer KEY`` on every route but /health
     """

@@ -18,11 +18,12 @@ from typing import Any
 from jinja2 import TemplateError
 
 from ..api import encode_prompt, prepare
+from ..costs import cost_curve
 from ..decode import Sequence
 from ..drafters import METHODS, Drafter, make_drafter
 from ..errors import ParadecError
 from ..model import Model, load
-from ..parallel.switch import DraftSwitch, measure_curve
+from ..parallel.switch import DraftSwitch
 from . import schemas as s
 from .config import ServeConfig
 from .errors import APIError
@@ -74,7 +75,7 @@ class Engine:
         make_drafter(config.method, model, **self.operator_options(config.method))  # a bad default fails now
         self._drafters: OrderedDict[tuple[str, str], Drafter] = OrderedDict()
         self._drafters_lock = threading.Lock()
-        switch = DraftSwitch(measure_curve(model)) if config.cost_curve == "measure" else None
+        switch = DraftSwitch(cost_curve(model)) if config.cost_curve == "measure" else None
         self.worker = Worker(config.max_queue, config.max_batch, switch)
         self.views = Views(config.max_views)
 
