@@ -45,7 +45,9 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def server(tiny):
-    with LiveServer(tiny, ServeConfig(max_queue=32)) as srv:
+    # no draft switch: a request decodes with the server's default method (auto) exactly as alone,
+    # seeded samples included (the switch's effect is tested in test_draft_switch / test_serve_batch)
+    with LiveServer(tiny, ServeConfig(max_queue=32, cost_curve="off")) as srv:
         yield srv
 
 
