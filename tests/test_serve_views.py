@@ -35,7 +35,7 @@ def page_data(html: str) -> dict:
 
 
 def test_a_request_gets_its_view(tiny, tmp_path):
-    config = ServeConfig(request_options=frozenset({"auto.costs"}))
+    config = ServeConfig(request_options=frozenset({"auto.costs"}), cost_curve="off")  # auto drafts as it decides
     with LiveServer(tiny, config) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
         plain = http.post(C, json={**ASK, "paradec": {"options": {"costs": FLAT}}}).json()
         assert "view" not in plain["paradec"]  # nothing recorded unless asked
@@ -62,8 +62,25 @@ def test_a_request_gets_its_view(tiny, tmp_path):
         assert_page_shows(dom, Stats(**{k: v for k, v in stats.items() if k in Stats.__dataclass_fields__}))
 
 
+def test_a_request_with_n_choices_gets_the_view_of_its_first(tiny):
+    """Batched choices: the first choice's steps are recorded, the paradec field that reports its
+    stats names the view (in a stream: choice 0's last chunk, not the others')."""
+    config = ServeConfig(request_options=frozenset({"auto.costs"}), cost_curve="off")
+    ask = {**ASK, "n": 2, "temperature": 1.0, "seed": 5}
+    with LiveServer(tiny, config) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+        body = http.post(C, json=ask).json()
+        data = page_data(http.get(body["paradec"]["view"]).text)
+        assert "".join(t["text"] for t in data["tokens"]) == body["choices"][0]["text"]
+        assert len(data["steps"]) == body["paradec"]["choices"][0]["forward_passes"] == body["paradec"]["stats"]["forward_passes"]
+        with http.stream("POST", C, json={**ask, "stream": True}) as r:
+            ends = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {") and '"paradec"' in line]
+        by_choice = {e["choices"][0]["index"]: e["paradec"] for e in ends}
+        assert "view" in by_choice[0] and "view" not in by_choice[1]
+        assert http.get(by_choice[0]["view"]).status_code == 200
+
+
 def test_views_are_bounded_and_need_the_key(tiny):
-    config = ServeConfig(api_key="s3cret", max_views=2, request_options=frozenset({"auto.costs"}))
+    config = ServeConfig(api_key="s3cret", max_views=2, request_options=frozenset({"auto.costs"}), cost_curve="off")
     key = {"Authorization": "Bearer s3cret"}
     with LiveServer(tiny, config) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
         urls = [http.post(C, json=ASK, headers=key).json()["paradec"]["view"] for _ in range(3)]

@@ -118,6 +118,7 @@ def test_cli_writes_the_view(tmp_path):
     assert len(data["tokens"]) == 20 and data["stats"]["method"] == "auto"
     assert main(["generate", "w1", "--model", str(directory), "--dtype", "float64", "--max-new-tokens", "2",
                  "--html", str(tmp_path / "no" / "such" / "dir.html")]) == 2
+    assert main(["generate", "w1", "--model", str(directory), "--n", "2", "--html", str(page)]) == 2  # one generation
 
 
 # ---------- in a real browser ----------
