@@ -114,7 +114,8 @@ class RecyclingConfig(GatedConfig):
     grafted onto the tree first (0 = pure Token Recycling); the tree has at most 128 nodes in all;
     min_accept / probe_every / accept_decay: the cost gate (``gate.py``), consulted for the recycled
     part on steps without an n-gram match. ``None`` = the measured default for the model's dtype
-    (``defaults.py``): extra rows are nearly free in bfloat16 but not in float32."""
+    (``defaults.py``, measured where bfloat16 rows were nearly free; on the native runtime they are
+    not, see there)."""
 
     k: int = 8
     tree_size: int | None = None
