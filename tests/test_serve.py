@@ -33,7 +33,10 @@ def serve_command(request):
     if not any(item.name == "test_paradec_serve_command_with_the_default_model" for item in request.session.items):
         yield None
         return
-    command = ServeCommand("--log-level", "warning", "--method-options", json.dumps({"costs": FIXED_COSTS}))
+    # tests never time the real model: auto gets a curve by hand, the batch no draft switch (whose curve
+    # would be measured now and cached for later runs, load and all)
+    command = ServeCommand("--log-level", "warning", "--method-options", json.dumps({"costs": FIXED_COSTS}),
+                           "--cost-curve", "off")
     yield command
     command.stop()
 
