@@ -38,7 +38,8 @@ class NgramConfig(GatedConfig):
     continuations in the tree; max_nodes: tree size cap (the forward's extra rows); adaptive: follow
     recent acceptance (else always draft max_depth); min_accept / probe_every / accept_decay: the
     cost gate (``gate.py``), consulted on steps with a match. ``None`` = the measured default for
-    the model's dtype (``defaults.py``): extra rows are nearly free in bfloat16 but not in float32."""
+    the model's dtype (``defaults.py``, measured where bfloat16 rows were nearly free; on the native
+    runtime they are not, see there)."""
 
     max_n: int = 4
     min_n: int = 2
