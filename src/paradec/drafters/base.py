@@ -93,7 +93,7 @@ class Drafter:
 
     def __init__(self, model: "Model", config: DrafterConfig):
         self.model = model
-        self.config = with_defaults(self.name, config, getattr(model, "dtype", None))  # None options: by dtype
+        self.config = with_defaults(self.name, config, model)  # None options: by dtype and runtime
 
     def begin(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Reset per-generation state before the first step."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..tree import Block, Draft, depths
 from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, check_bool, check_int, register
-from .defaults import dtype_default
+from .defaults import default
 from .gate import CostGate, GatedConfig
 from .ngram_store import NgramIndex, lookup
 from .trie import TokenTrie
@@ -68,8 +68,8 @@ class NgramDrafter(Drafter):
 
     def __init__(self, model, config: NgramConfig | None = None):
         config = config or NgramConfig()
-        if config.max_depth is None:  # the dtype's default depth, but never below an explicit min_depth
-            depth = dtype_default(self.name, "max_depth", getattr(model, "dtype", None))
+        if config.max_depth is None:  # the table's depth, but never below an explicit min_depth
+            depth = default(self.name, "max_depth", model)
             config = dataclasses.replace(config, max_depth=max(depth, config.min_depth))
         super().__init__(model, config)
 
