@@ -52,9 +52,10 @@ def loopback_replica_grpc() -> None:
 
     Ray Serve 2.60 binds it to ``[::]:0`` in ``Replica._on_initialized`` (after the user's constructor)
     through ``ray.serve._private.replica.add_port_to_grpc_server``, and offers no setting for the host
-    (ray-project/ray#64544 asks for one). This is the one place paradec reaches into Ray: it swaps that
-    module's reference for a wrapper that rewrites the wildcard host; the test of ``--replicas`` checks
-    that nothing Ray starts listens beyond loopback, so a Ray that moves the call fails it loudly.
+    (ray-project/ray#64544 and #64623 ask for a setting of its port). This is the one place paradec
+    reaches into Ray: it swaps that module's reference for a wrapper that rewrites the wildcard host;
+    the test of ``--replicas`` checks that nothing Ray starts listens beyond loopback, so a Ray that
+    moves the call fails it loudly.
     """
     from ray.serve._private import replica
 
