@@ -157,9 +157,11 @@ def with_method(body: dict, method: str, **more) -> dict:
     return {**body, **more, "stream": True, "stream_options": {"include_usage": True}, "paradec": {"method": method}}
 
 
-def table(rows: list[dict]) -> str:
-    head = ("| method | clients | ok | tokens | tok/s | × vs 1 client | latency p50 / p95 s | TTFT p50 / p95 s "
-            "| forwards | tokens/forward | sequences/forward | same as alone | same as plain |")
+def table(rows: list[dict], lowest: int) -> str:
+    """The rows as a markdown table; ``lowest``: the level the ratios and the identity compare with."""
+    head = (f"| method | clients | ok | tokens | tok/s | × vs {lowest} client(s) | latency p50 / p95 s "
+            f"| TTFT p50 / p95 s | forwards | tokens/forward | sequences/forward | same as at {lowest} client(s) "
+            "| same as plain |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
@@ -230,7 +232,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
     rows, samples = asyncio.run(main())
     print(f"paradec bench-serve: {url}, {len(bodies)} requests of {args.max_tokens} tokens at most, greedy, streamed")
-    print(table(rows))
+    print(table(rows, levels[0]))
     top = next((c for c in (8, levels[-1]) if c in levels), levels[-1])
     for m in methods:
         row = next(r for r in rows if r["method"] == m and r["clients"] == top)
