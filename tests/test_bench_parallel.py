@@ -31,7 +31,7 @@ def test_bench_serve_reports_every_level_and_the_n_samples_run(tiny_llama, tmp_p
     assert [(r["method"], r["clients"]) for r in levels] == [("plain", 1), ("ngram", 1), ("plain", 3), ("ngram", 3)]
     for r in levels:
         assert (r["ok"], r["same_as_lowest"], r["same_as_plain"]) == (4, 4, 4), r  # none lost, none mixed, lossless
-        assert r["tokens"] > 0 and r["forwards"] > 0 and r["tokens_per_forward"] > 0 and r["sequences_per_forward"] >= 1
+        assert r["tokens"] > 0 and r["forwards"] > 0 and r["tokens_per_forward"] > 0 and r["sequences_per_forward"] > 0
         assert r["latency_p50"] <= r["latency_p95"]
     for s in result["samples"]:
         assert s["lost"] == 0 and s["forwards_ratio"] >= 1  # sample 0 of n = 2 is the n = 1 answer
