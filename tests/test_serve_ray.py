@@ -1,5 +1,7 @@
 """``paradec serve --replicas 2``: two Ray Serve replicas of the same server on this machine, Ray on
-loopback only. Skipped (with the reason) where Ray Serve is not installed (``pip install 'paradec[ray]'``)."""
+loopback only. Skipped (with the reason) where Ray Serve is not installed (``pip install 'paradec[ray]'``,
+not part of ``make setup``). Marked slow: Ray's start-up and two replicas loading take 1–2 minutes on
+one loaded core."""
 
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ def listening(pids: set[int]) -> list[str]:
     return addresses
 
 
+@pytest.mark.slow
 def test_two_replicas_answer_like_one_process_and_ray_listens_on_loopback_only(tmp_path):
     tiny = tiny_model("llama", seed=3, max_positions=256)
     tiny.hf_model.save_pretrained(tmp_path)
