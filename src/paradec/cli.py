@@ -25,10 +25,10 @@ EXAMPLE_PROMPT = (
 )
 
 DTYPE_HELP = (
-    "weights and compute dtype (default: %(default)s, measured ~1.7x faster than float32 on CPU). "
-    "In float32/float64 greedy output equals plain greedy decoding token for token except at near ties "
-    "(two tokens' logits closer than the rounding, ~1e-4 in float32); in bfloat16 multi-row and one-row "
-    "forwards round differently enough that outputs drift from plain decoding. README: What is guaranteed"
+    "weights and compute dtype (default: %(default)s). On the native runtime every lossless method's "
+    "greedy output equals plain greedy decoding token for token in every dtype and --quant (a row's "
+    "logits do not depend on the other rows of its block); on --runtime hf that holds in float32/float64 "
+    "up to near ties, and bfloat16 outputs drift. README: What is guaranteed"
 )
 
 
