@@ -200,10 +200,11 @@ class Batch:
         out.failed.append((seq, exc))
 
 
-def decode_together(seqs: list[list[Sequence]] | list[Sequence], switch: DraftSwitch | None = None) -> list:
+def decode_together(seqs: list[list[Sequence]] | list[Sequence], batch: Batch | None = None) -> list:
     """Run sequences (or groups of branches) to their end in one batch; their ``Result``s, in order.
-    A sequence that fails raises its exception here."""
-    batch = Batch(switch)
+    A sequence that fails raises its exception here. ``batch``: the one to run them on (default: a
+    new one without a draft switch); its ``counters`` then tell the forwards the run took."""
+    batch = Batch() if batch is None else batch
     flat: list[Sequence] = []
     for item in seqs:
         group = item if isinstance(item, list) else [item]
