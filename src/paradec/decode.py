@@ -66,8 +66,9 @@ def decode(
         return False
 
     start = time.perf_counter()
+    features = drafter.reads_features
     drafter.begin(list(prompt_ids), params)
-    logits = target.prefill(list(prompt_ids))
+    logits = prefill(target, list(prompt_ids), drafter)
     first = int(logits.argmax()) if params.greedy else sample(target_probs(logits, params), generator)
     stats.prefill_time = time.perf_counter() - start
     done = max_new_tokens <= 0 or accept([first])
@@ -90,9 +91,13 @@ def decode(
         draft = drafter.propose(ctx).to_depth(max_new_tokens - len(generated) - 1)
         block = Block(tokens[-1], draft, drafter.aux_rows()).fitted(room)
         # One forward over root + draft tree (+ aux rows): the whole draft is scored at once.
-        logits = target.forward(block.tokens, block_positions(block), block_mask(block))
+        out = target.forward(block.tokens, block_positions(block), block_mask(block), hidden=features)
+        logits, hidden = out if features else (out, None)
         verdict = verify(block.draft, logits, params, generator)
-        target.commit([0] + [i + 1 for i in verdict.accepted])  # root + accepted path stay cached
+        kept = [0] + [i + 1 for i in verdict.accepted]  # root + accepted path stay cached
+        target.commit(kept)
+        if features:
+            drafter.observe_features(hidden[kept])
         drafter.observe(block, logits, verdict)
         fresh = len(generated)
         done = accept(verdict.tokens)
@@ -110,3 +115,24 @@ def decode(
         stats.stop_reason = "stop"
     stats.new_tokens = len(text.ids)
     return Result(text=text.text, token_ids=list(text.ids), stats=stats)
+
+
+PREFILL_CHUNK = 128  # prompt rows per forward when the drafter reads features (bounds the logits kept)
+
+
+def prefill(target, prompt_ids: list[int], drafter: Drafter):
+    """Read the prompt; returns the logits after its last token, (vocab,). A drafter that reads
+    features gets every prompt row's hidden states: the prompt is read as chunks of forwards with
+    ``hidden=True`` (on the native runtime a row's results do not depend on its block, so this gives
+    prefill's bits). TODO(runtime): a ``Target.prefill(ids, hidden=True)`` would spare the LM head
+    over every prompt row."""
+    if not drafter.reads_features:
+        return target.prefill(prompt_ids)
+    target.check_room(len(prompt_ids))
+    target.reset()
+    for at in range(0, len(prompt_ids), PREFILL_CHUNK):
+        chunk = prompt_ids[at : at + PREFILL_CHUNK]
+        logits, hidden = target.forward(chunk, list(range(len(chunk))), hidden=True)
+        target.commit(list(range(len(chunk))))
+        drafter.observe_features(hidden)
+    return logits[-1]

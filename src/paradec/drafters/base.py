@@ -87,6 +87,9 @@ class Drafter:
 
     name: ClassVar[str]
     Config: ClassVar[type[DrafterConfig]] = DrafterConfig
+    # True: the loop asks the target for its hidden states and passes them to ``observe_features``
+    # (trained heads read them); False spares the loop that work.
+    reads_features: ClassVar[bool] = False
 
     def __init__(self, model: "Model", config: DrafterConfig):
         self.model = model
@@ -102,6 +105,12 @@ class Drafter:
         """Unverified rows to score along with the draft just proposed (Lookahead's window); most
         methods have none. The loop may drop them whole when the context is nearly full."""
         return None
+
+    def observe_features(self, features: torch.Tensor) -> None:
+        """The target's final-normed hidden states (n, d) of the rows it just committed, in order: the
+        prompt's after the prefill, then after each step the root's and the accepted nodes' (before
+        ``observe``). Together they cover every committed token but the newest (the next root).
+        Called only when ``reads_features``."""
 
     def observe(self, block: Block, logits: torch.Tensor, verdict: "Verdict") -> None:
         """Learn from a verified step. ``block``: what the target read: the proposed draft (cut to
