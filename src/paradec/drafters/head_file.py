@@ -31,6 +31,7 @@ from .head_net import EagleHead, HeadConfig, MedusaHeads, build
 FORMAT = "paradec-head-1"
 SHIPPED = Path(__file__).parent / "trained"
 PROBES_KEY = "fingerprint.probes"
+META_KEY = "paradec"  # the file's metadata entry: {"format", "config", "model"} as JSON
 # runtime → {(path, sha256, kind): head}: a head is read once per model, not once per generation
 _LOADED: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
@@ -52,10 +53,12 @@ def save(path: str | Path, head: EagleHead | MedusaHeads, model, training: dict)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     facts, probes = target_parts.fingerprint(model)
-    tensors = {k: v.detach().to(torch.int64 if k.endswith("token_ids") else torch.float32).contiguous()
+    # weights in bfloat16: half the size, and a drafter's guesses do not need more (they are verified)
+    tensors = {k: v.detach().to(torch.int64 if k.endswith("token_ids") else torch.bfloat16).contiguous()
                for k, v in head.state_dict().items()}
     tensors[PROBES_KEY] = probes.to(torch.float16).contiguous()
-    meta = {"format": FORMAT, "config": json.dumps(head.config.to_dict()), "model": json.dumps(facts)}
+    # one metadata entry: safetensors writes several in any order, and the same head must give the same bytes
+    meta = {META_KEY: json.dumps({"format": FORMAT, "config": head.config.to_dict(), "model": facts}, sort_keys=True)}
     save_file(tensors, str(path), metadata=meta)
     manifest = {"file": path.name, "sha256": sha256_of(path), "kind": head.config.kind, "model": model.name,
                 "format": FORMAT, "training": training}
@@ -103,23 +106,23 @@ def load(spec: str | Path, model, kind: str) -> tuple[EagleHead | MedusaHeads, d
 def _read(path: Path, model, kind: str) -> EagleHead | MedusaHeads:
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for a malformed file
         raise ParadecError(f"{path} is not a readable safetensors file: {exc}") from None
     if meta.get("format") != FORMAT:
         raise ParadecError(f"{path} is not a paradec head (format {meta.get('format')!r}, expected {FORMAT!r})")
-    config = HeadConfig(**json.loads(meta["config"]))
+    config = HeadConfig(**meta["config"])
     if config.kind != kind:
         raise ParadecError(f"{path} holds a {config.kind} head, not a {kind} head; use --method {config.kind}")
-    why = target_parts.mismatch(model, json.loads(meta["model"]), tensors.pop(PROBES_KEY))
+    why = target_parts.mismatch(model, meta["model"], tensors.pop(PROBES_KEY))
     if why is not None:
         raise ParadecError(f"the head {path} was trained for another model or vocabulary than '{model.name}': {why}")
     if "readout.token_ids" not in tensors:
         raise ParadecError(f"{path} lacks its readout's token ids (readout.token_ids)")
     head = build(config, tensors["readout.token_ids"])
     try:
-        head.load_state_dict(tensors)
+        head.load_state_dict({k: v if k.endswith("token_ids") else v.float() for k, v in tensors.items()})
     except RuntimeError as exc:
         raise ParadecError(f"{path} does not hold the tensors of its head config: {exc}") from None
     with torch.no_grad():
