@@ -30,7 +30,7 @@ def test_help_documents_every_option(capsys):
         build_parser().parse_args(["bench", "--help"])
     text = capsys.readouterr().out
     for option in ("--model", "--dtype", "--methods", "--categories", "--limit", "--max-new-tokens", "--repeats",
-                   "--questions", "--output", "--no-peers", "--threads", "--draft", "--method-options"):
+                   "--questions", "--output", "--peers", "--no-peers", "--threads", "--draft", "--method-options"):
         assert option in text
 
 
@@ -42,13 +42,13 @@ def test_bench_smoke_run_writes_consistent_files(tiny_dir, tmp_path, capsys):
                          '{"question_id": 3, "category": "other", "turns": ["w11 w12"]}\n')
     code = main(["bench", "--model", str(tiny_dir), "--dtype", "float64", "--questions", str(questions),
                  "--categories", "chat", "--limit", "1", "--methods", "plain,ngram", "--max-new-tokens", "12",
-                 "--repeats", "2", "--threads", "1", "--output", str(out)])
+                 "--repeats", "2", "--threads", "1", "--peers", "all", "--output", str(out)])
     assert code == 0
     saved = json.loads((out / "results.json").read_text())
     records = saved["records"]
     ran = {r["method"] for r in records}
     assert {"plain", "ngram", "hf-generate", "hf-prompt-lookup", "hf-early-exit"} <= ran
-    assert "lade" in saved["unavailable"] and "hf-assisted" in saved["unavailable"]
+    assert {"lade", "hf-assisted", "llamacpp", "llamacpp-lookup"} <= set(saved["unavailable"])  # no draft, not a GGUF
     # one prompt with two turns, two repeats, every contender
     assert {(r["turn"], r["repeat"]) for r in records if r["method"] == "ngram"} == {(0, 0), (0, 1), (1, 0), (1, 1)}
     assert all(r["new_tokens"] == 12 and r["prompt_tokens"] > 0 for r in records)  # no EOS in the tiny model
@@ -71,8 +71,23 @@ def test_bench_smoke_run_writes_consistent_files(tiny_dir, tmp_path, capsys):
     assert "speedup over plain" in capsys.readouterr().out
 
 
+def test_peers_option_picks_the_peers():
+    def names(*argv):
+        from paradec.bench.cli import peer_names
+
+        return peer_names(build_parser().parse_args(["bench", *argv]))
+
+    assert names() == ["hf-generate", "hf-prompt-lookup", "llamacpp", "llamacpp-lookup", "lade"]
+    assert "hf-assisted" in names("--draft", "x") and "hf-early-exit" not in names("--draft", "x")
+    assert names("--peers", "all")[2] == "hf-early-exit" and len(names("--peers", "all")) == 7
+    assert names("--no-peers") == names("--peers", "none") == []
+    assert names("--peers", "llamacpp,hf-generate") == ["hf-generate", "llamacpp"]
+
+
 def test_bench_rejects_bad_options_before_loading(tmp_path, capsys):
     assert main(["bench", "--limit", "0"]) == 2
     assert "--limit must be at least 1" in capsys.readouterr().err
     assert main(["bench", "--methods", "plain,nope", "--questions", str(FIXTURES / "question.jsonl")]) == 2
     assert "unknown method" in capsys.readouterr().err
+    assert main(["bench", "--peers", "hf-generate,vllm"]) == 2
+    assert "unknown peer(s) vllm" in capsys.readouterr().err

@@ -292,3 +292,29 @@ def test_hidden_states_are_what_the_lm_head_reads(runtime):
         head = model.hf_model.lm_head(states)
     assert states.shape == (4, 32) and torch.allclose(states, ref, atol=1e-10)
     assert torch.allclose(logits, head, atol=1e-10)
+
+
+@pytest.mark.parametrize("fmt", ["q8", "q4"])
+def test_embedding_rows_of_quantized_tables_match_dequantize(k, fmt):
+    torch.manual_seed(5)
+    lin = quantize(torch.randn(13, 96), fmt)
+    idx = torch.tensor([12, 0, 5, 5, 3])
+    assert torch.equal(k.dequant_rows(lin.w, fmt, 96, idx), lin.dequantize()[idx])
+    assert torch.equal(lin.rows(idx), lin.dequantize()[idx])
+
+
+@pytest.mark.slow
+def test_auto_quant_uses_the_gguf_blocks_in_bfloat16_only():
+    fast = paradec.load("smollm2-135m")  # the defaults: bfloat16, quant auto
+    assert fast.quant == "int4" and fast.runtime.weights.layers[0].qkv.fmt == "q4"
+    assert paradec.load("smollm2-135m", "float32").quant == "none"
+
+
+@pytest.mark.slow
+def test_gguf_blocks_are_the_files_weights_exactly(smollm2):
+    """int4 from the shipped Q4_1 file: every layer's weights equal the float32 model's (which transformers
+    dequantized from the same file), q/k rows un-permuted included."""
+    q4 = paradec.load("smollm2-135m", "bfloat16", quant="int4")
+    for ours, ref in ((q4.runtime.weights.layers[3], smollm2.runtime.weights.layers[3]),):
+        for name in ("qkv", "o", "gate_up", "down"):
+            assert torch.equal(getattr(ours, name).dequantize(), getattr(ref, name).dequantize()), name

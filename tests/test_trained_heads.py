@@ -191,3 +191,14 @@ def test_manifest_records_the_checksum(heads):
     path = Path(heads["eagle"])
     manifest = json.loads(head_file.manifest_path(path).read_text())
     assert manifest["sha256"] == head_file.sha256_of(path) and manifest["kind"] == "eagle"
+
+
+def test_batched_decoding_refuses_feature_drafters(model, heads):
+    """Batched decoding does not pass hidden states: a feature drafter is refused with a reason, not run blind."""
+    from paradec.decode import Sequence
+    from paradec.parallel.batch import Batch
+
+    drafter = make_drafter("eagle", model, head=heads["eagle"], cost_aware=False)
+    seq = Sequence(model, drafter, [5, 9, 17], SamplingParams(temperature=0.0), 8)
+    with pytest.raises(ParadecError, match="hidden states.*batched"):
+        Batch().add(seq)

@@ -23,6 +23,7 @@ class HFRuntime:
         self.dtype = model.dtype
         self.vocab_size = config.vocab_size
         self.layers = config.num_hidden_layers
+        self.quant = "none"
         self.max_length = int(getattr(config, "max_position_embeddings", 0) or 2**31)
         self.description = f"hf (transformers {type(model).__name__}, {str(model.dtype).removeprefix('torch.')})"
 

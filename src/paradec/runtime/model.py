@@ -64,11 +64,6 @@ class Rows:
     extra: torch.Tensor
 
 
-def embed(table: Linear, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Rows of the embedding table, (M, hidden) in ``dtype``, whatever its format."""
-    return table.rows(tokens).to(dtype).contiguous()
-
-
 @torch.inference_mode()
 def forward(w: Weights, ops, rope, rows: Rows, caches: list[torch.Tensor], logits_rows: torch.Tensor | None = None,
             layers: int | None = None, exit_head=None, hidden: bool = False):
@@ -81,7 +76,7 @@ def forward(w: Weights, ops, rope, rows: Rows, caches: list[torch.Tensor], logit
     """
     a = w.arch
     scale = a.head_dim ** -0.5
-    h = embed(w.embed, rows.tokens, w.act)  # (M, hidden): the residual stream
+    h = ops.embed(w.embed, rows.tokens).contiguous()  # (M, hidden): the residual stream
     todo = w.layers[: layers if layers is not None else a.layers]
     x = ops.rmsnorm(h, todo[0].attn_norm, a.eps) if todo else h
     for i, layer in enumerate(todo):

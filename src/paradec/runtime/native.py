@@ -1,7 +1,7 @@
 """paradec's own runtime: flat packed weights, a preallocated KV cache, row-invariant C++ kernels.
 
 ``NativeRuntime`` holds what every sequence shares (weights, kernels, rotary tables);
-``NativeTarget`` is one sequence: its ``KVCache`` and the three verbs of ``Target``.
+``NativeTarget`` is one sequence: its ``KVCache`` behind the verbs of ``Target``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 
 from ..errors import ParadecError
-from .arch import RopeTables, arch_of
+from .arch import JsonConfig, RopeTables, arch_of
+from . import packed
 from .kernels import KernelsUnavailable, kernels
 from .kv import KVCache
-from .loading import Layout, SafetensorsSource, StateDictSource, load_weights, read_config
+from .loading import Layout, SafetensorsSource, StateDictSource, load_weights, resolve_quant
 from .model import Rows, Weights, forward
 from .ops import NativeOps, TorchOps
 from .target import Block, Target, visible_slots
@@ -26,30 +27,39 @@ log = logging.getLogger(__name__)
 class NativeRuntime:
     name = "native"
 
-    def __init__(self, weights: Weights, ops):
+    def __init__(self, weights: Weights, ops, quant: str = "none"):
         self.weights = weights
         self.arch = weights.arch
         self.ops = ops
         self.rope = RopeTables(self.arch, weights.act)
         self.vocab_size = self.arch.vocab_size
         self.layers = self.arch.layers
+        self.quant = quant  # the resolved --quant
         self.max_length = self.arch.max_positions
 
     @classmethod
     def load(cls, directory: Path, dtype: torch.dtype, quant: str = "none", gguf_file: Path | None = None,
              kernels_required: bool = False) -> "NativeRuntime":
         """Read the config and weights of ``directory`` (and ``gguf_file``'s blocks) for ``dtype``/``quant``."""
-        arch = arch_of(read_config(directory))
-        layout = Layout.of(dtype, quant)
-        weights = load_weights(SafetensorsSource(directory), arch, layout, gguf_file)
-        return cls(weights, choose_ops(layout.act, kernels_required))
+        arch = arch_of(JsonConfig.read(directory))
+        sources = sorted(directory.glob("*.safetensors")) + [directory / "config.json"] + ([gguf_file] if gguf_file else [])
+        cache = packed.path_for(packed.key(sources, dtype, quant))
+        hit = packed.load(cache, arch)
+        if hit is None:
+            quant = resolve_quant(quant, dtype, gguf_file)
+            weights = load_weights(SafetensorsSource(directory), arch, Layout.of(dtype, quant), gguf_file)
+            packed.save(cache, weights, quant)
+        else:
+            weights, quant = hit
+        return cls(weights, choose_ops(weights.act, kernels_required), quant)
 
     @classmethod
     def from_hf(cls, hf_model, dtype: torch.dtype, quant: str = "none") -> "NativeRuntime":
         """The same, from a transformers model in memory (tests build tiny ones in-process)."""
         arch = arch_of(hf_model.config)
+        quant = resolve_quant(quant, dtype, None)
         layout = Layout.of(dtype, quant)
-        return cls(load_weights(StateDictSource(hf_model.state_dict()), arch, layout), choose_ops(layout.act))
+        return cls(load_weights(StateDictSource(hf_model.state_dict()), arch, layout), choose_ops(layout.act), quant)
 
     @property
     def description(self) -> str:

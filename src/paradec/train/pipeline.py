@@ -160,13 +160,15 @@ def train_drafter(label_model, data_cfg: DataConfig, train_cfg: TrainConfig, out
     def report(step: int, total: int, metrics: dict) -> None:
         progress.advance(" ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("acc")))
 
-    validation = clock.timed("train", lambda: trainer.run(report))
+    validation = clock.timed(f"train.{train_cfg.kind}", lambda: trainer.run(report))
     training = {
         "command": command,
         "seed": train_cfg.seed,
         "options": {"data": asdict(data_cfg), "train": asdict(train_cfg)},
         "data": describe_data(meta, data_cfg),
-        "minutes": {phase: round(sec / 60, 1) for phase, sec in clock.spent.items()},
+        # this head's own phases: data and labels (shared by the kinds trained in this folder), its training
+        "minutes": {phase.split(".")[0]: round(sec / 60, 1) for phase, sec in clock.spent.items()
+                    if phase in ("data", "label", f"train.{train_cfg.kind}")},
         "threads": torch.get_num_threads(),
         "validation": {k: round(v, 4) for k, v in validation.items()},
         "steps": trainer.steps,
