@@ -25,8 +25,8 @@ resumable: rerun the same command to continue (data, labels and training checkpo
 --kind medusa in the same --out reuses eagle's data and labels.
 
 examples:
-  paradec train-drafter --out runs/eagle                      # the shipped smollm2-135m head's recipe
-  paradec train-drafter --kind medusa --out runs/medusa
+  paradec train-drafter --out runs/v2 --tokens 200000 --answers 80 --epochs 1.5 --threads 1   # the shipped
+  paradec train-drafter --kind medusa --out runs/v2 --tokens 200000 --answers 80 --epochs 1.5   # smollm2-135m heads
   paradec train-drafter --tokens 20000 --answers 0 --epochs 1 --out /tmp/quick   # a few minutes
   paradec generate "..." --method eagle --method-options '{"head": "runs/eagle/eagle.safetensors"}'
 """
