@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from paradec.bench import llamacpp
-from paradec.bench.cost import measure
+from paradec.costs import measure
 from paradec.cli import main
 from paradec.errors import ParadecError
 

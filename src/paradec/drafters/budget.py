@@ -24,11 +24,9 @@ node of 0.9 makes Σ = 0.9; the second needs ≥ 1.9 × (1.5 / 1.4 − 1) = 0.13
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 
 MAX_ROWS = 129  # root + the largest tree (base.MAX_NODES)
-_MEASURED: "weakref.WeakKeyDictionary[object, tuple[float, ...]]" = weakref.WeakKeyDictionary()  # runtime → curve
 
 
 @dataclass(frozen=True)
@@ -71,13 +69,9 @@ class StepCost:
 
 
 def measured_curve(model, rows: int = 17) -> tuple[float, ...]:
-    """c(k)/c(1) for k = 1 .. ``rows`` on this model's runtime, measured once per process (a few
-    seconds: ``paradec.bench.cost.measure`` with a short context and few rounds)."""
-    key = model.runtime
-    if key not in _MEASURED:
-        from ..bench.cost import measure
+    """c(k)/c(1) for k = 1 .. ``rows`` on this model's runtime: ``paradec.costs``' curve (measured once
+    per machine and configuration, cached on disk), read at every k."""
+    from ..costs import cost_curve
 
-        ks = tuple(range(1, rows + 1))
-        seconds = measure(model, ks, context=64, rounds=3, warmup=1)
-        _MEASURED[key] = tuple(seconds[k] / seconds[1] for k in ks)
-    return _MEASURED[key]
+    curve = cost_curve(model)
+    return tuple(curve(k) for k in range(1, rows + 1))

@@ -30,6 +30,7 @@ in creation order [a, c, b] → tokens [a, c, b], parents [-1, -1, 0].
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,6 +39,9 @@ from ..tree import Block, Draft, depths
 from .base import MAX_DEPTH, MAX_NODES, Drafter, DrafterConfig, StepContext, check_bool, check_int, check_number
 from .budget import MAX_ROWS, StepCost, measured_curve
 from .draft_runner import DraftRunner
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 # Measured on SmolLM2-135M / Qwen2.5-Coder (see docs/draft_models.md).
 DEFAULT_MAX_DRAFT = 8
@@ -56,7 +60,7 @@ class DraftTreeConfig(DrafterConfig):
     branch:         children at a position where the draft is unsure (trees only), at most 16
     branch_below:   the draft is unsure where its top probability is below this
     cost_aware:     draft a node only while it is expected to pay at the runtime's cost of rows
-    row_costs:      that cost, c(k)/c(1) for k = 1, 2, ... (None: measured once per model, ``budget.py``)
+    row_costs:      that cost, c(k)/c(1) for k = 1, 2, ... (None: ``paradec.costs``' measured, cached curve)
     """
 
     max_draft: int = DEFAULT_MAX_DRAFT
@@ -97,7 +101,7 @@ class TreeDrafter(Drafter):
         self.depth = self.max_depth
         self.cost: StepCost | None = None
         if config.cost_aware:
-            self.cost = StepCost(config.row_costs or measured_curve(model), self.draft_cost())
+            self.cost = StepCost(config.row_costs or measured_curve(model), self.drafting_cost())
 
     def make_runner(self) -> DraftRunner:
         """The drafting side: ``sync``, ``feed``, ``keep_path``, ``reset``, ``max_length`` as in ``DraftRunner``."""
@@ -107,9 +111,18 @@ class TreeDrafter(Drafter):
         """The deepest draft the runner can make (Medusa: its number of heads)."""
         return MAX_DEPTH
 
-    def draft_cost(self) -> float:
-        """One drafting forward relative to a one-row target forward (the cost-aware budget's δ)."""
-        return 0.0
+    def drafting_model(self) -> tuple[Model, int | None]:
+        """The model the runner runs and how many of its layers (None: all), for its cost curve."""
+        raise NotImplementedError
+
+    def drafting_cost(self) -> float:
+        """One drafting forward per level, so about one per node of a chain: the drafting LM's one-row
+        forward over the target's, from both cost curves (measured once per machine, cached).
+        The cost-aware budget's δ too."""
+        from ..costs import cost_curve
+
+        drafting = cost_curve(*self.drafting_model()).seconds
+        return drafting / cost_curve(self.model).seconds
 
     def begin(self, prompt_ids: list[int], params: SamplingParams) -> None:
         self.runner.reset()

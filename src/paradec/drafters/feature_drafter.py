@@ -51,8 +51,8 @@ class HeadDrafter(TreeDrafter):
     def observe_features(self, features: torch.Tensor) -> None:
         self.runner.add_features(features)
 
-    def draft_cost(self) -> float:
-        """δ: the head's parameters over the target's (weights read per forward; the proxy used without timing)."""
+    def drafting_cost(self) -> float:
+        """δ: the head's parameters over the target's (weights read per forward; a proxy, not timed)."""
         head = self.runner.head
         ours = sum(p.numel() for p in head.parameters()) + head.readout.weight.numel()
         return ours / target_parameters(self.model)

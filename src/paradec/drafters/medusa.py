@@ -61,5 +61,5 @@ class MedusaDrafter(HeadDrafter):
     def runner_depth(self) -> int:
         return self.runner.head.config.depth
 
-    def draft_cost(self) -> float:
+    def drafting_cost(self) -> float:
         return 0.0  # one small forward per step, none per level

@@ -7,6 +7,7 @@ the model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -17,14 +18,16 @@ from typing import Any
 from jinja2 import TemplateError
 
 from ..api import encode_prompt, prepare
+from ..costs import cost_curve
 from ..decode import Sequence
 from ..drafters import METHODS, Drafter, make_drafter
 from ..errors import ParadecError
 from ..model import Model, load
-from ..parallel.switch import DraftSwitch, measure_curve
+from ..parallel.switch import DraftSwitch
 from . import schemas as s
 from .config import ServeConfig
 from .errors import APIError
+from .views import Recording, Views
 from .worker import Closed, Generation, Job, QueueFull, Worker
 
 MAX_DRAFTERS = 8  # shared drafters kept for reuse, least recently used dropped first
@@ -51,6 +54,7 @@ class Prepared:
     job: Job
     prompt_tokens: int
     method: str
+    view: Recording | None = None  # the first choice's steps, recorded for the decoding view the request asked for
 
 
 class Engine:
@@ -71,8 +75,9 @@ class Engine:
         make_drafter(config.method, model, **self.operator_options(config.method))  # a bad default fails now
         self._drafters: OrderedDict[tuple[str, str], Drafter] = OrderedDict()
         self._drafters_lock = threading.Lock()
-        switch = DraftSwitch(measure_curve(model)) if config.cost_curve == "measure" else None
+        switch = DraftSwitch(cost_curve(model)) if config.cost_curve == "measure" else None
         self.worker = Worker(config.max_queue, config.max_batch, switch)
+        self.views = Views(config.max_views)
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.served:
@@ -83,8 +88,10 @@ class Engine:
                 code="model_not_found",
             )
 
-    def prepare(self, req: s.GenerationRequest, prompt: Any, chat: bool, default_limit: int | None) -> Prepared:
-        """Check a request and build its decoder (blocking work: call it from a thread pool)."""
+    def prepare(self, req: s.GenerationRequest, prompt: Any, chat: bool, default_limit: int | None,
+                owner: str | None = None) -> Prepared:
+        """Check a request and build its decoder (blocking work: call it from a thread pool). ``owner``:
+        who may read its decoding view (``views.owner_of`` the request's key; None without a key)."""
         job = Job(self.deadline(req.paradec))
         self.check_model(req.model)
         problem = req.unsupported()
@@ -96,6 +103,11 @@ class Engine:
         drafters = [self.drafter(req.paradec, shared=i == 0) for i in range(n)]
         ids = self.encode(prompt, chat)
         limit = self.token_budget(req, len(ids), default_limit, "messages" if chat else "prompt")
+        view = None
+        if req.paradec and req.paradec.view:
+            if not self.views.capacity:
+                raise APIError(400, "this server keeps no decoding views (paradec serve --max-views)", param="paradec.view")
+            view = self.views.record(ids, owner)
         try:
             seqs = [
                 prepare(
@@ -109,12 +121,13 @@ class Engine:
                     seed=choice_seed(req.seed, i),
                     stop=req.stop_list(),
                     interrupt=job.interrupt,
+                    on_step=view.trace.step if view is not None and i == 0 else None,
                 )
                 for i, drafter in enumerate(drafters)
             ]
         except ParadecError as exc:
             raise APIError(400, str(exc)) from exc
-        return Prepared(seqs, job, len(ids), drafters[0].name)
+        return Prepared(seqs, job, len(ids), drafters[0].name, view)
 
     def start(self, prepared: Prepared) -> Generation:
         """Queue a prepared request; 429 when the queue is full, 503 when shutting down."""
@@ -150,9 +163,9 @@ class Engine:
 
     def operator_options(self, method: str) -> dict[str, Any]:
         """The options the operator set for ``method``: ``method_options`` for the default method,
-        and the ``--draft`` model for the draft method."""
+        and the ``--draft`` model for the methods that take one (``draft``, ``auto``)."""
         options = dict(self.config.method_options) if method == self.config.method else {}
-        if method == "draft" and self.draft is not None:
+        if self.draft is not None and any(f.name == "draft" for f in dataclasses.fields(METHODS[method].Config)):
             options["draft"] = self.draft
         return options
 
