@@ -202,3 +202,18 @@ def test_batched_decoding_refuses_feature_drafters(model, heads):
     seq = Sequence(model, drafter, [5, 9, 17], SamplingParams(temperature=0.0), 8)
     with pytest.raises(ParadecError, match="hidden states.*batched"):
         Batch().add(seq)
+
+
+@pytest.mark.parametrize("kind", ["eagle", "medusa"])
+def test_shipped_heads_are_checked_recorded_and_benchmarked(kind):
+    """The smollm2-135m heads ship with a manifest whose SHA-256 matches and that records how they were
+    trained; the benchmark's default methods include them."""
+    from paradec.bench.runner import default_methods
+
+    path = head_file.SHIPPED / f"smollm2-135m.{kind}.safetensors"
+    manifest = json.loads(head_file.manifest_path(path).read_text())
+    assert manifest["sha256"] == head_file.sha256_of(path) and manifest["kind"] == kind
+    training = manifest["training"]
+    assert training["command"].startswith("paradec train-drafter") and training["seed"] == 0
+    assert training["minutes"]["train"] > 0 and "held_out" in training["data"]
+    assert kind in default_methods()
