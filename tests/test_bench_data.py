@@ -81,3 +81,16 @@ def test_conversation_puts_earlier_answers_between_turns():
     assert talk.messages(0) == [{"role": "user", "content": "first?"}]
     assert talk.messages(1) == [{"role": "user", "content": "first?"}, {"role": "assistant", "content": "answer one"},
                                 {"role": "user", "content": "second?"}]
+
+
+def test_ner_sentences_are_prose_with_their_gold_mentions():
+    """IOB2 and IOB1 tags; the headline and the results-table row are left out."""
+    sentences = data.ner_sentences(5, roots=ROOTS)
+    assert sorted(s.text for s in sentences) == [
+        "Japan began the defence of their Asian Cup title against Syria.",
+        "Takuya Takagi scored the winner for Yokohama Marinos (Japan), rising to head a cross.",
+    ]
+    gold = {s.text.split()[0]: s.entities for s in sentences}
+    assert gold["Japan"] == {"LOC": ("Japan", "Syria"), "MISC": ("Asian Cup",)}
+    assert gold["Takuya"] == {"PER": ("Takuya Takagi",), "ORG": ("Yokohama Marinos",), "LOC": ("Japan",)}
+    assert [s.id for s in data.ner_sentences(1, roots=ROOTS)] == [sentences[0].id]

@@ -3,7 +3,8 @@
 Batched and branched decoding against solo decoding with every drafter on both runtimes (float64),
 bit for bit on the native runtime's float32 kernels (seeded sampling too); ragged acceptance and
 the per-sequence cache invariant after every step; joining and leaving between steps; shared
-prefixes read once; n samples, First Finish Search, extraction and reasoning branches.
+prefixes read once; n samples, First Finish Search, extraction and reasoning branches; the real
+SmolLM2 in float32 (slow).
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ def models(request):
 
 def test_a_batch_of_every_method_equals_each_sequence_alone(models):
     """One batch holds a sequence of every registered method (each with its own drafter) on prompts
-    of different lengths: every one gets the tokens and stats it gets alone."""
+    of different lengths: every one gets the tokens and stats it gets alone. (Methods that read the
+    target's hidden states are refused by batches: test_trained_heads.py.)"""
     model, draft = models
-    methods = sorted(METHODS)
+    methods = sorted(m for m, cls in METHODS.items() if not cls.reads_features)
     jobs = [(m, PROMPTS[i % len(PROMPTS)]) for i, m in enumerate(methods)]
     together = decode_together([seq(model, p, m, 24, draft) for m, p in jobs])
     for (m, p), r in zip(jobs, together):
@@ -226,6 +228,9 @@ def test_parallel_extraction_gives_the_sequential_fields_in_fewer_forwards(tiny_
     par = extract(tiny_llama, text, fields, max_new_tokens=8, stop=["w9"])
     seq_ = extract(tiny_llama, text, fields, max_new_tokens=8, stop=["w9"], parallel=False)
     assert par.fields == seq_.fields and list(par.fields) == ["PER", "LOC", "ORG"]
+    steps = [r.stats.forward_passes for r in par.results.values()]
+    assert seq_.forwards == sum(1 + n for n in steps)  # each branch alone: its prompt, then its steps
+    assert par.forwards == 2 + max(steps)  # together: the shared prefix, the field labels, the longest branch
     for name in fields:
         assert par.results[name].token_ids == seq_.results[name].token_ids
         prompt = paradec.encode_prompt(tiny_llama, f"{paradec.parallel.branches.EXTRACT_INSTRUCTION}\n\n{text}\n\n")
@@ -278,3 +283,17 @@ def test_every_branch_samples_the_model_distribution_independently():
 def tv_threshold(p: torch.Tensor, runs: int) -> float:
     """Twice the expected TV distance of an empirical distribution of ``runs`` samples from p."""
     return 2 * 0.5 * sum(math.sqrt(2 * x * (1 - x) / (math.pi * runs)) for x in p.flatten().tolist())
+
+
+@pytest.mark.slow
+def test_smollm2_float32_batch_equals_each_sequence_alone(smollm2):
+    """The real model, native float32 kernels: five methods (one sampling) in one batch, bit for bit."""
+    texts = ["Name three rivers of Europe.", "def fibonacci(n):", "Translate into French: the cat sleeps.",
+             "Summarise: the meeting moved to Tuesday because the room was booked.", "Count from one to ten."]
+    jobs = [("plain", SamplingParams()), ("ngram", SamplingParams()), ("recycling", SamplingParams()),
+            ("lookahead", SamplingParams()), ("ngram", SamplingParams(0.8, seed=3))]
+    prompts = [paradec.encode_prompt(smollm2, t, chat=True) for t in texts]
+    together = decode_together([seq(smollm2, p, m, 24, params=sp) for p, (m, sp) in zip(prompts, jobs)])
+    for p, (m, sp), r in zip(prompts, jobs, together):
+        alone = solo(smollm2, p, m, 24, temperature=sp.temperature, seed=sp.seed)
+        assert r.token_ids == alone.token_ids and r.stats.forward_passes == alone.stats.forward_passes, m

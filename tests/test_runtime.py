@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
+import os
+import shutil
+import time
+from pathlib import Path
 import torch
 from transformers import MistralConfig, MistralForCausalLM
 
@@ -217,6 +221,47 @@ def test_missing_compiler_falls_back_to_torch_with_a_message(monkeypatch, caplog
             choose_ops(torch.float32, required=True)
     finally:
         kernel_build.kernels.cache_clear()
+
+
+def test_built_kernels_load_without_a_build_step(tmp_path, monkeypatch):
+    """A built library is imported as it is: another checkout of the same sources (other paths in the
+    build files) must not rebuild it, which under load took minutes and left stale locks behind."""
+    from torch.utils import cpp_extension
+
+    built = Path(kernel_build.kernels().__file__)
+    key = kernel_build.build_key()
+    folder = tmp_path / "kernels" / key
+    folder.mkdir(parents=True)
+    shutil.copyfile(built, folder / f"paradec_kernels_{key}.so")
+    monkeypatch.setenv("PARADEC_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: pytest.fail("rebuilt a built library"))
+    kernel_build.kernels.cache_clear()
+    try:
+        assert hasattr(kernel_build.kernels(), "linear")
+    finally:
+        kernel_build.kernels.cache_clear()
+
+
+def test_a_build_removes_a_stale_lock_and_compiles_copies_of_the_sources(tmp_path, monkeypatch):
+    from torch.utils import cpp_extension
+
+    folder = tmp_path / "kernels" / kernel_build.build_key()
+    folder.mkdir(parents=True)
+    lock = folder / "lock"
+    lock.write_text("")
+    old = time.time() - kernel_build.STALE_LOCK_SECONDS - 60
+    os.utime(lock, (old, old))
+    calls = []
+    monkeypatch.setenv("PARADEC_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: calls.append(kw) or "module")
+    kernel_build.kernels.cache_clear()
+    try:
+        assert kernel_build.kernels() == "module"
+    finally:
+        kernel_build.kernels.cache_clear()
+    assert not lock.exists()
+    assert all(Path(src).parent == folder / "src" and Path(src).is_file() for src in calls[0]["sources"])
+    assert (folder / "src" / "common.h").is_file()
 
 
 def test_torch_fallback_gives_the_kernels_results():

@@ -199,6 +199,7 @@ def test_metrics_in_prometheus_format(tiny, server):
     after = parse_metrics(page.text)
     assert after["paradec_generated_tokens_total"] - before["paradec_generated_tokens_total"] == 7
     assert after["paradec_forwards_total"] - before["paradec_forwards_total"] == 7  # prefill + 6 plain steps
+    assert after["paradec_sequence_steps_total"] - before["paradec_sequence_steps_total"] == 6
     assert after['paradec_requests_total{outcome="completed"}'] == before['paradec_requests_total{outcome="completed"}'] + 1
     assert after["paradec_queue_length"] == 0 and after["paradec_running_sequences"] == 0
     assert after["paradec_tokens_per_second"] > 0 and after["paradec_tokens_per_forward"] >= 1

@@ -36,7 +36,7 @@ def heavy_imports(*argv: str) -> tuple[list[str], str]:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["methods"], ["models"], ["generate", "--help"], ["bench", "--help"],
-                                  ["serve", "--help"]])
+                                  ["serve", "--help"], ["train-drafter", "--help"]])
 def test_commands_without_a_model_import_no_heavy_package(argv):
     heavy, out = heavy_imports(*argv)
     assert heavy == [], f"`paradec {' '.join(argv)}` imported {heavy}"

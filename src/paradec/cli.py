@@ -13,7 +13,9 @@ import warnings
 from .errors import ParadecError
 
 # Modules that add a subcommand with ``add_parser(subparsers)``; they import heavy deps lazily.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("paradec.bench.cli", "paradec.bench.cost", "paradec.serve.cli", "paradec.parallel.cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("paradec.bench.cli", "paradec.bench.cost", "paradec.bench.serving",
+                                       "paradec.bench.extraction", "paradec.serve.cli", "paradec.parallel.cli",
+                                       "paradec.train.cli")
 
 EXAMPLE_PROMPT = (
     "Summarise this passage in two sentences.\n\n"

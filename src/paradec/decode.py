@@ -76,6 +76,7 @@ class Sequence:
         self.text = TextStream(model.tokenizer, stop)
         self.eos = model.eos_token_ids
         self.generator = None if params.greedy else (generator or params.generator())
+        self.features = drafter.reads_features  # the target's hidden states go to the drafter
         self.tokens = list(prompt_ids)  # committed: prompt + generated; tokens[-1] is the next root
         self.generated: list[int] = []
         self.done = False  # no step follows (EOS, token limit, interrupt, context)
@@ -133,11 +134,17 @@ class Sequence:
         draft = self.drafter.propose(ctx).to_depth(self.max_new_tokens - len(self.generated) - 1)
         return Block(self.tokens[-1], draft, self.drafter.aux_rows()).fitted(room)
 
-    def advance(self, block: Block, logits: torch.Tensor) -> str:
+    def advance(self, block: Block, logits: torch.Tensor, hidden: torch.Tensor | None = None) -> str:
         """Verify ``block`` against its logits (len(block), vocab), commit the accepted path, learn,
-        record; returns the text that is now final."""
+        record; returns the text that is now final. ``hidden`` (len(block), d): the block's hidden
+        states, needed when the drafter reads features (``self.features``)."""
         verdict = verify(block.draft, logits, self.params, self.generator)
-        self.target.commit([0] + [i + 1 for i in verdict.accepted])  # root + accepted path stay cached
+        kept = [0] + [i + 1 for i in verdict.accepted]  # root + accepted path stay cached
+        self.target.commit(kept)
+        if self.features:
+            if hidden is None:
+                raise ValueError(f"method '{self.drafter.name}' reads the target's hidden states: pass them to advance")
+            self.drafter.observe_features(hidden[kept])
         self.drafter.observe(block, logits, verdict)
         fresh = len(self.generated)
         self.done = self._accept(verdict.tokens)
@@ -165,20 +172,42 @@ class Sequence:
 def run(seq: Sequence) -> Iterator[str]:
     """The loop for one sequence: yield text pieces as they become final, return its ``Result``."""
     start = time.perf_counter()
-    piece = seq.start(seq.target.prefill(seq.prompt_ids))
+    piece = seq.start(prefill(seq.target, seq.prompt_ids, seq.drafter))
     seq.stats.prefill_time = time.perf_counter() - start
     if piece:
         yield piece
     while (block := seq.next_block()) is not None:
         # One forward over root + draft tree (+ aux rows): the whole draft is scored at once.
-        logits = seq.target.forward(*rows_of(block))
-        piece = seq.advance(block, logits)
+        out = seq.target.forward(*rows_of(block), hidden=seq.features)
+        logits, hidden = out if seq.features else (out, None)
+        piece = seq.advance(block, logits, hidden)
         if piece:
             yield piece
     tail = seq.finish()
     if tail:
         yield tail
     return seq.result
+
+
+PREFILL_CHUNK = 128  # prompt rows per forward when the drafter reads features (bounds the logits kept)
+
+
+def prefill(target: Target, prompt_ids: list[int], drafter: Drafter) -> torch.Tensor:
+    """Read the prompt; returns the logits after its last token, (vocab,). A drafter that reads
+    features gets every prompt row's hidden states: the prompt is read as chunks of forwards with
+    ``hidden=True`` (on the native runtime a row's results do not depend on its block, so this gives
+    prefill's bits). TODO(runtime): a ``Target.prefill(ids, hidden=True)`` would spare the LM head
+    over every prompt row."""
+    if not drafter.reads_features or not prompt_ids:
+        return target.prefill(prompt_ids)
+    target.check_room(len(prompt_ids))
+    target.reset()
+    for at in range(0, len(prompt_ids), PREFILL_CHUNK):
+        chunk = prompt_ids[at : at + PREFILL_CHUNK]
+        logits, hidden = target.forward(chunk, list(range(len(chunk))), hidden=True)
+        target.commit(list(range(len(chunk))))
+        drafter.observe_features(hidden)
+    return logits[-1]
 
 
 def decode(

@@ -32,4 +32,9 @@ BUILTIN_METHODS: dict[str, BuiltinMethod] = {
     "layerskip": BuiltinMethod("layerskip", "self-speculation: the target's first layers draft (no second model); "
                                             "untrained it is accepted rarely (~1.1 tokens/forward), so it needs a "
                                             "trained exit head to help"),
+    "eagle": BuiltinMethod("eagle", "EAGLE: a trained feature head (one decoder layer over the target's hidden states) "
+                                    "drafts a cost-aware dynamic tree; ships for smollm2-135m, `paradec train-drafter` "
+                                    "trains one for other models"),
+    "medusa": BuiltinMethod("medusa", "Medusa: trained residual heads on the last hidden state guess several tokens "
+                                      "ahead, a tree of their top tokens (the simpler baseline of eagle)"),
 }

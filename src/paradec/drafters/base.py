@@ -90,6 +90,9 @@ class Drafter:
     # True for a drafter that learns from any verified block, whoever drafted it (Token Recycling's
     # table): ``auto`` lets it observe every step, not only the steps that sent its own drafts.
     learns_from_any_block: ClassVar[bool] = False
+    # True: the loop asks the target for its hidden states and passes them to ``observe_features``
+    # (trained heads read them); False spares the loop that work.
+    reads_features: ClassVar[bool] = False
 
     def __init__(self, model: "Model", config: DrafterConfig):
         self.model = model
@@ -115,6 +118,12 @@ class Drafter:
         """The method whose draft the last ``propose`` returned, for ``Stats.methods``: this drafter's
         own name; ``auto`` names the method it picked that step, or "plain" when it drafted nothing."""
         return self.name
+
+    def observe_features(self, features: torch.Tensor) -> None:
+        """The target's final-normed hidden states (n, d) of the rows it just committed, in order: the
+        prompt's after the prefill, then after each step the root's and the accepted nodes' (before
+        ``observe``). Together they cover every committed token but the newest (the next root).
+        Called only when ``reads_features``."""
 
     def observe(self, block: Block, logits: torch.Tensor, verdict: "Verdict") -> None:
         """Learn from a verified step. ``block``: what the target read: the proposed draft (cut to

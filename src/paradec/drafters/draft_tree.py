@@ -16,6 +16,12 @@ Each step, level by level (one drafting-LM forward per level, as in EAGLE-2):
 Adaptive length (the schedule transformers uses for assisted generation): the depth limit grows by
 2 after a step whose whole draft was accepted and shrinks by 1 otherwise, within [1, max_draft].
 
+Cost-aware trees (``cost_aware``, the trained heads' default): on top of the rules above, a child is
+drafted only while its planned value (path score × the draft's j-th best probability, known before
+it is drawn) raises the expected tokens per cost of the step, with the cost of k rows taken from the
+runtime's measured curve and each drafting forward's own cost (``budget.py``). So the tree grows
+where rows are cheap and stays a short chain where they are not.
+
 Worked example (greedy, branch=2, branch_below=0.7): root q = {a: .5, c: .3, ...} is unsure
 → children a, c; then q(·|a) = {b: .9} is sure → one child b. Tree ``a─b, c``: parents [-1, 0, -1]
 in creation order [a, c, b] → tokens [a, c, b], parents [-1, -1, 0].
@@ -31,6 +37,7 @@ import torch
 from ..sampling import SamplingParams, target_probs
 from ..tree import Block, Draft, depths
 from .base import MAX_DEPTH, MAX_NODES, Drafter, DrafterConfig, StepContext, check_bool, check_int, check_number
+from .budget import MAX_ROWS, StepCost, measured_curve
 from .draft_runner import DraftRunner
 
 if TYPE_CHECKING:
@@ -52,6 +59,8 @@ class DraftTreeConfig(DrafterConfig):
     tree_nodes:     node budget of a dynamic tree, at most 128; 0 drafts a chain
     branch:         children at a position where the draft is unsure (trees only), at most 16
     branch_below:   the draft is unsure where its top probability is below this
+    cost_aware:     draft a node only while it is expected to pay at the runtime's cost of rows
+    row_costs:      that cost, c(k)/c(1) for k = 1, 2, ... (None: ``paradec.costs``' measured, cached curve)
     """
 
     max_draft: int = DEFAULT_MAX_DRAFT
@@ -60,6 +69,8 @@ class DraftTreeConfig(DrafterConfig):
     tree_nodes: int = 0
     branch: int = 3
     branch_below: float = 0.7
+    cost_aware: bool = False
+    row_costs: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         check_int(self, "max_draft", 1, MAX_DEPTH)
@@ -68,6 +79,13 @@ class DraftTreeConfig(DrafterConfig):
         check_number(self, "min_confidence", 0, 1)
         check_number(self, "branch_below", 0, 1)
         check_bool(self, "adaptive")
+        check_bool(self, "cost_aware")
+        if self.row_costs is not None:
+            costs = self.row_costs
+            if not isinstance(costs, (list, tuple)) or not 1 <= len(costs) <= MAX_ROWS:
+                raise ValueError(f"row_costs must be a list of 1 to {MAX_ROWS} numbers, got {costs!r}")
+            object.__setattr__(self, "row_costs", tuple(costs))
+            StepCost(self.row_costs)  # validates the numbers
 
 
 class TreeDrafter(Drafter):
@@ -78,11 +96,20 @@ class TreeDrafter(Drafter):
     def __init__(self, model, config: DraftTreeConfig):
         super().__init__(model, config)
         self.vocab = model.vocab_size  # width of the target's logits
-        self.runner: DraftRunner = self.make_runner()
-        self.depth = config.max_draft
+        self.runner = self.make_runner()
+        self.max_depth = min(config.max_draft, self.runner_depth())
+        self.depth = self.max_depth
+        self.cost: StepCost | None = None
+        if config.cost_aware:
+            self.cost = StepCost(config.row_costs or measured_curve(model), self.drafting_cost())
 
     def make_runner(self) -> DraftRunner:
+        """The drafting side: ``sync``, ``feed``, ``keep_path``, ``reset``, ``max_length`` as in ``DraftRunner``."""
         raise NotImplementedError
+
+    def runner_depth(self) -> int:
+        """The deepest draft the runner can make (Medusa: its number of heads)."""
+        return MAX_DEPTH
 
     def drafting_model(self) -> tuple[Model, int | None]:
         """The model the runner runs and how many of its layers (None: all), for its cost curve."""
@@ -90,7 +117,8 @@ class TreeDrafter(Drafter):
 
     def drafting_cost(self) -> float:
         """One drafting forward per level, so about one per node of a chain: the drafting LM's one-row
-        forward over the target's, from both cost curves (measured once per machine, cached)."""
+        forward over the target's, from both cost curves (measured once per machine, cached).
+        The cost-aware budget's δ too."""
         from ..costs import cost_curve
 
         drafting = cost_curve(*self.drafting_model()).seconds
@@ -98,7 +126,7 @@ class TreeDrafter(Drafter):
 
     def begin(self, prompt_ids: list[int], params: SamplingParams) -> None:
         self.runner.reset()
-        self.depth = self.config.max_draft
+        self.depth = self.max_depth
 
     def propose(self, ctx: StepContext) -> Draft:
         cfg = self.config
@@ -114,6 +142,7 @@ class TreeDrafter(Drafter):
         qs: list[torch.Tensor | None] = []
         score: list[float] = []
         frontier = [(-1, 1.0, root_logits)]  # (node, path score, logits after it)
+        forwards, total = 1, 0.0  # drafting forwards so far (the sync), summed node scores
         for level in range(1, depth_limit + 1):
             born: list[int] = []
             for node, s, logits in sorted(frontier, key=lambda f: -f[1]):
@@ -121,19 +150,25 @@ class TreeDrafter(Drafter):
                 top = float(q.max())
                 if node >= 0 and s * top < cfg.min_confidence:
                     continue
-                k = min(branch if top < cfg.branch_below else 1, budget - len(tokens))
-                if k <= 0:
+                if len(tokens) >= budget:
                     break
+                k = min(branch if top < cfg.branch_below else 1, budget - len(tokens))
+                if self.cost is not None:
+                    k = self._paying(q, s, k, len(tokens), total, forwards)
                 for x in self._pick(q, k, ctx):
                     tokens.append(x)
                     parents.append(node)
                     qs.append(None if ctx.params.greedy else q)
                     score.append(s * float(q[x]))
+                    total += score[-1]
                     born.append(len(tokens) - 1)
             # feed the new nodes that may still be expanded, for their children's distributions
             grow = [i for i in born if score[i] >= cfg.min_confidence] if cfg.min_confidence else born
+            if self.cost is not None:  # a child is worth at most its parent's score; the feed costs a forward
+                grow = [i for i in grow if self.cost.pays(score[i], len(tokens), total, forwards, new_forward=True)]
             if level == depth_limit or len(tokens) >= budget or not grow:
                 break
+            forwards += 1
             d = depths(parents)
             logits = self.runner.feed(grow, [tokens[i] for i in grow], [d[i] for i in grow], [_ancestors(parents, i) for i in grow])
             frontier = [(i, score[i], logits[j]) for j, i in enumerate(grow)]
@@ -144,7 +179,18 @@ class TreeDrafter(Drafter):
         self.runner.keep_path(verdict.accepted)
         if self.config.adaptive and len(draft):
             full = len(verdict.accepted) == max(depths(draft.parents))
-            self.depth = min(self.depth + 2, self.config.max_draft) if full else max(self.depth - 1, 1)
+            self.depth = min(self.depth + 2, self.max_depth) if full else max(self.depth - 1, 1)
+
+    def _paying(self, q: torch.Tensor, s: float, k: int, nodes: int, total: float, forwards: int) -> int:
+        """How many of up to ``k`` children pay, judged by their planned values s × q_(1), s × q_(2), ...
+        (the j-th best probability: known before any child is drawn, so sampling stays exact)."""
+        n = 0
+        for p in torch.topk(q, k).values.tolist():
+            if not self.cost.pays(s * p, nodes + n, total, forwards):
+                break
+            total += s * p
+            n += 1
+        return n
 
     def _dist(self, logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         """The draft distribution over the target's vocabulary: q for sampling, softmax for greedy."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..decode import Sequence, rows_of
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, ParadecError
 from ..runtime.target import Block as Rows
 from ..runtime.target import forward_many
 from ..tree import Block
@@ -91,6 +91,9 @@ class Batch:
                                            f"window is {seq.target.max_length} tokens")
             if not seq.prompt_ids or seq.target.length or seq.target.pending:
                 raise ValueError("a sequence joins with a non-empty prompt and a fresh target")
+            if seq.features:  # TODO: forward_many(hidden=True) and every prompt row's features would do it
+                raise ParadecError(f"method '{seq.drafter.name}' reads the target's hidden states, which batched "
+                                   "decoding does not pass (yet): decode it one sequence at a time")
         if len(branches) > 1 and common_prefix([s.prompt_ids for s in branches]) == 0:
             self.groups.extend([s] for s in branches)  # nothing to share
         else:
@@ -200,10 +203,11 @@ class Batch:
         out.failed.append((seq, exc))
 
 
-def decode_together(seqs: list[list[Sequence]] | list[Sequence], switch: DraftSwitch | None = None) -> list:
+def decode_together(seqs: list[list[Sequence]] | list[Sequence], batch: Batch | None = None) -> list:
     """Run sequences (or groups of branches) to their end in one batch; their ``Result``s, in order.
-    A sequence that fails raises its exception here."""
-    batch = Batch(switch)
+    A sequence that fails raises its exception here. ``batch``: the one to run them on (default: a
+    new one without a draft switch); its ``counters`` then tell the forwards the run took."""
+    batch = Batch() if batch is None else batch
     flat: list[Sequence] = []
     for item in seqs:
         group = item if isinstance(item, list) else [item]

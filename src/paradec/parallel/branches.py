@@ -103,11 +103,7 @@ class Extraction:
 
     fields: dict[str, str]
     results: dict[str, Result]
-
-    @property
-    def forward_passes(self) -> int:
-        """Forwards over all branches as decoded alone; together they need only the most of any branch."""
-        return sum(r.stats.forward_passes for r in self.results.values())
+    forwards: int  # target forwards run, prompts' included (together: one per step for all branches)
 
 
 def extract(model: Model | str, text: str, fields: list[str] | dict[str, str], method: str | Drafter = "auto", *,
@@ -117,7 +113,7 @@ def extract(model: Model | str, text: str, fields: list[str] | dict[str, str], m
     (``instruction`` + ``text``), each reading ``"<field>:"`` and writing that field's value up to a
     newline; all decoded together, then merged. ``fields``: names, or names → the label a branch
     reads (e.g. ``{"PER": "Persons"}``). ``parallel=False`` decodes the same branches one after
-    another (the sequential baseline: same fields when greedy).
+    another, each reading its whole prompt (the sequential baseline: same fields when greedy).
     """
     model = _model(model)
     labels = dict(fields) if isinstance(fields, dict) else {f: f for f in fields}
@@ -129,8 +125,14 @@ def extract(model: Model | str, text: str, fields: list[str] | dict[str, str], m
                for label in labels.values()]
     seqs = branches(model, prompts, method, seed, max_new_tokens=max_new_tokens,
                     stop=["\n"] if stop is None else stop, **kwargs)
-    results = decode_together([seqs]) if parallel else [_alone(s) for s in seqs]
-    return Extraction({name: r.text.strip() for name, r in zip(labels, results)}, dict(zip(labels, results)))
+    if parallel:
+        batch = Batch()
+        results = decode_together([seqs], batch)
+        forwards = batch.counters.forwards
+    else:
+        results = [_alone(s) for s in seqs]
+        forwards = sum(1 + r.stats.forward_passes for r in results)  # each branch: its prompt, then its steps
+    return Extraction({name: r.text.strip() for name, r in zip(labels, results)}, dict(zip(labels, results)), forwards)
 
 
 def _alone(seq: Sequence) -> Result:

@@ -77,10 +77,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
         return 0
     for name, value in out.fields.items():
         print(f"{name}: {value}")
-    steps = max(r.stats.forward_passes for r in out.results.values())
     how = "one after another" if args.sequential else "together"
-    print(f"[extract] {len(fields)} branches decoded {how}: {out.forward_passes} branch forwards, "
-          f"{steps} steps for the longest", file=sys.stderr)
+    print(f"[extract] {len(fields)} branches decoded {how}: {out.forwards} forwards (prompts included)",
+          file=sys.stderr)
     return 0
 
 

@@ -104,6 +104,14 @@ def add_parser(subparsers) -> None:
         "such requests (default: %(default)s)",
     )
     p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N > 1: run N replicas of this server with Ray Serve (each with its own model and batch) behind "
+        "one address, Ray on loopback only; needs pip install 'paradec[ray]' (default: %(default)s, no Ray)",
+    )
+    p.add_argument(
         "--max-batch",
         type=int,
         default=8,
@@ -180,6 +188,8 @@ def server_config(args: argparse.Namespace) -> ServeConfig:
     options = json.loads(args.method_options) if args.method_options else {}
     if not isinstance(options, dict):
         raise ParadecError("--method-options must be a JSON object")
+    if args.replicas < 1:
+        raise ParadecError(f"--replicas must be at least 1, got {args.replicas}")
     if not 0 <= args.port <= 65535:
         raise ParadecError(f"--port must be in 0..65535, got {args.port}")
     hosts = split_list(args.allowed_hosts) if args.allowed_hosts else [*LOOPBACK_HOSTS, args.host]
@@ -219,6 +229,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..model import load
 
     config = server_config(args)
+    if args.replicas > 1:
+        from .ray_app import run
+
+        return run(args, config)
     sock = bind(args.host, args.port)  # before the model loads, so that a busy port fails fast
     model = load(args.model, args.dtype, args.runtime, args.quant)
     app = create_app(model, config)  # loads --draft and checks the default method's options

@@ -2,7 +2,7 @@
 
 Gauges: requests waiting, requests and sequences running, tokens per second and tokens per forward
 over the last ``WINDOW`` seconds, whether the batch drafts. Counters: tokens generated, forwards,
-rows, requests ended by outcome.
+sequence steps, rows, requests ended by outcome.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def render(worker: "Worker") -> str:
            [("", 1 if switch is None or switch.drafting else 0)])
     metric("paradec_generated_tokens_total", "counter", "Tokens generated.", [("", c.tokens)])
     metric("paradec_forwards_total", "counter", "Forwards run (one per batch step).", [("", c.forwards)])
+    metric("paradec_sequence_steps_total", "counter",
+           "Decoding steps summed over sequences (a forward that steps B sequences counts B).", [("", c.sequence_steps)])
     metric("paradec_rows_total", "counter", "Rows scored by the forwards (prompts, roots, drafts).", [("", c.rows)])
     metric("paradec_requests_total", "counter", "Requests that ended, by outcome.",
            [('{outcome="completed"}', worker.completed), ('{outcome="stopped"}', worker.stopped)])

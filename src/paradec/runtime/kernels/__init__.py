@@ -10,10 +10,13 @@ falls back to plain torch operations, with a message saying why and how to fix i
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import platform
 import shutil
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from ...errors import ParadecError
 
 HERE = Path(__file__).parent
 SOURCES = sorted(HERE.glob("*.cpp"))  # compiled together with common.h
+STALE_LOCK_SECONDS = 20 * 60  # a build lock this old was left by a killed build (builds take ~1-8 min)
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-ffp-contract=off"]  # FMAs only where written
 
 log = logging.getLogger(__name__)
@@ -78,11 +82,30 @@ def kernels():
     directory = cache_root() / "kernels" / key
     directory.mkdir(parents=True, exist_ok=True)
     name = f"paradec_kernels_{key}"
-    if not any(directory.glob(f"{name}*.so")):
-        log.warning("building paradec's CPU kernels for this machine (once, ~1 min)")
+    built = directory / f"{name}.so"
+    if built.is_file():  # load the library as it is: no build step, whichever checkout asks
+        return _import(name, built)
+    log.warning("building paradec's CPU kernels for this machine (once, ~1 min)")
+    lock = directory / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+        lock.unlink(missing_ok=True)  # torch's build lock waits forever on a lock its killed owner left
+    sources = directory / "src"  # copies, so the build files name paths that do not depend on the checkout
+    sources.mkdir(exist_ok=True)
+    for path in SOURCES + [HERE / "common.h"]:
+        shutil.copyfile(path, sources / path.name)
     try:
-        return cpp_extension.load(name=name, sources=[str(p) for p in SOURCES], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
-                                  build_directory=str(directory), verbose=False)
+        return cpp_extension.load(name=name, sources=[str(sources / p.name) for p in SOURCES], extra_cflags=CFLAGS,
+                                  extra_ldflags=["-fopenmp"], build_directory=str(directory), verbose=False)
     except Exception as exc:  # compiler errors, a broken toolchain, an unloadable library
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KernelsUnavailable(f"building paradec's CPU kernels failed: {first} (build folder: {directory})") from exc
+
+
+def _import(name: str, path: Path):
+    """The built extension module at ``path`` (torch is imported first: the library links against it)."""
+    import torch  # noqa: F401
+
+    spec = importlib.util.spec_from_file_location(name, path, loader=importlib.machinery.ExtensionFileLoader(name, str(path)))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,77 @@
+"""What the trained-head methods (``eagle``, ``medusa``) share: their options, loading the head, and
+handing the target's features to their runner. The tree itself is ``draft_tree.py``'s, cost-aware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..errors import ParadecError
+from .draft_tree import DraftTreeConfig, TreeDrafter
+from . import head_file
+
+
+@dataclass(frozen=True)
+class HeadDrafterConfig(DraftTreeConfig):
+    """head: a head file written by ``paradec train-drafter`` ("" = the one shipped for the model).
+
+    The tree options keep their meaning (``draft_tree.py``); the defaults differ: a cost-aware
+    dynamic tree of up to 32 nodes, 8 deep, up to 4 children per node, no adaptive depth (the cost
+    rule already stops where drafting stops paying)."""
+
+    head: str = ""
+    max_draft: int = 8
+    adaptive: bool = False
+    min_confidence: float = 0.0
+    tree_nodes: int = 32
+    branch: int = 4
+    branch_below: float = 1.0
+    cost_aware: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.head, str):
+            raise ValueError(f"head must be a path (a string), got {self.head!r}")
+
+
+class HeadDrafter(TreeDrafter):
+    """Base of ``eagle`` and ``medusa``: ``make_runner`` loads the head; features go to the runner."""
+
+    kind: ClassVar[str]
+    reads_features = True
+    config: HeadDrafterConfig
+
+    def make_runner(self):
+        head, self.manifest = head_file.load(self.config.head, self.model, self.kind)
+        return self.runner_class(self.model, head)
+
+    def observe_features(self, features: torch.Tensor) -> None:
+        self.runner.add_features(features)
+
+    def drafting_cost(self) -> float:
+        """δ: the head's parameters over the target's (weights read per forward; a proxy, not timed)."""
+        head = self.runner.head
+        ours = sum(p.numel() for p in head.parameters()) + head.readout.weight.numel()
+        return ours / target_parameters(self.model)
+
+
+def target_parameters(model) -> int:
+    """Weights one target forward reads (decoder layers + LM head), counted, not timed."""
+    rt = model.runtime
+    if rt.name == "native":
+        w = rt.weights
+        lin = [w.lm_head] + [x for layer in w.layers for x in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        return sum(x.shape[0] * x.shape[1] for x in lin)
+    hf = rt.model
+    embed = hf.get_input_embeddings().weight.numel()
+    tied = hf.get_output_embeddings().weight is hf.get_input_embeddings().weight
+    return sum(p.numel() for p in hf.parameters()) - (0 if tied else embed)
+
+
+def require_features(have: int, need: int) -> None:
+    if have < need:
+        raise ParadecError(f"the trained head needs the target's hidden states of {need} committed tokens but "
+                           f"got {have}: decode with paradec's loop, which passes them (Drafter.reads_features)")
