@@ -12,7 +12,8 @@ than plain. Every gated method (``ngram``, ``recycling``, ``jacobi``, ``lookahea
 ``accept_decay = 0`` makes the average the last drafted step alone: with ``min_accept = 1`` one step
 that accepts nothing closes the gate, and drafting resumes with one probe every ``probe_every``
 steps (Jacobi's and Lookahead's measured gate: "after a miss, ``probe_every - 1`` plain steps").
-``min_accept = 0`` never closes. The defaults, by method and dtype, are in ``defaults.py``.
+``min_accept = 0`` never closes. The defaults, by method and the cost of rows (dtype, runtime), are in
+``defaults.py``.
 
 Worked example (min_accept 0.5, accept_decay 0.8, probe_every 4, every draft rejected)::
 
@@ -32,7 +33,7 @@ MAX_PROBE_EVERY = 1024
 
 @dataclass(frozen=True, kw_only=True)
 class GatedConfig(DrafterConfig):
-    """The gate's options, shared by every gated method (``None`` = the default for the model's dtype).
+    """The gate's options, shared by every gated method (``None`` = the default for the model's dtype and runtime).
 
     min_accept:   close the gate below this moving average of accepted tokens per drafted step (0 = never)
     probe_every:  while closed, still draft every this-many-th step (1 = never skip)

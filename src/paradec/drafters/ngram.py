@@ -38,8 +38,7 @@ class NgramConfig(GatedConfig):
     continuations in the tree; max_nodes: tree size cap (the forward's extra rows); adaptive: follow
     recent acceptance (else always draft max_depth); min_accept / probe_every / accept_decay: the
     cost gate (``gate.py``), consulted on steps with a match. ``None`` = the measured default for
-    the model's dtype (``defaults.py``, measured where bfloat16 rows were nearly free; on the native
-    runtime they are not, see there)."""
+    the cost of rows (``defaults.py``: small trees, except half precision off the native runtime)."""
 
     max_n: int = 4
     min_n: int = 2

@@ -113,9 +113,8 @@ class RecyclingConfig(GatedConfig):
     the prompt's bigrams; lookup_branches / lookup_depth: n-gram continuations of the context
     grafted onto the tree first (0 = pure Token Recycling); the tree has at most 128 nodes in all;
     min_accept / probe_every / accept_decay: the cost gate (``gate.py``), consulted for the recycled
-    part on steps without an n-gram match. ``None`` = the measured default for the model's dtype
-    (``defaults.py``, measured where bfloat16 rows were nearly free; on the native runtime they are
-    not, see there)."""
+    part on steps without an n-gram match. ``None`` = the measured default for the cost of rows
+    (``defaults.py``: small trees, except half precision off the native runtime)."""
 
     k: int = 8
     tree_size: int | None = None
