@@ -68,6 +68,8 @@ def stream(
         raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     model = model if isinstance(model, Model) else load(model, DEFAULT_DTYPE)
+    if model.diffusion is not None:
+        return _diffusion_stream(model, prompt, method, params, max_new_tokens, stop, chat, method_options, interrupt)
     drafter = method if isinstance(method, Drafter) else make_drafter(method, model, **(method_options or {}))
     prompt_ids = encode_prompt(model, prompt, chat)
     if len(prompt_ids) >= model.max_length:  # checked before streaming starts, so servers can refuse early
@@ -75,6 +77,31 @@ def stream(
             f"the prompt has {len(prompt_ids)} tokens but the model's context window is {model.max_length} tokens"
         )
     return Stream(decode(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt))
+
+
+def _diffusion_stream(model, prompt, method, params, max_new_tokens, stop, chat, method_options, interrupt) -> Stream:
+    """A diffusion LM: ``method`` names a diffusion decoder (``paradec.diffusion.decoders``); "plain" (and a
+    server's plain drafter) is the one-token-per-step baseline."""
+    from .diffusion.decoders import Decoder, make_decoder
+    from .diffusion.loop import denoise, layout
+
+    if isinstance(method, Decoder):
+        decoder = method
+    elif isinstance(method, str) or method.name == "plain":
+        decoder = make_decoder(method if isinstance(method, str) else "plain", model, **(method_options or {}))
+    else:
+        raise ParadecError(f"'{model.name}' is a diffusion LM; method '{method.name}' drafts for causal LMs "
+                           "(see `paradec methods` for the diffusion decoders)")
+    if decoder.greedy_only and not params.greedy:
+        raise ParadecError(f"method '{decoder.name}' reproduces greedy decoding; use temperature 0")
+    prompt_ids = encode_prompt(model, prompt, chat)
+    block, blocks = layout(model, decoder, max_new_tokens)
+    if len(prompt_ids) + block * blocks > model.max_length:
+        raise ContextOverflowError(
+            f"the prompt has {len(prompt_ids)} tokens and the generation needs {block * blocks} positions, but the "
+            f"model's context window is {model.max_length} tokens"
+        )
+    return Stream(denoise(model, decoder, prompt_ids, params, max_new_tokens, stop, interrupt))
 
 
 def generate(model: Model | str, prompt: Prompt, method: str | Drafter = "plain", **kwargs) -> Result:
