@@ -186,13 +186,13 @@ def detect(directory: Path) -> str | None:
         return None
     cfg = read_json(path)
     kind = str(cfg.get("model_type", "")).lower()
-    archs = " ".join(cfg.get("architectures") or []).lower()
-    if kind == "llada" or "llada" in archs and "moe" not in archs:
-        return "llada"
-    if kind == "dream" or "dreammodel" in archs:
-        return "dream"
-    if kind == "fast_dllm_qwen" or "fast_dllm" in archs:
-        return "fast_dllm_v2"
+    archs = [a.lower() for a in cfg.get("architectures") or []]
+    by_type = {"llada": "llada", "dream": "dream", "fast_dllm_qwen": "fast_dllm_v2"}
+    by_arch = {"lladamodellm": "llada", "dreammodel": "dream", "fast_dllm_qwenforcausallm": "fast_dllm_v2"}
+    if kind in by_type:
+        return by_type[kind]
+    if kind not in REFUSED_TYPES and any(a in by_arch for a in archs):
+        return next(by_arch[a] for a in archs if a in by_arch)
     if kind in REFUSED_TYPES:
         raise ParadecError(f"'{directory}' is a {REFUSED_TYPES[kind]} checkpoint, a diffusion format paradec does not "
                            f"map (supported: LLaDA, Dream, Fast-dLLM v2)")

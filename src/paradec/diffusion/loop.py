@@ -95,7 +95,8 @@ def denoise(
             canvas.commit(b, selection.positions[:now], selection.tokens[:now])
             decided += now
             logits = None
-            if selection.draft:  # draft-and-verify: the states after each draft token, in one forward
+            piece = text.push(deliver(), final=bool(stats.stop_reason))
+            if selection.draft and not (stats.stop_reason or text.stopped):  # draft-and-verify: states after each draft token
                 draft = list(zip(selection.positions[now:], selection.tokens[now:]))
                 outs = canvas.forward(b, [draft[:i] for i in range(len(draft) + 1)])
                 base = canvas.masked(b)
@@ -108,14 +109,12 @@ def denoise(
                 canvas.commit(b, [p for p, _ in draft[:accepted]], [t for _, t in draft[:accepted]])
                 decided += accepted
                 logits = outs[accepted]
+                piece += text.push(deliver(), final=bool(stats.stop_reason))
             if trace is not None:
                 trace(canvas, b, view, selection)
             masked, step = canvas.masked(b), step + 1
-            fresh = deliver()
-            done = bool(stats.stop_reason)
+            done = bool(stats.stop_reason) or text.stopped
             stats.decode_time += time.perf_counter() - start
-            piece = text.push(fresh, final=done)
-            done = done or text.stopped
             if piece:
                 yield piece
         if done:
