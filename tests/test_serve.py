@@ -79,8 +79,8 @@ def assert_error(r: httpx.Response, status: int, param: str | None = None, code:
 # ---------- the worker on its own ----------
 
 
-def test_worker_runs_jobs_one_at_a_time_in_order_and_bounds_the_queue():
-    worker = Worker(max_queue=2)
+def test_worker_runs_exclusive_jobs_one_at_a_time_in_order_and_bounds_admission():
+    worker = Worker(max_queue=2, max_batch=1)  # admits max_batch + max_queue = 3
     release, order, overlap, active = threading.Event(), [], [], []
 
     def job(i):
@@ -271,8 +271,9 @@ BAD = [
     ("messages-empty", CHAT, {"messages": []}, 400, "messages", None),
     ("bad-role", CHAT, {"messages": [{"role": "wizard", "content": "w1"}]}, 400, "messages.0.role", None),
     ("image-part", CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, None, None),
-    ("n-2", C, {"prompt": "w1", "n": 2}, 400, "n", None),
-    ("n-2-chat", CHAT, {"messages": MSG, "n": 2}, 400, "n", None),
+    ("n-0", C, {"prompt": "w1", "n": 0}, 400, "n", None),
+    ("n-string", CHAT, {"messages": MSG, "n": "2"}, 400, "n", None),
+    ("n-over-the-batch", C, {"prompt": "w1", "n": 9}, 400, "n", None),
     ("logprobs", C, {"prompt": "w1", "logprobs": 2}, 400, "logprobs", None),
     ("tools", CHAT, {"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", None),
     ("penalty", CHAT, {"messages": MSG, "frequency_penalty": 0.5}, 400, "frequency_penalty", None),
@@ -306,16 +307,20 @@ def test_still_serving_after_bad_inputs(tiny, server, client, http):
 def test_failure_during_generation_is_reported_and_server_keeps_serving(tiny, server, http, monkeypatch):
     import paradec.serve.engine as engine_module
 
-    def broken(*args, **kwargs):  # validates like the real one, then fails after the first piece
-        real = paradec.stream(*args, **kwargs)
+    def broken(*args, **kwargs):  # a drafter that fails at its second step, after the first piece
+        drafter = paradec.make_drafter(*args, **kwargs)
+        steps = []
 
-        def pieces():
-            yield from iter(real)
-            raise RuntimeError("the model fell over")
+        def propose(ctx):
+            steps.append(1)
+            if len(steps) == 2:
+                raise RuntimeError("the model fell over")
+            return paradec.Draft()
 
-        return paradec.Stream(pieces())
+        drafter.propose = propose
+        return drafter
 
-    monkeypatch.setattr(engine_module, "stream", broken)
+    monkeypatch.setattr(engine_module, "make_drafter", broken)
     err = assert_error(http.post(C, json={"prompt": "w1", "max_tokens": 3}), 500)
     # the exception's class and message go to the server log, not to the client
     assert err["type"] == "server_error" and "fell over" not in err["message"] and "RuntimeError" not in err["message"]
@@ -389,7 +394,7 @@ def test_disconnect_while_queued_for_a_whole_response(server):
 
 
 def test_full_queue_answers_429(tiny):
-    with LiveServer(tiny, ServeConfig(max_queue=1)) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+    with LiveServer(tiny, ServeConfig(max_queue=1, max_batch=1)) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
         release = threading.Event()
         try:
             srv.worker.submit(lambda cancelled: release.wait(30))  # occupy the model

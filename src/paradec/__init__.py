@@ -5,6 +5,7 @@
     result = paradec.generate(model, "Summarise: ...", method="plain", max_new_tokens=64)
     for piece in paradec.stream(model, "Hello", chat=True):
         print(piece, end="")
+    samples = paradec.generate_n(model, "Once upon a time", n=4, temperature=0.8)  # one forward per step for all
 
 ``import paradec`` is light: each name below imports its module (and torch, transformers) on first
 use, so the command line starts at once for commands that need no model.
@@ -20,7 +21,9 @@ _MODULES = {  # public name -> the submodule that defines it
     "METHODS": "drafters", "Drafter": "drafters", "make_drafter": "drafters",
     "ContextOverflowError": "errors", "ParadecError": "errors",
     "Result": "decode", "SamplingParams": "sampling", "Stats": "stats", "Draft": "tree",
-    "Stream": "api", "encode_prompt": "api", "generate": "api", "stream": "api",
+    "Stream": "api", "encode_prompt": "api", "generate": "api", "prepare": "api", "stream": "api",
+    "Batch": "parallel.batch", "generate_n": "parallel.branches", "first_finish": "parallel.branches",
+    "extract": "parallel.branches", "reason": "parallel.branches",
 }
 
 __all__ = sorted(_MODULES)
@@ -39,11 +42,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see
-    from .api import Stream, encode_prompt, generate, stream
+    from .api import Stream, encode_prompt, generate, prepare, stream
     from .decode import Result
     from .drafters import METHODS, Drafter, make_drafter
     from .errors import ContextOverflowError, ParadecError
     from .model import BUILTIN_MODELS, Model, load
+    from .parallel.batch import Batch
+    from .parallel.branches import extract, first_finish, generate_n, reason
     from .sampling import SamplingParams
     from .stats import Stats
     from .tree import Draft

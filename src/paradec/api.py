@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from collections.abc import Sequence as Items
+from typing import Callable, Iterator
 
-from .decode import Result, decode
+from .decode import Result, Sequence, run
 from .drafters import Drafter, make_drafter
 from .errors import ContextOverflowError, ParadecError
 from .model import DEFAULT_DTYPE, Model, load
 from .sampling import SamplingParams
 
-Prompt = str | Sequence[dict] | Sequence[int]
+Prompt = str | Items[dict] | Items[int]
 
 
 def encode_prompt(model: Model, prompt: Prompt, chat: bool = False) -> list[int]:
@@ -44,7 +45,7 @@ class Stream:
         return self.result
 
 
-def stream(
+def prepare(
     model: Model | str,
     prompt: Prompt,
     method: str | Drafter = "plain",
@@ -58,12 +59,9 @@ def stream(
     chat: bool = False,
     method_options: dict | None = None,
     interrupt: Callable[[], str | None] | None = None,
-) -> Stream:
-    """Like ``generate`` but lazily: iterate for text pieces, then read ``.result``.
-
-    Nothing runs until iteration starts; all arguments are validated here, before that.
-    ``interrupt``: asked between decoding steps; a reason it returns ends the generation (see ``decode``).
-    """
+) -> Sequence:
+    """Check every argument and build the generation's ``Sequence`` (nothing is decoded yet): what
+    ``stream`` runs alone and ``paradec.parallel`` runs in a batch."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -72,11 +70,27 @@ def stream(
         return _diffusion_stream(model, prompt, method, params, max_new_tokens, stop, chat, method_options, interrupt)
     drafter = method if isinstance(method, Drafter) else make_drafter(method, model, **(method_options or {}))
     prompt_ids = encode_prompt(model, prompt, chat)
-    if len(prompt_ids) >= model.max_length:  # checked before streaming starts, so servers can refuse early
+    check_fits(model, prompt_ids)
+    return Sequence(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt)
+
+
+def check_fits(model: Model, prompt_ids: list[int]) -> None:
+    """Refuse a prompt the context window cannot hold with a token after it (before anything runs,
+    so that servers can refuse early)."""
+    if len(prompt_ids) >= model.max_length:
         raise ContextOverflowError(
             f"the prompt has {len(prompt_ids)} tokens but the model's context window is {model.max_length} tokens"
         )
-    return Stream(decode(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt))
+
+
+def stream(model: Model | str, prompt: Prompt, method: str | Drafter = "plain", **kwargs) -> Stream:
+    """Like ``generate`` but lazily: iterate for text pieces, then read ``.result``.
+
+    Nothing runs until iteration starts; all arguments are validated here, before that (same keyword
+    arguments as ``prepare``). ``interrupt``: asked between decoding steps; a reason it returns ends
+    the generation (see ``decode``).
+    """
+    return Stream(run(prepare(model, prompt, method, **kwargs)))
 
 
 def _diffusion_stream(model, prompt, method, params, max_new_tokens, stop, chat, method_options, interrupt) -> Stream:
@@ -106,7 +120,8 @@ def _diffusion_stream(model, prompt, method, params, max_new_tokens, stop, chat,
 
 def generate(model: Model | str, prompt: Prompt, method: str | Drafter = "plain", **kwargs) -> Result:
     """Generate a completion with a decoding method (a registered name or a ``Drafter``);
-    same keyword arguments as ``stream``.
+    keyword arguments: ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``,
+    ``chat``, ``method_options``, ``interrupt`` (see ``prepare``).
 
     >>> m = paradec.load("smollm2-135m", dtype="float32")
     >>> r = paradec.generate(m, "The capital of France is", max_new_tokens=8)

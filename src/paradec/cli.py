@@ -13,7 +13,7 @@ import warnings
 from .errors import ParadecError
 
 # Modules that add a subcommand with ``add_parser(subparsers)``; they import heavy deps lazily.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("paradec.bench.cli", "paradec.bench.cost", "paradec.serve.cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("paradec.bench.cli", "paradec.bench.cost", "paradec.serve.cli", "paradec.parallel.cli")
 
 EXAMPLE_PROMPT = (
     "Summarise this passage in two sentences.\n\n"
@@ -47,8 +47,9 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
                         "the machine's compiler, bit-identical rows) or 'hf' (the transformers model, the reference; "
                         "any architecture) (default: %(default)s)")
     p.add_argument("--quant", default=DEFAULT_QUANT, choices=QUANTS,
-                   help="weights of the native runtime: 'none' (in --dtype), 'int8' (8-bit blocks) or 'int4' (4-bit "
-                        "blocks, embeddings and LM head 8-bit); GGUF Q4_0/Q4_1/Q8_0 blocks are used as they are "
+                   help="weights of the native runtime: 'auto' (in bfloat16: a GGUF file's own Q4_0/Q4_1/Q8_0 blocks "
+                        "as they are; otherwise none), 'none' (in --dtype), 'int8' (8-bit blocks) or 'int4' (4-bit blocks; embeddings and "
+                        "LM head 8-bit); 8/4-bit layers multiply with 8-bit activations, as llama.cpp does "
                         "(default: %(default)s)")
 
 
@@ -58,25 +59,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .sampling import SamplingParams
 
     SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fail before loading
+    if args.n < 1:
+        raise ParadecError(f"--n must be at least 1, got {args.n}")
     model = load(args.model, args.dtype, args.runtime, args.quant)
     options = json.loads(args.method_options) if args.method_options else {}
     if not isinstance(options, dict):
         raise ParadecError("--method-options must be a JSON object")
     if args.draft:
         options["draft"] = args.draft
-    s = stream(
-        model,
-        args.prompt if args.prompt is not None else EXAMPLE_PROMPT,
-        args.method,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop=args.stop,
-        chat=args.chat or args.prompt is None,  # the built-in example is a chat request
-        method_options=options,
-    )
+    prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPT
+    kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                  top_p=args.top_p, seed=args.seed, stop=args.stop,
+                  chat=args.chat or args.prompt is None,  # the built-in example is a chat request
+                  method_options=options)
+    if args.n > 1 or args.first_finish:
+        return print_branches(args, model, prompt, kwargs)
+    s = stream(model, prompt, args.method, **kwargs)
     for piece in s:
         if not args.json:
             print(piece, end="", flush=True)
@@ -85,6 +83,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         print()
         print(s.result.stats.summary(), file=sys.stderr)
+    return 0
+
+
+def print_branches(args: argparse.Namespace, model, prompt, kwargs: dict) -> int:
+    """``--n N``: N samples decoded together; ``--first-finish``: only the first of them to end."""
+    from .parallel.branches import first_finish, generate_n
+
+    if args.first_finish:
+        out = first_finish(model, prompt, args.n, args.method, **kwargs)
+        if args.json:
+            print(json.dumps({"winner": out.winner, "results": [r.to_dict() for r in out.results]}))
+            return 0
+        print(out.result.text)
+        print(f"[first-finish] branch {out.winner} of {args.n} ended first; "
+              + out.result.stats.summary(), file=sys.stderr)
+        return 0
+    results = generate_n(model, prompt, args.n, args.method, **kwargs)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results]))
+        return 0
+    for i, r in enumerate(results):
+        print(f"--- sample {i} ---\n{r.text}")
+        print(r.stats.summary(), file=sys.stderr)
     return 0
 
 
@@ -123,7 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="random seed for sampling")
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    g.add_argument("--json", action="store_true", help='print one JSON object {"text", "token_ids", "stats"} instead of streaming')
+    g.add_argument("--json", action="store_true", help='print one JSON object {"text", "token_ids", "stats"} instead of streaming '
+                                                       "(with --n: a list of them)")
+    g.add_argument("--n", type=int, default=1, help="samples of the prompt, decoded together (one forward per step for "
+                                                   "all; the prompt is read once); sampling seeds are --seed + i "
+                                                   "(default: %(default)s)")
+    g.add_argument("--first-finish", action="store_true",
+                   help="First Finish Search: print only the first of the --n samples to end")
     g.set_defaults(func=cmd_generate)
 
     m = sub.add_parser("methods", help="list decoding methods")

@@ -1,6 +1,8 @@
 """The one decoding loop: draft → verify → accept → commit, for every method.
 
 Plain decoding is this loop with the empty drafter, so baseline and methods share one code path.
+The loop's state lives in a ``Sequence`` and each verb of a step is one of its methods, so that
+``paradec.parallel.Batch`` steps several sequences with the same pieces, one forward for all.
 """
 
 from __future__ import annotations
@@ -9,8 +11,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import torch
+
 from .drafters.base import Drafter, StepContext
 from .model import Model
+from .runtime.target import Block as Rows
+from .runtime.target import Target
 from .sampling import SamplingParams, sample, target_probs
 from .stats import Stats
 from .text import TextStream
@@ -26,6 +32,138 @@ class Result:
 
     def to_dict(self) -> dict:
         return {"text": self.text, "token_ids": self.token_ids, "stats": self.stats.to_dict()}
+
+
+def rows_of(block: Block) -> Rows:
+    """What the target reads for a block: its tokens, their positions after the committed ones, the tree mask."""
+    return Rows(block.tokens, block_positions(block), block_mask(block))
+
+
+class Sequence:
+    """One generation between steps: its target (KV cache), drafter, committed tokens, text and stats.
+
+    A step is ``block = next_block()`` → the target scores ``rows_of(block)`` → ``advance(block, logits)``;
+    the first is ``start(logits)`` with the logits after the prompt. Whoever runs the forwards (``run``
+    here, one at a time; ``paradec.parallel.Batch``, several sequences per forward) calls the same verbs,
+    so a sequence decodes alike either way.
+
+    ``interrupt`` is asked before every step; a reason it returns (e.g. "cancelled") ends the
+    generation there, with that reason as ``stop_reason``. ``generator``: the random source of sampling
+    (default: one seeded from ``params.seed``).
+    """
+
+    def __init__(self, model: Model, drafter: Drafter, prompt_ids: list[int], params: SamplingParams,
+                 max_new_tokens: int, stop: list[str] | None = None,
+                 interrupt: Callable[[], str | None] | None = None, target: Target | None = None,
+                 generator: torch.Generator | None = None):
+        self.model, self.drafter, self.params = model, drafter, params
+        self.prompt_ids = list(prompt_ids)
+        self.max_new_tokens, self.interrupt = max_new_tokens, interrupt
+        self.target = target if target is not None else model.target()
+        self.stats = Stats(method=drafter.name, prompt_tokens=len(prompt_ids))
+        self.text = TextStream(model.tokenizer, stop)
+        self.eos = model.eos_token_ids
+        self.generator = None if params.greedy else (generator or params.generator())
+        self.tokens = list(prompt_ids)  # committed: prompt + generated; tokens[-1] is the next root
+        self.generated: list[int] = []
+        self.done = False  # no step follows (EOS, token limit, interrupt, context)
+        self.last_step = (0, 0)  # (block rows, tokens verified) of the latest step
+        self.result: Result | None = None
+        self._step_start = 0.0
+        drafter.begin(list(prompt_ids), params)
+
+    @property
+    def finished(self) -> bool:
+        return self.done or self.text.stopped
+
+    def _accept(self, new: list[int]) -> bool:
+        """Append step tokens up to EOS / the token limit; True when generation must end."""
+        for token in new:
+            if token in self.eos:
+                self.stats.stop_reason = "eos"
+                return True
+            self.generated.append(token)
+            self.tokens.append(token)
+            if len(self.generated) >= self.max_new_tokens:
+                self.stats.stop_reason = "length"
+                return True
+        return False
+
+    def start(self, logits: torch.Tensor) -> str:
+        """The prompt has been read: draw the first token from the logits after it, (vocab,).
+        Returns the text that is now final."""
+        p = self.params
+        first = int(logits.argmax()) if p.greedy else sample(target_probs(logits, p), self.generator)
+        self.done = self.max_new_tokens <= 0 or self._accept([first])
+        return self.text.push(self.generated, final=self.done)
+
+    def next_block(self, max_rows: int | None = None) -> Block | None:
+        """Draft the next step's block, or None when the generation ends before it.
+
+        max_rows: the most rows after the root this step may use (a batch's draft budget; 0 = a plain
+        step); the context window's room caps it anyway.
+        """
+        if self.finished:
+            return None
+        if self.interrupt is not None and (reason := self.interrupt()):
+            self.stats.stop_reason, self.done = reason, True
+            return None
+        room = self.target.max_length - self.target.length - 1  # rows after the root that still fit
+        if room < 0:
+            self.stats.stop_reason, self.done = "context", True
+            return None
+        if max_rows is not None:
+            room = min(room, max_rows)
+        self._step_start = time.perf_counter()
+        ctx = StepContext(self.tokens, len(self.prompt_ids), room, self.params, self.generator)
+        # A step delivers at most its accepted path + the bonus token: no node deeper than the
+        # tokens still wanted after the bonus is worth verifying.
+        draft = self.drafter.propose(ctx).to_depth(self.max_new_tokens - len(self.generated) - 1)
+        return Block(self.tokens[-1], draft, self.drafter.aux_rows()).fitted(room)
+
+    def advance(self, block: Block, logits: torch.Tensor) -> str:
+        """Verify ``block`` against its logits (len(block), vocab), commit the accepted path, learn,
+        record; returns the text that is now final."""
+        verdict = verify(block.draft, logits, self.params, self.generator)
+        self.target.commit([0] + [i + 1 for i in verdict.accepted])  # root + accepted path stay cached
+        self.drafter.observe(block, logits, verdict)
+        fresh = len(self.generated)
+        self.done = self._accept(verdict.tokens)
+        self.last_step = (len(block), len(verdict.tokens))
+        self.stats.decode_time += time.perf_counter() - self._step_start
+        piece = self.text.push(self.generated[fresh:], final=self.done)
+        # the caller gets the step's tokens up to EOS, the token limit or a stop string: count only those
+        self.stats.record_step(depths(block.draft.parents), len(verdict.accepted), delivered=len(self.text.ids) - fresh)
+        return piece
+
+    def finish(self) -> str:
+        """End the generation: the text still held back, and ``self.result``."""
+        tail = self.text.push([], final=True)  # when the context window or an interrupt ended the generation
+        if self.text.stopped:
+            self.stats.stop_reason = "stop"
+        self.stats.new_tokens = len(self.text.ids)
+        self.done = True
+        self.result = Result(text=self.text.text, token_ids=list(self.text.ids), stats=self.stats)
+        return tail
+
+
+def run(seq: Sequence) -> Iterator[str]:
+    """The loop for one sequence: yield text pieces as they become final, return its ``Result``."""
+    start = time.perf_counter()
+    piece = seq.start(seq.target.prefill(seq.prompt_ids))
+    seq.stats.prefill_time = time.perf_counter() - start
+    if piece:
+        yield piece
+    while (block := seq.next_block()) is not None:
+        # One forward over root + draft tree (+ aux rows): the whole draft is scored at once.
+        logits = seq.target.forward(*rows_of(block))
+        piece = seq.advance(block, logits)
+        if piece:
+            yield piece
+    tail = seq.finish()
+    if tail:
+        yield tail
+    return seq.result
 
 
 def decode(
@@ -44,69 +182,5 @@ def decode(
     ends the generation there, with that reason as ``stop_reason``. It lets a server notice a gone
     client even while text is held back (a long stop string), not only when a piece is emitted.
     """
-    target = model.target()  # its prefill raises ContextOverflowError for a prompt that does not fit
-    stats = Stats(method=drafter.name, prompt_tokens=len(prompt_ids))
-    text = TextStream(model.tokenizer, stop)
-    eos = model.eos_token_ids
-    generator = None if params.greedy else params.generator()
-    tokens = list(prompt_ids)  # committed: prompt + generated; tokens[-1] is the next root
-    generated: list[int] = []
-
-    def accept(new: list[int]) -> bool:
-        """Append step tokens up to EOS / the token limit; True when generation must end."""
-        for token in new:
-            if token in eos:
-                stats.stop_reason = "eos"
-                return True
-            generated.append(token)
-            tokens.append(token)
-            if len(generated) >= max_new_tokens:
-                stats.stop_reason = "length"
-                return True
-        return False
-
-    start = time.perf_counter()
-    drafter.begin(list(prompt_ids), params)
-    logits = target.prefill(list(prompt_ids))
-    first = int(logits.argmax()) if params.greedy else sample(target_probs(logits, params), generator)
-    stats.prefill_time = time.perf_counter() - start
-    done = max_new_tokens <= 0 or accept([first])
-    piece = text.push(generated, final=done)
-    if piece:
-        yield piece
-
-    while not (done or text.stopped):
-        if interrupt is not None and (reason := interrupt()):
-            stats.stop_reason = reason
-            break
-        room = target.max_length - target.length - 1  # rows after the root that still fit
-        if room < 0:
-            stats.stop_reason = "context"
-            break
-        start = time.perf_counter()
-        ctx = StepContext(tokens, len(prompt_ids), room, params, generator)
-        # A step delivers at most its accepted path + the bonus token: no node deeper than the
-        # tokens still wanted after the bonus is worth verifying.
-        draft = drafter.propose(ctx).to_depth(max_new_tokens - len(generated) - 1)
-        block = Block(tokens[-1], draft, drafter.aux_rows()).fitted(room)
-        # One forward over root + draft tree (+ aux rows): the whole draft is scored at once.
-        logits = target.forward(block.tokens, block_positions(block), block_mask(block))
-        verdict = verify(block.draft, logits, params, generator)
-        target.commit([0] + [i + 1 for i in verdict.accepted])  # root + accepted path stay cached
-        drafter.observe(block, logits, verdict)
-        fresh = len(generated)
-        done = accept(verdict.tokens)
-        stats.decode_time += time.perf_counter() - start
-        piece = text.push(generated[fresh:], final=done)
-        # the caller gets the step's tokens up to EOS, the token limit or a stop string: count only those
-        stats.record_step(depths(block.draft.parents), len(verdict.accepted), delivered=len(text.ids) - fresh)
-        if piece:
-            yield piece
-
-    tail = text.push([], final=True)  # when the context window ended the generation
-    if tail:
-        yield tail
-    if text.stopped:
-        stats.stop_reason = "stop"
-    stats.new_tokens = len(text.ids)
-    return Result(text=text.text, token_ids=list(text.ids), stats=stats)
+    # the target's prefill raises ContextOverflowError for a prompt that does not fit
+    return (yield from run(Sequence(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt)))

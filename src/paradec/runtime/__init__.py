@@ -14,8 +14,9 @@ from ..errors import ParadecError
 
 RUNTIMES = ("native", "hf")
 DEFAULT_RUNTIME = "native"
-QUANTS = ("none", "int8", "int4")  # native runtime: weights as they are, 8-bit, 4-bit (see runtime/loading.py)
-DEFAULT_QUANT = "none"
+# native runtime: auto (a GGUF file's own 4/8-bit blocks, else none), weights as they are, 8-bit, 4-bit
+QUANTS = ("auto", "none", "int8", "int4")  # see runtime/loading.py
+DEFAULT_QUANT = "auto"
 
 
 def load_runtime(name: str, directory: Path, dtype, quant: str = DEFAULT_QUANT, gguf_file: Path | None = None):
@@ -25,7 +26,7 @@ def load_runtime(name: str, directory: Path, dtype, quant: str = DEFAULT_QUANT, 
 
         return NativeRuntime.load(directory, dtype, quant, gguf_file)
     if name == "hf":
-        if quant != "none":
+        if quant not in ("none", "auto"):
             raise ParadecError(f"--quant {quant} needs the native runtime (--runtime native)")
         from ..model.loading import load_pretrained
         from .hf import HFRuntime

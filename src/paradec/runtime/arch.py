@@ -3,19 +3,21 @@
 Supported: decoder-only Llama-family layouts (``llama``, ``qwen2``, ``mistral``): RMSNorm, rotary
 position embeddings of any type transformers knows (its own rotary class computes the tables),
 grouped-query attention, SiLU-gated MLP, optional q/k/v biases (Qwen2), optional sliding windows.
+Configs are read from config.json directly (``JsonConfig``) or taken from a transformers model.
 """
 
 from __future__ import annotations
 
-import importlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from ..errors import ParadecError
 
-# model_type -> transformers module holding its rotary embedding class
-FAMILIES = {"llama": "llama", "qwen2": "qwen2", "mistral": "mistral"}
+FAMILIES = ("llama", "qwen2", "mistral")
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class Arch:
     tie_embeddings: bool
     qkv_bias: bool
     windows: tuple[int | None, ...]  # per layer: sliding window length, None = full attention
-    config: object  # the transformers config (for the rotary tables)
+    config: object  # the config (JsonConfig or a transformers config), for the rotary tables
 
     @property
     def qkv_rows(self) -> int:
@@ -71,7 +73,7 @@ def arch_of(config) -> Arch:
         kv_heads=kv_heads,
         head_dim=head_dim,
         intermediate=config.intermediate_size,
-        eps=float(config.rms_norm_eps),
+        eps=float(getattr(config, "rms_norm_eps", 1e-6)),
         max_positions=int(getattr(config, "max_position_embeddings", 0) or 2**31),
         tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         qkv_bias=family == "qwen2",
@@ -92,19 +94,63 @@ def sliding_windows(config) -> tuple[int | None, ...]:
     return (window,) * n
 
 
+class JsonConfig(SimpleNamespace):
+    """A model directory's config.json read as attributes, without transformers' config classes (whose
+    imports take seconds); ``get_text_config`` mirrors transformers' for nested text configs."""
+
+    @classmethod
+    def read(cls, directory: Path) -> "JsonConfig":
+        path = directory / "config.json"
+        if not path.is_file():
+            raise ParadecError(f"'{directory}' holds no config.json")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ParadecError(f"cannot read the config in '{directory}': {exc}") from exc
+        return cls(**data, _directory=directory)
+
+    def get_text_config(self):
+        text = getattr(self, "text_config", None)
+        return JsonConfig(**text, _directory=self._directory) if isinstance(text, dict) else self
+
+
+def rope_parameters(config) -> dict:
+    """{"rope_type", "rope_theta", ...} from a transformers-5 config or an older one (rope_theta + rope_scaling)."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and params:
+        return {"rope_type": "default", **params}
+    scaling = getattr(config, "rope_scaling", None) or {}
+    return {"rope_theta": getattr(config, "rope_theta", 10000.0), **scaling,
+            "rope_type": scaling.get("rope_type", scaling.get("type", "default"))}
+
+
 class RopeTables:
-    """cos / sin of every position, (P, head_dim / 2) float32 each, from transformers' own rotary class
-    (so every rope type it knows — default, llama3, yarn, ... — is computed the way it does);
-    extended on demand in chunks."""
+    """cos / sin of every position, (P, head_dim / 2) each, extended on demand in chunks.
+
+    Computed as transformers computes them (float32 ``positions * inv_freq``, then cos/sin times the
+    attention scaling): the default rope here, every other type through transformers' own
+    ``ROPE_INIT_FUNCTIONS`` (which needs its config class, imported only then)."""
 
     CHUNK = 4096
 
     def __init__(self, arch: Arch, dtype: torch.dtype = torch.float32):
-        module = importlib.import_module(f"transformers.models.{FAMILIES[arch.family]}.modeling_{FAMILIES[arch.family]}")
-        rotary_cls = next(getattr(module, n) for n in dir(module) if n.endswith("RotaryEmbedding"))
-        if getattr(arch.config, "rope_parameters", None) and arch.config.rope_parameters.get("rope_type") in ("dynamic", "longrope"):
+        params = rope_parameters(arch.config)
+        kind = params["rope_type"]
+        if kind in ("dynamic", "longrope"):
             raise unsupported(arch.config, "position-dependent rope scaling (dynamic / longrope)")
-        self.rotary = rotary_cls(arch.config)
+        if kind == "default":
+            dim = arch.head_dim
+            self.inv_freq = 1.0 / (float(params["rope_theta"]) ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+            self.scaling = 1.0
+        else:
+            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+            config = arch.config
+            if isinstance(config, JsonConfig):
+                from transformers import AutoConfig
+
+                config = AutoConfig.from_pretrained(config._directory, local_files_only=True).get_text_config()
+            self.inv_freq, self.scaling = ROPE_INIT_FUNCTIONS[kind](config)
         self.dtype = dtype
         self.half = arch.head_dim // 2
         self.cos = torch.empty(0, self.half, dtype=dtype)
@@ -117,8 +163,6 @@ class RopeTables:
         if positions <= have:
             return
         upto = -(-positions // self.CHUNK) * self.CHUNK
-        ids = torch.arange(have, upto).unsqueeze(0)
-        probe = torch.empty(0, dtype=torch.float32)
-        cos, sin = self.rotary(probe, ids)  # (1, n, head_dim) float32, as transformers computes them
-        self.cos = torch.cat([self.cos, cos[0, :, : self.half].to(self.dtype)]).contiguous()
-        self.sin = torch.cat([self.sin, sin[0, :, : self.half].to(self.dtype)]).contiguous()
+        freqs = torch.arange(have, upto, dtype=torch.float).unsqueeze(1) * self.inv_freq.float().unsqueeze(0)  # (n, D/2)
+        self.cos = torch.cat([self.cos, (freqs.cos() * self.scaling).to(self.dtype)]).contiguous()
+        self.sin = torch.cat([self.sin, (freqs.sin() * self.scaling).to(self.dtype)]).contiguous()

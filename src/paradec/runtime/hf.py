@@ -23,6 +23,7 @@ class HFRuntime:
         self.dtype = model.dtype
         self.vocab_size = config.vocab_size
         self.layers = config.num_hidden_layers
+        self.quant = "none"
         self.max_length = int(getattr(config, "max_position_embeddings", 0) or 2**31)
         self.description = f"hf (transformers {type(model).__name__}, {str(model.dtype).removeprefix('torch.')})"
 
@@ -52,7 +53,7 @@ class HFTarget(Target):
         self.length = self.pending = 0
         self.pending_positions: list[int] = []  # positions of the pending rows (pad rows included)
 
-    def _forward(self, tokens, offsets, mask, last_only):
+    def _forward(self, tokens, offsets, mask, last_only, hidden=False):
         n = len(tokens)
         vis = self.full_mask(mask, n)  # (n, pending + n)
         pad = self.PAD_ROWS.get(self.model.dtype, 0) - n if n > 1 and not last_only else 0
@@ -73,13 +74,23 @@ class HFTarget(Target):
             if self.layers is None:
                 mask_arg = masks if "sliding_attention" in masks else masks["full_attention"]
                 out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask_arg, cache=self.cache,
-                                 use_cache=True, logits_to_keep=1 if last_only else 0)
-                logits = out.logits[0]
+                                 use_cache=True, logits_to_keep=1 if last_only else 0, output_hidden_states=hidden)
+                logits, states = out.logits[0], (out.hidden_states[-1][0] if hidden else None)
+                states = None if states is None else (states[-1:] if last_only else states)
             else:
-                logits = self._truncated(ids, pos, masks, last_only)
+                logits, states = self._truncated(ids, pos, masks, last_only)
         self.pending += rows
         self.pending_positions += positions
-        return logits[-1:] if last_only else logits[:n]
+        logits = logits[-1:] if last_only else logits[:n]
+        return (logits, states[: len(logits)]) if hidden else logits
+
+    def fork(self) -> "HFTarget":
+        twin = HFTarget(HFRuntime(self.model), self.layers, self.exit_head)
+        for i, layer in enumerate(self.cache.layers):
+            if getattr(layer, "is_initialized", False):
+                twin.cache.update(layer.keys[..., : self.length, :].clone(), layer.values[..., : self.length, :].clone(), i)
+        twin.length = self.length
+        return twin
 
     def commit(self, keep: list[int]) -> None:
         start, n = self.length, self.pending
@@ -132,7 +143,8 @@ class HFTarget(Target):
             raise ParadecError(f"layers must be in 1..{len(base.layers)}, got {layers}")
 
     def _truncated(self, ids, pos, masks, last_only):
-        """The first ``layers`` decoder layers, then the exit head (default: final norm + LM head)."""
+        """The first ``layers`` decoder layers, the final norm, then the exit head (default: the LM head);
+        returns (logits, normed hidden states)."""
         base = self.model.model
         hidden = base.embed_tokens(ids)  # (1, n, d)
         rope = base.rotary_emb(hidden, position_ids=pos)
@@ -141,7 +153,6 @@ class HFTarget(Target):
             mask = masks[types[i]] if types else masks["full_attention"]
             hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=pos, cache=self.cache,
                            use_cache=True)
-        hidden = hidden[0, -1:] if last_only else hidden[0]
-        if self.exit_head is not None:
-            return self.exit_head(base.norm(hidden))
-        return self.model.get_output_embeddings()(base.norm(hidden))
+        hidden = base.norm(hidden[0, -1:] if last_only else hidden[0])
+        head = self.exit_head if self.exit_head is not None else self.model.get_output_embeddings()
+        return head(hidden), hidden

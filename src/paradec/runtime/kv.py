@@ -58,6 +58,13 @@ class KVCache:
         self.length += len(rows)
         self.pending = 0
 
+    def copy(self) -> "KVCache":
+        """A cache holding a copy of the committed rows (pending rows dropped)."""
+        twin = KVCache(self.shape[0], self.shape[2], self.shape[3], self.tensor.dtype, self.capacity)
+        twin.tensor[:, :, :, : self.length] = self.tensor[:, :, :, : self.length]
+        twin.length = self.length
+        return twin
+
     def crop(self, length: int) -> None:
         """Forget everything from ``length`` on (pending rows included)."""
         if not 0 <= length <= self.length:

@@ -9,7 +9,6 @@ no second rounding.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +49,21 @@ class Layout:
         if quant == "none":
             return cls(plain, plain, plain, act, kv)
         return cls("q8" if quant == "int8" else "q4", "q8", "q8", act, kv)
+
+
+def resolve_quant(quant: str, dtype: torch.dtype, gguf_file: Path | None) -> str:
+    """``auto`` in bfloat16 (the fast default) → the block format a GGUF file's decoder layers already have,
+    when the kernels read it (Q4_0/Q4_1 → int4, Q8_0 → int8: the file's own weights, no second rounding);
+    else ``none`` (asking for float32/float64 asks for float weights)."""
+    if quant != "auto":
+        return quant
+    if gguf_file is None or dtype != torch.bfloat16:
+        return "none"
+    import gguf
+
+    kinds = [t.tensor_type.name for t in gguf.GGUFReader(str(gguf_file)).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
+    top = max(set(kinds), key=kinds.count) if kinds else ""
+    return {"Q4_0": "int4", "Q4_1": "int4", "Q8_0": "int8"}.get(top, "none")
 
 
 def _hf_names(i: int) -> dict[str, str]:
@@ -192,16 +206,4 @@ def load_weights(src: SafetensorsSource | StateDictSource, arch: Arch, layout: L
                    act=layout.act, kv=layout.kv)
 
 
-def read_config(directory: Path):
-    """The transformers config of a model directory (no weights are read)."""
-    from transformers import AutoConfig
-
-    if not (directory / "config.json").is_file():
-        raise ParadecError(f"'{directory}' holds no config.json")
-    try:
-        return AutoConfig.from_pretrained(directory, local_files_only=True)
-    except (ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise ParadecError(f"cannot read the config in '{directory}': {exc}") from exc
-
-
-__all__ = ["FLOAT_FORMATS", "Layout", "QUANTS", "SafetensorsSource", "StateDictSource", "load_weights", "read_config"]
+__all__ = ["FLOAT_FORMATS", "Layout", "QUANTS", "SafetensorsSource", "StateDictSource", "load_weights"]

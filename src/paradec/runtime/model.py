@@ -64,23 +64,19 @@ class Rows:
     extra: torch.Tensor
 
 
-def embed(table: Linear, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Rows of the embedding table, (M, hidden) in ``dtype``, whatever its format."""
-    return table.rows(tokens).to(dtype).contiguous()
-
-
 @torch.inference_mode()
 def forward(w: Weights, ops, rope, rows: Rows, caches: list[torch.Tensor], logits_rows: torch.Tensor | None = None,
-            layers: int | None = None, exit_head=None) -> torch.Tensor:
+            layers: int | None = None, exit_head=None, hidden: bool = False):
     """Run ``rows`` through the first ``layers`` layers (all by default) and return logits.
 
     logits_rows: which rows get logits (None: all); exit_head: maps the final-normed hidden states
     (n, hidden) to logits instead of the LM head (a trained early-exit head).
-    returns: (n, vocab) float32 (float64 on the float64 path)
+    returns: (n, vocab) float32 (float64 on the float64 path); with ``hidden``, also the final-normed
+    hidden states of those rows (n, hidden) — the features the LM head reads
     """
     a = w.arch
     scale = a.head_dim ** -0.5
-    h = embed(w.embed, rows.tokens, w.act)  # (M, hidden): the residual stream
+    h = ops.embed(w.embed, rows.tokens).contiguous()  # (M, hidden): the residual stream
     todo = w.layers[: layers if layers is not None else a.layers]
     x = ops.rmsnorm(h, todo[0].attn_norm, a.eps) if todo else h
     for i, layer in enumerate(todo):
@@ -92,6 +88,5 @@ def forward(w: Weights, ops, rope, rows: Rows, caches: list[torch.Tensor], logit
         x = ops.add_rmsnorm(h, ops.linear(ops.silu_mul(ops.linear(x, layer.gate_up)), layer.down), nxt, a.eps)
     if logits_rows is not None:
         x = x[logits_rows].contiguous()
-    if exit_head is not None:
-        return exit_head(x)
-    return ops.linear(x, w.lm_head)
+    logits = exit_head(x) if exit_head is not None else ops.linear(x, w.lm_head)
+    return (logits, x) if hidden else logits

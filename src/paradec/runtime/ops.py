@@ -26,6 +26,11 @@ class NativeOps:
     def linear(self, x: torch.Tensor, lin: Linear) -> torch.Tensor:  # (M, K) -> (M, N)
         return self.k.linear(x, lin.fmt, lin.w, lin.shape[0], lin.bias)
 
+    def embed(self, table: Linear, tokens: torch.Tensor) -> torch.Tensor:  # (M,) -> (M, K) float32
+        if table.fmt in ("q8", "q4"):
+            return self.k.dequant_rows(table.w, table.fmt, table.shape[1], tokens)
+        return table.rows(tokens).to(torch.float32)
+
     def rmsnorm(self, x, w, eps):
         return self.k.rmsnorm(x, w, eps)
 
@@ -46,6 +51,9 @@ class TorchOps:
     def __init__(self, dtype: torch.dtype = torch.float32):
         self.dtype = dtype
         self._dense: dict[int, torch.Tensor] = {}  # id(Linear) -> its weight in self.dtype
+
+    def embed(self, table: Linear, tokens: torch.Tensor) -> torch.Tensor:
+        return table.rows(tokens).to(self.dtype)
 
     def linear(self, x, lin: Linear):
         w = self._dense.get(id(lin))

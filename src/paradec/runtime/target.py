@@ -13,9 +13,20 @@ checks and the mask arithmetic live here once.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..errors import ContextOverflowError
+
+
+class Block(NamedTuple):
+    """One sequence's share of a forward (see ``Target.forward``)."""
+
+    tokens: list[int]
+    offsets: list[int]
+    mask: torch.Tensor | None = None
+    last_only: bool = False
 
 
 class Target:
@@ -39,15 +50,21 @@ class Target:
         return logits[-1]
 
     def forward(self, tokens: list[int], offsets: list[int], mask: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, hidden: bool = False):
         """Score new rows in one pass.
 
         tokens:  (n,) token ids
         offsets: (n,) position of each row minus the committed length (tree depth for a draft)
         mask:    (n, pending + n) bool: which pending rows (earlier blocks first, then this block)
                  each row sees; None = a causal chain after all pending rows
-        returns: (n, vocab) logits, or (1, vocab) for the last row when ``last_only``
+        returns: (n, vocab) logits, or (1, vocab) for the last row when ``last_only``; with ``hidden``
+                 a pair (logits, final-normed hidden states (n, d)) — the features the LM head reads
         """
+        self.check_block(Block(tokens, offsets, mask, last_only))
+        return self._forward(list(tokens), list(offsets), mask, last_only, hidden)
+
+    def check_block(self, block: Block) -> None:
+        tokens, offsets, mask = block.tokens, block.offsets, block.mask
         if not tokens:
             raise ValueError("forward needs at least one row")
         if len(offsets) != len(tokens):
@@ -55,7 +72,11 @@ class Target:
         if mask is not None and tuple(mask.shape) != (len(tokens), self.pending + len(tokens)):
             raise ValueError(f"forward: mask must have shape {(len(tokens), self.pending + len(tokens))}, got {tuple(mask.shape)}")
         self.check_room(max(offsets) + 1)
-        return self._forward(list(tokens), list(offsets), mask, last_only)
+
+    def fork(self) -> "Target":
+        """A new target holding a copy of this one's committed rows (branches of one prompt: the
+        prompt is read once)."""
+        raise NotImplementedError
 
     def commit(self, keep: list[int]) -> None:
         """Keep pending rows ``keep`` (ascending indices among all pending rows), drop the others."""
@@ -68,7 +89,8 @@ class Target:
     def reset(self) -> None:
         raise NotImplementedError
 
-    def _forward(self, tokens: list[int], offsets: list[int], mask: torch.Tensor | None, last_only: bool) -> torch.Tensor:
+    def _forward(self, tokens: list[int], offsets: list[int], mask: torch.Tensor | None, last_only: bool,
+                 hidden: bool = False):
         raise NotImplementedError
 
     def check_room(self, rows: int) -> None:
@@ -100,3 +122,17 @@ def visible_slots(mask: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.T
         return first + lead, torch.full((n, 1), -1, dtype=torch.int64)
     cols = torch.where(rest, torch.arange(P).unsqueeze(0), P).sort(dim=1).values[:, :E]
     return first + lead, torch.where(cols < P, cols + first, -1)
+
+
+def forward_many(targets: list[Target], blocks: list[Block], hidden: bool = False) -> list:
+    """Score several sequences' blocks; one forward for all of them where the runtime can (the native
+    runtime reads the weights once for every row), one per sequence otherwise. Same results as calling
+    ``target.forward`` on each (bit for bit on the native runtime)."""
+    if len(targets) != len(blocks):
+        raise ValueError("forward_many: one block per target")
+    for t, b in zip(targets, blocks):
+        t.check_block(b)
+    runtime = getattr(targets[0], "runtime", None) if targets else None
+    if runtime is not None and hasattr(runtime, "forward_many") and all(getattr(t, "runtime", None) is runtime for t in targets):
+        return runtime.forward_many(targets, [Block(list(b.tokens), list(b.offsets), b.mask, b.last_only) for b in blocks], hidden)
+    return [t._forward(list(b.tokens), list(b.offsets), b.mask, b.last_only, hidden) for t, b in zip(targets, blocks)]

@@ -2,7 +2,9 @@
 
 Formats (``Linear.fmt``), rows = output features N, K = input features:
 
-- ``f32`` / ``bf16`` / ``f64``: the matrix itself, ``w`` of shape (N, K);
+- ``f32`` / ``f64``: the matrix itself, ``w`` of shape (N, K);
+- ``bf16``: the matrix in tiles of 4 rows when K % 32 == 0 (``w`` (ceil(N / 4), 4K): per 32 columns the
+  4 rows' values side by side, one memory stream per tile), else the matrix itself;
 - ``q8``: GGML Q8_0 blocks: per 32 weights an fp16 scale d and 32 int8 q, weight = d * q;
 - ``q4``: GGML Q4_1 blocks: per 32 weights fp16 d and m and 32 4-bit q (byte j holds element j in its
   low nibble and element j + 16 in its high one), weight = d * q + m.
@@ -47,8 +49,16 @@ class Linear:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.w, self.bias) if t is not None)
 
+    @property
+    def float_tiled(self) -> bool:
+        return self.fmt == "bf16" and self.w.shape[1] == TILE * self.shape[1] != self.shape[1]
+
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Rows ``index`` of the weight matrix, float32 (an embedding lookup); (len(index), K)."""
+        if self.float_tiled:
+            K = self.shape[1]
+            tiles = self.w[index // TILE].view(len(index), K // QK, TILE, QK)
+            return tiles[torch.arange(len(index)), :, index % TILE].reshape(len(index), K)
         if self.fmt in FLOAT_FORMATS:
             return self.w[index]
         tiles = self.w[index // TILE]  # (n, tile bytes)
@@ -58,6 +68,9 @@ class Linear:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight matrix (N, K) in ``dtype``."""
+        if self.float_tiled:
+            N, K = self.shape
+            return self.w.view(-1, K // QK, TILE, QK).transpose(1, 2).reshape(-1, K)[:N].to(dtype)
         if self.fmt in FLOAT_FORMATS:
             return self.w.to(dtype)
         return dequantize_blocks(untile(self.w, self.fmt, self.shape[1])[: self.shape[0]], self.fmt, dtype)
@@ -82,6 +95,9 @@ def quantize(weight: torch.Tensor, fmt: str, bias: torch.Tensor | None = None) -
         raise ValueError(f"unknown weight format {fmt!r}; one of {FORMATS}")
     bias = None if bias is None else bias.to(torch.float64 if fmt == "f64" else torch.float32).contiguous()
     N, K = weight.shape
+    if fmt == "bf16" and K % QK == 0:  # tiles of 4 rows (module docstring)
+        w = F.pad(weight.to(torch.bfloat16), (0, 0, 0, -N % TILE))
+        return Linear(fmt, w.view(-1, TILE, K // QK, QK).transpose(1, 2).reshape(-1, TILE * K).contiguous(), (N, K), bias)
     if fmt in FLOAT_FORMATS:
         return Linear(fmt, weight.to(FLOAT_FORMATS[fmt]).contiguous(), (N, K), bias)
     return from_blocks(to_blocks(weight, fmt), fmt, bias)

@@ -1,8 +1,8 @@
 """The OpenAI-compatible HTTP app around one loaded model: ``create_app(model, ServeConfig(...))``.
 
 Requests pass the gates of ``guards.py`` (Host header, API key, body size), then are checked and
-queued by the ``Engine``. Generation runs on the worker thread, and its text pieces cross to the
-event loop through an asyncio queue. They leave as server-sent events or as one JSON body. A client
+queued by the ``Engine``. Generation runs in the worker thread's continuous batch, and its text
+pieces cross to the event loop through an asyncio queue. They leave as server-sent events or as one JSON body. A client
 that goes away cancels its generation, which stops at the end of the current decoding step.
 """
 
@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..decode import Result
 from ..drafters import METHODS
 from ..model import Model
 from . import schemas as s
@@ -26,6 +27,8 @@ from .config import ServeConfig
 from .engine import Engine, Prepared, shutting_down
 from .errors import APIError, install_error_handlers
 from .guards import CheckHost, LimitBody, RequireKey
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import render as render_metrics
 from .worker import Cancelled, Generation
 
 __all__ = ["ServeConfig", "create_app"]
@@ -39,15 +42,20 @@ def sse(data: dict | str) -> str:
 
 
 def paradec_extra(gen: Generation, prepared: Prepared) -> dict:
-    """``usage`` and the extra ``paradec`` field (method and decoding stats) of a finished generation."""
+    """``usage`` and the extra ``paradec`` field (method and decoding stats; with n > 1 also every
+    choice's stats) of a finished generation."""
+    results = gen.results
+    extra = {"method": prepared.method, "stats": results[0].stats.to_dict()}
+    if len(results) > 1:
+        extra["choices"] = [r.stats.to_dict() for r in results]
     return {
-        "usage": s.usage(prepared.prompt_tokens, len(gen.result.token_ids)),
-        "paradec": {"method": prepared.method, "stats": gen.result.stats.to_dict()},
+        "usage": s.usage(prepared.prompt_tokens, sum(len(r.token_ids) for r in results)),
+        "paradec": extra,
     }
 
 
-def finish_reason(gen: Generation) -> str:
-    return s.FINISH_REASONS.get(gen.result.stats.stop_reason, "stop")
+def finish_reason(result: Result) -> str:
+    return s.FINISH_REASONS.get(result.stats.stop_reason, "stop")
 
 
 async def until_disconnect(request: Request) -> None:
@@ -56,10 +64,10 @@ async def until_disconnect(request: Request) -> None:
         pass
 
 
-async def run_to_end(request: Request, gen: Generation) -> str | None:
-    """The whole text, or None if the client went away first (then the generation is cancelled).
-    A generation cancelled by the server (shutting down) is a 503."""
-    collect = asyncio.ensure_future(gen.text())
+async def run_to_end(request: Request, gen: Generation) -> list[str] | None:
+    """Every choice's whole text, or None if the client went away first (then the generation is
+    cancelled). A generation cancelled by the server (shutting down) is a 503."""
+    collect = asyncio.ensure_future(gen.texts())
     gone = asyncio.ensure_future(until_disconnect(request))
     try:
         await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -81,23 +89,30 @@ async def run_to_end(request: Request, gen: Generation) -> str | None:
 async def event_stream(
     gen: Generation, prepared: Prepared, req: s.GenerationRequest, chat: bool, model: str
 ) -> AsyncIterator[str]:
-    """SSE chunks: (chat: a role delta), one chunk per text piece, a last chunk with ``finish_reason``
-    and the ``paradec`` stats, a usage chunk if ``stream_options.include_usage``, ``data: [DONE]``."""
+    """SSE chunks: (chat: a role delta per choice), one chunk per text piece, for each choice a chunk
+    with its ``finish_reason`` and ``paradec`` stats as it ends, a usage chunk if
+    ``stream_options.include_usage``, ``data: [DONE]``."""
     rid = s.new_id("chatcmpl" if chat else "cmpl")
     obj = "chat.completion.chunk" if chat else "text_completion"
 
-    def chunk(text: str | None, finish: str | None = None, **more: Any) -> dict:
+    def chunk(i: int, text: str | None, finish: str | None = None, **more: Any) -> dict:
         if chat:
             delta = {} if text is None else {"content": text}
-            return s.envelope(rid, obj, model, [s.chat_delta(delta, finish)], **more)
-        return s.envelope(rid, obj, model, [s.completion_choice(text or "", finish)], **more)
+            return s.envelope(rid, obj, model, [s.chat_delta(delta, finish, i)], **more)
+        return s.envelope(rid, obj, model, [s.completion_choice(text or "", finish, i)], **more)
 
     try:
         if chat:
-            yield sse(s.envelope(rid, obj, model, [s.chat_delta({"role": "assistant", "content": ""}, None)]))
+            for i in range(len(prepared.seqs)):
+                delta = {"role": "assistant", "content": ""}
+                yield sse(s.envelope(rid, obj, model, [s.chat_delta(delta, None, i)]))
         try:
-            async for piece in gen.pieces():
-                yield sse(chunk(piece))
+            async for kind, i, value in gen.events():
+                if kind == "piece":
+                    yield sse(chunk(i, value))
+                else:
+                    stats = {"method": prepared.method, "stats": value.stats.to_dict()}
+                    yield sse(chunk(i, None, finish_reason(value), paradec=stats))
         except Cancelled:  # by the server: the client's own disconnect cancels this generator instead
             err = shutting_down()
             yield sse(s.error_body(err.message, err.type, code=err.code))
@@ -108,17 +123,15 @@ async def event_stream(
             yield sse(s.error_body(err.message, err.type))
             yield sse("[DONE]")
             return
-        extra = paradec_extra(gen, prepared)
-        yield sse(chunk(None, finish_reason(gen), paradec=extra["paradec"]))
         if req.stream_options and req.stream_options.include_usage:
-            yield sse(s.envelope(rid, obj, model, [], usage=extra["usage"]))
+            yield sse(s.envelope(rid, obj, model, [], usage=paradec_extra(gen, prepared)["usage"]))
         yield sse("[DONE]")
     finally:  # also on client disconnect, when starlette cancels this generator
         gen.cancel()
 
 
 def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
-    """The FastAPI app serving ``model``; one worker thread runs its generations one at a time."""
+    """The FastAPI app serving ``model``; one worker thread decodes its generations together."""
     engine = Engine(model, config or ServeConfig())
     config, served, created = engine.config, engine.served, int(time.time())
 
@@ -160,14 +173,17 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        text = await run_to_end(request, gen)
-        if text is None:
+        texts = await run_to_end(request, gen)
+        if texts is None:
             return Response(status_code=499)  # the client closed the request; nobody reads this
+        ends = [finish_reason(r) for r in gen.results]
         if chat:
-            rid, obj, choice = s.new_id("chatcmpl"), "chat.completion", s.chat_choice(text, finish_reason(gen))
+            rid, obj = s.new_id("chatcmpl"), "chat.completion"
+            choices = [s.chat_choice(t, end, i) for i, (t, end) in enumerate(zip(texts, ends))]
         else:
-            rid, obj, choice = s.new_id("cmpl"), "text_completion", s.completion_choice(text, finish_reason(gen))
-        return JSONResponse(s.envelope(rid, obj, served, [choice], **paradec_extra(gen, prepared)))
+            rid, obj = s.new_id("cmpl"), "text_completion"
+            choices = [s.completion_choice(t, end, i) for i, (t, end) in enumerate(zip(texts, ends))]
+        return JSONResponse(s.envelope(rid, obj, served, choices, **paradec_extra(gen, prepared)))
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -189,6 +205,11 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
             "seconds_since_step": None if age is None else round(age, 3),
         }
         return JSONResponse(body, 200 if status == "ok" else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text format: queue length, running requests and sequences, tokens/s, tokens per forward."""
+        return Response(render_metrics(engine.worker), media_type=METRICS_TYPE)
 
     @app.get("/v1/models")
     async def list_models() -> dict:

@@ -11,7 +11,7 @@ import sys
 import threading
 
 from ..errors import ParadecError
-from .config import LOOPBACK_HOSTS, MAX_BODY_BYTES, STALL_AFTER, ServeConfig
+from .config import COST_CURVES, LOOPBACK_HOSTS, MAX_BODY_BYTES, STALL_AFTER, ServeConfig
 
 
 def add_parser(subparsers) -> None:
@@ -20,7 +20,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "serve",
         help="OpenAI-compatible HTTP server (completions, chat, streaming)",
-        description="Serve one model over the OpenAI API: /v1/completions, /v1/chat/completions, /v1/models, /health. "
+        description="Serve one model over the OpenAI API: /v1/completions, /v1/chat/completions, /v1/models, /health, "
+        "/metrics (Prometheus). Concurrent requests are decoded together (continuous batching). "
         'A request picks its method with the extra body field "paradec": {"method": NAME}; it may set only the '
         "method options that --request-options opens, and a time limit up to --max-timeout.",
     )
@@ -89,10 +90,26 @@ def add_parser(subparsers) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        metavar="N",
+        help="sequences decoded together, one forward per step for all; requests join and leave between "
+        "steps (a request with n choices brings n) (default: %(default)s)",
+    )
+    p.add_argument(
         "--max-queue",
         type=int,
         default=32,
-        help="requests that may wait while one runs; more get 429 (default: %(default)s)",
+        help="requests that may wait while the batch is full; more get 429 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cost-curve",
+        choices=COST_CURVES,
+        default="measure",
+        help="'measure': time forwards of 1..64 rows at start-up (about a second) and stop drafting for the "
+        "batch while drafts cost more than they save at its size; 'off': requests draft as their method "
+        "decides (default: %(default)s)",
     )
     p.add_argument(
         "--default-max-tokens",
@@ -159,6 +176,8 @@ def server_config(args: argparse.Namespace) -> ServeConfig:
             model_name=args.served_model_name,
             api_key=args.api_key,
             max_queue=args.max_queue,
+            max_batch=args.max_batch,
+            cost_curve=args.cost_curve,
             default_max_tokens=args.default_max_tokens,
             request_options=frozenset(split_list(args.request_options)),
             share_drafter_state=args.share_drafter_state,

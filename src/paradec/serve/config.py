@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_BODY_BYTES = 1 << 20  # 1 MiB of JSON is ~250k tokens of English, more than any context window
 STALL_AFTER = 60.0  # seconds without a finished step before /health says "stalled"
+COST_CURVES = ("measure", "off")
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,13 @@ class ServeConfig:
     max_body_bytes:     a larger request body gets 413 before any of it is parsed
     allowed_hosts:      the host names the ``Host`` header may carry (``"*"``: any). Against DNS
                         rebinding: a web page whose domain is re-pointed at 127.0.0.1 sends its own name
-    max_queue:          requests that may wait while one runs; more get 429
+    max_batch:          sequences decoded together, one forward per step for all (a request with n
+                        choices brings n); requests join and leave the batch between steps
+    max_queue:          requests that may wait while the batch is full; more get 429
+    cost_curve:         "measure": measure the runtime's cost curve at start-up (about a second) and
+                        let the batch stop drafting while drafts cost more forward time than they save
+                        at its size (``paradec.parallel.switch``); "off": every request drafts as its
+                        method decides
     default_max_tokens: cap for chat requests without max_tokens (default: the rest of the context)
     api_key:            required as ``Authorization: Bearer KEY`` on every route but /health
     """
@@ -54,6 +61,8 @@ class ServeConfig:
     model_name: str | None = None
     api_key: str | None = None
     max_queue: int = 32
+    max_batch: int = 8
+    cost_curve: str = "measure"
     default_max_tokens: int | None = None
     request_options: frozenset[str] = frozenset()
     share_drafter_state: bool = False
@@ -84,7 +93,9 @@ class ServeConfig:
                 raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
         if self.timeout is not None and self.max_timeout is not None and self.timeout > self.max_timeout:
             raise ValueError(f"timeout ({self.timeout}) must not exceed max_timeout ({self.max_timeout})")
-        for name, low in (("max_queue", 0), ("max_body_bytes", 1)):
+        if self.cost_curve not in COST_CURVES:
+            raise ValueError(f"cost_curve must be one of {', '.join(COST_CURVES)}, got {self.cost_curve!r}")
+        for name, low in (("max_queue", 0), ("max_batch", 1), ("max_body_bytes", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")

@@ -16,10 +16,12 @@ from typing import Any
 
 from jinja2 import TemplateError
 
-from ..api import Stream, encode_prompt, stream
+from ..api import encode_prompt, prepare
+from ..decode import Sequence
 from ..drafters import METHODS, Drafter, make_drafter
 from ..errors import ParadecError
 from ..model import Model, load
+from ..parallel.switch import DraftSwitch, measure_curve
 from . import schemas as s
 from .config import ServeConfig
 from .errors import APIError
@@ -29,15 +31,23 @@ MAX_DRAFTERS = 8  # shared drafters kept for reuse, least recently used dropped 
 DRAFT_REFUSED = "requests cannot name a draft model; the server's operator chooses it (paradec serve --draft)"
 
 
+def choice_seed(seed: int | None, i: int) -> int | None:
+    """The seed of choice i of a request: ``seed + i``, kept in the range requests may use."""
+    if seed is None:
+        return None
+    return seed + i if seed + i < 2**64 else seed + i - 2**64
+
+
 def shutting_down() -> APIError:
     return APIError(503, "the server is shutting down", "server_error", code="shutting_down")
 
 
 @dataclass
 class Prepared:
-    """A checked request, ready to queue: its lazy decoder, its job (cancel, deadline), what the response reports."""
+    """A checked request, ready to queue: its sequences (one per choice), its job (cancel, deadline),
+    what the response reports."""
 
-    pieces: Stream
+    seqs: list[Sequence]
     job: Job
     prompt_tokens: int
     method: str
@@ -61,7 +71,8 @@ class Engine:
         make_drafter(config.method, model, **self.operator_options(config.method))  # a bad default fails now
         self._drafters: OrderedDict[tuple[str, str], Drafter] = OrderedDict()
         self._drafters_lock = threading.Lock()
-        self.worker = Worker(config.max_queue)
+        switch = DraftSwitch(measure_curve(model)) if config.cost_curve == "measure" else None
+        self.worker = Worker(config.max_queue, config.max_batch, switch)
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.served:
@@ -79,30 +90,36 @@ class Engine:
         problem = req.unsupported()
         if problem:
             raise APIError(400, problem[1], param=problem[0], code="unsupported_parameter")
-        drafter = self.drafter(req.paradec)
+        n = req.n or 1
+        if n > self.config.max_batch:
+            raise APIError(400, f"n must be at most {self.config.max_batch} here (the server's batch size)", param="n")
+        drafters = [self.drafter(req.paradec, shared=i == 0) for i in range(n)]
         ids = self.encode(prompt, chat)
         limit = self.token_budget(req, len(ids), default_limit, "messages" if chat else "prompt")
         try:
-            pieces = stream(
-                self.model,
-                ids,
-                drafter,
-                max_new_tokens=limit,
-                temperature=1.0 if req.temperature is None else req.temperature,  # OpenAI's default
-                top_p=1.0 if req.top_p is None else req.top_p,
-                top_k=req.top_k or 0,
-                seed=req.seed,
-                stop=req.stop_list(),
-                interrupt=job.interrupt,
-            )
+            seqs = [
+                prepare(
+                    self.model,
+                    ids,
+                    drafter,
+                    max_new_tokens=limit,
+                    temperature=1.0 if req.temperature is None else req.temperature,  # OpenAI's default
+                    top_p=1.0 if req.top_p is None else req.top_p,
+                    top_k=req.top_k or 0,
+                    seed=choice_seed(req.seed, i),
+                    stop=req.stop_list(),
+                    interrupt=job.interrupt,
+                )
+                for i, drafter in enumerate(drafters)
+            ]
         except ParadecError as exc:
             raise APIError(400, str(exc)) from exc
-        return Prepared(pieces, job, len(ids), drafter.name)
+        return Prepared(seqs, job, len(ids), drafters[0].name)
 
     def start(self, prepared: Prepared) -> Generation:
         """Queue a prepared request; 429 when the queue is full, 503 when shutting down."""
         try:
-            return Generation(self.worker, prepared.pieces, prepared.job)
+            return Generation(self.worker, prepared.seqs, prepared.job)
         except QueueFull as exc:
             raise self.busy(str(exc)) from exc
         except Closed as exc:
@@ -139,9 +156,10 @@ class Engine:
             options["draft"] = self.draft
         return options
 
-    def drafter(self, field: s.ParadecField | None) -> Drafter:
+    def drafter(self, field: s.ParadecField | None, shared: bool = True) -> Drafter:
         """The request's method (or the server's) with the operator's options and the allowed ones of
-        the request, as a drafter."""
+        the request, as a drafter; with ``share_drafter_state`` the kept one for them (unless ``shared``
+        is false: the further choices of a request with n > 1 need drafters of their own)."""
         method = field.method if field and field.method else self.config.method
         if method not in METHODS:
             raise APIError(
@@ -166,7 +184,7 @@ class Engine:
                 code="unsupported_parameter",
             )
         options = {**self.operator_options(method), **requested}
-        if not self.config.share_drafter_state:
+        if not (self.config.share_drafter_state and shared):
             return self.build(method, options)
         key = (method, json.dumps(requested, sort_keys=True))
         with self._drafters_lock:

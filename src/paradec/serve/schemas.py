@@ -2,7 +2,7 @@
 
 Types are strict (``"16"`` is not an integer) so that a wrong type is a 400, as with OpenAI.
 Unknown fields are ignored, as clients send many; known fields that paradec cannot honour
-(``n > 1``, logprobs, tools, penalties, ...) are refused by ``unsupported()`` rather than ignored.
+(logprobs, tools, penalties, ...) are refused by ``unsupported()`` rather than ignored.
 Strings must be valid Unicode: JSON can spell a lone surrogate (``"\\ud800"``), which no tokenizer
 and no UTF-8 response can carry, so it is a 400 here rather than a crash later.
 """
@@ -56,7 +56,7 @@ class GenerationRequest(BaseModel):
     top_k: Annotated[StrictInt, Field(ge=0)] | None = None  # extension, as in vLLM
     seed: Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     stop: Str | Annotated[list[Str], Field(max_length=4)] | None = None
-    n: StrictInt | None = None
+    n: Annotated[StrictInt, Field(ge=1)] | None = None  # choices, decoded together (seed + i for choice i)
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     presence_penalty: Number | None = None
@@ -67,8 +67,6 @@ class GenerationRequest(BaseModel):
 
     def unsupported(self) -> tuple[str, str] | None:
         """(param, message) for the first requested feature paradec does not provide."""
-        if self.n not in (None, 1):
-            return "n", "only n=1 is supported"
         if self.presence_penalty or self.frequency_penalty:
             param = "presence_penalty" if self.presence_penalty else "frequency_penalty"
             return param, f"{param} is not supported; leave it at 0"
@@ -198,21 +196,21 @@ def envelope(rid: str, obj: str, model: str, choices: list[dict], **extra: Any) 
     }
 
 
-def completion_choice(text: str, finish_reason: str | None) -> dict:
-    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+def completion_choice(text: str, finish_reason: str | None, index: int = 0) -> dict:
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
 
-def chat_choice(text: str, finish_reason: str) -> dict:
+def chat_choice(text: str, finish_reason: str, index: int = 0) -> dict:
     return {
-        "index": 0,
+        "index": index,
         "message": {"role": "assistant", "content": text},
         "logprobs": None,
         "finish_reason": finish_reason,
     }
 
 
-def chat_delta(delta: dict, finish_reason: str | None) -> dict:
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+def chat_delta(delta: dict, finish_reason: str | None, index: int = 0) -> dict:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
 def error_body(

@@ -1,4 +1,4 @@
-"""Build (once) and load the C++ kernels of ``kernels.cpp``.
+"""Build (once) and load the C++ kernels in this folder (``common.h`` says what is where).
 
 The kernels are compiled on first use with this machine's C++ compiler and ``-march=native`` (the
 same SIMD code then fits whatever CPU runs it), and cached under ``$PARADEC_CACHE/kernels/`` keyed by
@@ -19,8 +19,9 @@ from pathlib import Path
 
 from ...errors import ParadecError
 
-SOURCE = Path(__file__).with_name("kernels.cpp")
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
+HERE = Path(__file__).parent
+SOURCES = sorted(HERE.glob("*.cpp"))  # compiled together with common.h
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-ffp-contract=off"]  # FMAs only where written
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def build_key() -> str:
     import torch
 
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS).encode(), _cpu_flags().encode(),
+    code = [p.read_bytes() for p in SOURCES + [HERE / "common.h"]]
+    for part in (*code, torch.__version__.encode(), " ".join(CFLAGS).encode(), _cpu_flags().encode(),
                  platform.machine().encode()):
         h.update(part)
     return h.hexdigest()[:16]
@@ -79,7 +81,7 @@ def kernels():
     if not any(directory.glob(f"{name}*.so")):
         log.warning("building paradec's CPU kernels for this machine (once, ~1 min)")
     try:
-        return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
+        return cpp_extension.load(name=name, sources=[str(p) for p in SOURCES], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
                                   build_directory=str(directory), verbose=False)
     except Exception as exc:  # compiler errors, a broken toolchain, an unloadable library
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

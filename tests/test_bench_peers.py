@@ -1,0 +1,52 @@
+"""The benchmark's extra contenders: llama.cpp peers and the cost-curve command."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from paradec.bench import llamacpp
+from paradec.bench.cost import measure
+from paradec.cli import main
+from paradec.errors import ParadecError
+
+from conftest import tiny_model
+
+
+def test_llamacpp_peers_say_why_they_cannot_run(monkeypatch):
+    model = tiny_model("llama")
+    if importlib.util.find_spec("llama_cpp") is not None:
+        assert "needs a GGUF model" in llamacpp.unavailable_reason(model)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    peers, missing = llamacpp.make_llamacpp(model)
+    assert peers == [] and "pip install llama-cpp-python" in missing["llamacpp"]
+
+
+def test_llamacpp_spec_parsing():
+    assert llamacpp.parse_spec("q4_0:2") == ("Q4_0", 2)
+    assert llamacpp.parse_spec("file") == ("file", 1)
+    for bad in ("Q4_0:x", "Q4_0:0"):
+        with pytest.raises(ParadecError):
+            llamacpp.parse_spec(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is optional (pip install llama-cpp-python)")
+def test_llamacpp_decodes_the_embedded_model_greedily():
+    import paradec
+
+    model = paradec.load("smollm2-135m")
+    peers, missing = llamacpp.make_llamacpp(model, "file:1")
+    assert not missing
+    ids = model.tokenizer("The capital of France is").input_ids
+    plain, lookup = (p.run(ids, 12) for p in peers)
+    assert len(plain.token_ids) == 12 and plain.forward_passes == 11
+    assert lookup.token_ids == plain.token_ids  # its prompt lookup is lossless too
+
+
+def test_cost_curve_measures_every_k_and_the_command_prints_it(capsys):
+    curve = measure(tiny_model("llama"), ks=(1, 3), context=8, rounds=2, warmup=1)
+    assert set(curve) == {1, 3} and all(v > 0 for v in curve.values())
+    assert main(["cost-curve", "--ks", "x"]) == 2
+    assert "--ks must be comma-separated" in capsys.readouterr().err

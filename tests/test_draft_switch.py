@@ -1,0 +1,91 @@
+"""The batch's draft switch: drafting stops for the whole batch when, at its size, verifying drafts
+would cost more forward time than the tokens they bring; the output never changes."""
+
+from __future__ import annotations
+
+import pytest
+
+import paradec
+from paradec.decode import Sequence
+from paradec.drafters import make_drafter
+from paradec.parallel.batch import Batch
+from paradec.parallel.switch import CostCurve, DraftSwitch, measure_curve
+from paradec.sampling import SamplingParams
+
+from conftest import OracleDrafter
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+
+def test_cost_curve_interpolates_and_extends_linearly():
+    c = CostCurve.of({1: 1.0, 4: 1.6, 8: 2.0})
+    assert c(1) == 1.0 and c(4) == 1.6 and c(2) == pytest.approx(1.2) and c(6) == pytest.approx(1.8)
+    assert c(16) == pytest.approx(2.8)  # beyond the last point: the last segment's slope
+    assert CostCurve.of({2: 4.0})(3) == pytest.approx(6.0)
+    for bad in ({}, {0: 1.0}, {1: 0.0}):
+        with pytest.raises(ValueError):
+            CostCurve.of(bad)
+
+
+class Fake:
+    """Stands for a sequence whose drafting steps took ``rows`` rows and yielded ``tokens`` tokens."""
+
+    def __init__(self, rows: int, tokens: int):
+        self.last_step = (rows, tokens)
+
+
+def test_the_worked_example_of_the_docstring():
+    """c(k) = 1 + 0.1 k; 8 sequences drafting 4 rows for 2 tokens: 16 / 4.2 < 8 / 1.8 → plain steps.
+    At 2 sequences drafting pays: 4 / 1.8 > 2 / 1.2."""
+    curve = CostCurve.of({1: 1.1, 100: 11.0})
+    for size, pays in ((8, False), (2, True)):
+        switch = DraftSwitch(curve, decay=0.0)
+        seqs = [Fake(4, 2) for _ in range(size)]
+        assert switch.max_rows(seqs) is None  # nothing known yet: draft
+        switch.observe(seqs)
+        assert switch.pays(seqs) is pays
+
+
+def test_while_off_every_probe_every_th_step_drafts_to_refresh_the_averages():
+    switch = DraftSwitch(CostCurve.of({1: 1.0, 2: 2.0}), probe_every=3, decay=0.0)  # rows cost linearly
+    seqs = [Fake(5, 1) for _ in range(4)]  # 5 rows for 1 token: never pays
+    switch.max_rows(seqs)
+    switch.observe(seqs)
+    assert [switch.max_rows(seqs) for _ in range(7)] == [0, 0, None, 0, 0, None, 0]
+
+
+def run(model, jobs, switch):
+    seqs = [Sequence(model, d, p, SamplingParams(), 24) for d, p in jobs]
+    batch = Batch(switch)
+    for s in seqs:
+        batch.add(s)
+    while len(batch):
+        batch.step()
+    return [s.result for s in seqs]
+
+
+def test_a_steep_curve_turns_drafting_off_and_the_output_stays_the_same(tiny_llama):
+    model = tiny_llama
+    prompts = [[4, 5, 6], [7, 8], [9, 10, 11, 12], [13]]
+    truths = [paradec.generate(model, p, max_new_tokens=24).token_ids for p in prompts]
+    wrong = [[(t + 1) % 90 + 3 for t in truth] for truth in truths]  # drafts that always fail
+
+    def jobs(guesses):
+        return [(OracleDrafter(model, g, len(p), k=6), p) for g, p in zip(guesses, prompts)]
+
+    steep = CostCurve.of({1: 1.0, 2: 2.0})  # every row costs as much as the first: drafts must be right
+    off = run(model, jobs(wrong), DraftSwitch(steep, probe_every=8))
+    free = run(model, jobs(wrong), None)
+    for r, f, truth in zip(off, free, truths):
+        assert r.token_ids == f.token_ids == truth
+        assert 0 < r.stats.draft_nodes < f.stats.draft_nodes / 3  # the first step and the probes drafted
+    flat = CostCurve.of({1: 1.0, 64: 1.0})  # rows are free: drafting always pays
+    on = run(model, jobs(wrong), DraftSwitch(flat))
+    assert [r.stats.draft_nodes for r in on] == [f.stats.draft_nodes for f in free]
+    right = run(model, jobs(truths), DraftSwitch(steep))  # right drafts pay even when rows are dear
+    assert all(r.token_ids == t and r.stats.forward_passes <= 5 for r, t in zip(right, truths))
+
+
+def test_measure_curve_gives_a_curve_of_the_model(tiny_llama):
+    curve = measure_curve(tiny_llama, ks=(1, 4, 16), rounds=1)
+    assert [k for k, _ in curve.points] == [1, 4, 16] and curve(8) > 0
