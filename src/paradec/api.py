@@ -67,7 +67,8 @@ def prepare(
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     model = model if isinstance(model, Model) else load(model, DEFAULT_DTYPE)
     if model.diffusion is not None:
-        return _diffusion_stream(model, prompt, method, params, max_new_tokens, stop, chat, method_options, interrupt)
+        raise ParadecError(f"'{model.name}' is a diffusion LM: it is decoded by paradec.stream / generate (a "
+                           "denoising loop), not stepped as a Sequence")
     drafter = method if isinstance(method, Drafter) else make_drafter(method, model, **(method_options or {}))
     prompt_ids = encode_prompt(model, prompt, chat)
     check_fits(model, prompt_ids)
@@ -90,15 +91,36 @@ def stream(model: Model | str, prompt: Prompt, method: str | Drafter = "plain", 
     arguments as ``prepare``). ``interrupt``: asked between decoding steps; a reason it returns ends
     the generation (see ``decode``).
     """
+    model = model if isinstance(model, Model) else load(model, DEFAULT_DTYPE)
+    if model.diffusion is not None:
+        return Stream(prepare_denoising(model, prompt, method, **kwargs))
     return Stream(run(prepare(model, prompt, method, **kwargs)))
 
 
-def _diffusion_stream(model, prompt, method, params, max_new_tokens, stop, chat, method_options, interrupt) -> Stream:
-    """A diffusion LM: ``method`` names a diffusion decoder (``paradec.diffusion.decoders``); "plain" (and a
-    server's plain drafter) is the one-token-per-step baseline."""
+def prepare_denoising(
+    model: Model,
+    prompt: Prompt,
+    method="plain",
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+    chat: bool = False,
+    method_options: dict | None = None,
+    interrupt: Callable[[], str | None] | None = None,
+) -> Iterator[str]:
+    """``prepare`` for a diffusion LM: check every argument now, return the denoising loop (text pieces,
+    then its ``Result``) to iterate. ``method`` names a diffusion decoder (``paradec.diffusion.decoders``)
+    or is one; "plain" (and a plain drafter) is the one-token-per-step baseline."""
     from .diffusion.decoders import Decoder, make_decoder
     from .diffusion.loop import denoise, layout
 
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if isinstance(method, Decoder):
         decoder = method
     elif isinstance(method, str) or method.name == "plain":
@@ -115,7 +137,7 @@ def _diffusion_stream(model, prompt, method, params, max_new_tokens, stop, chat,
             f"the prompt has {len(prompt_ids)} tokens and the generation needs {block * blocks} positions, but the "
             f"model's context window is {model.max_length} tokens"
         )
-    return Stream(denoise(model, decoder, prompt_ids, params, max_new_tokens, stop, interrupt))
+    return denoise(model, decoder, prompt_ids, params, max_new_tokens, stop, interrupt)
 
 
 def generate(model: Model | str, prompt: Prompt, method: str | Drafter = "plain", **kwargs) -> Result:
