@@ -101,10 +101,10 @@ def check_number(config, name: str, low: float, high: float) -> None:
 
 
 class Decoder:
-    """Subclass, set ``name``, ``summary`` and ``Config``, decorate with ``@register``."""
+    """Subclass, set ``name`` and ``Config``, decorate with ``@register``; its one-line summary goes in
+    ``paradec.methods.DIFFUSION_DECODERS`` (listed without importing torch)."""
 
     name: ClassVar[str]
-    summary: ClassVar[str]
     Config: ClassVar[type[DecoderConfig]] = DecoderConfig
     lossless: ClassVar[bool] = False  # output equals the one-token-per-step greedy decode
     greedy_only: ClassVar[bool] = False  # refuses sampling
@@ -170,7 +170,6 @@ class LowConfidence(Decoder):
     """LLaDA: commit a fixed number of the most confident positions per step (``num_transfer_tokens``)."""
 
     name = "low_confidence"
-    summary = "LLaDA low-confidence remasking on a fixed schedule; default one token per step (the baseline)"
     Config = LowConfidenceConfig
 
     def begin_block(self, masked: int, blocks: int) -> None:
@@ -193,7 +192,6 @@ class ThresholdConfig(DecoderConfig):
 @register
 class Threshold(Decoder):
     name = "threshold"
-    summary = "Fast-dLLM confidence threshold: commit every position with confidence >= threshold (at least one)"
     Config = ThresholdConfig
 
     def select(self, view: StepView) -> Selection:
@@ -212,7 +210,6 @@ class FactorConfig(DecoderConfig):
 @register
 class Factor(Decoder):
     name = "factor"
-    summary = "Fast-dLLM factor rule: the n most confident positions while (n + 1)(1 - confidence) < factor"
     Config = FactorConfig
 
     def select(self, view: StepView) -> Selection:
@@ -235,7 +232,6 @@ class LocalLeapConfig(DecoderConfig):
 @register
 class LocalLeap(Decoder):
     name = "localleap"
-    summary = "LocalLeap: anchors above a high threshold, their neighbours within a radius above a relaxed one"
     Config = LocalLeapConfig
 
     def select(self, view: StepView) -> Selection:
@@ -263,7 +259,6 @@ class Credit(Decoder):
     """CreditDecoding: the threshold rule on logits fused with each position's trace credit."""
 
     name = "credit"
-    summary = "CreditDecoding: threshold rule on logits fused with trace credits accumulated over the steps"
     Config = CreditConfig
 
     def begin_block(self, masked: int, blocks: int) -> None:
@@ -295,7 +290,6 @@ class EarlyCommit(LowConfidence):
     """Prophet: the fixed schedule until the answer is decided (top-1/top-2 gap), then everything at once."""
 
     name = "early_commit"
-    summary = "early commit (Prophet): fixed schedule until the mean top-1/top-2 logit gap is wide, then all at once"
     Config = EarlyCommitConfig
 
     def select(self, view: StepView) -> Selection:

@@ -38,7 +38,6 @@ class LosslessConfig(DecoderConfig):
 @register
 class Lossless(Decoder):
     name = "lossless"
-    summary = "draft-and-verify (FreeDave-style): the one-token-per-step greedy output in fewer forwards (greedy only)"
     Config = LosslessConfig
     lossless = True
     greedy_only = True
