@@ -106,7 +106,6 @@ class LearnedConfig(DecoderConfig):
 @register
 class Learned(Decoder):
     name = "learned"
-    summary = "Learn2PD-style learned commit filter: a tiny model trained on the dLLM's own traces picks final tokens"
     Config = LearnedConfig
 
     def __init__(self, model, config: LearnedConfig):
@@ -195,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"model": args.model, "examples": int(len(y)), "final_fraction": round(float(y.mean()), 4),
             "precision_at_0.9": round(precision, 4), "command": "python -m paradec.diffusion.learned " + " ".join(argv or [])}
     net.save(Path(args.out), meta)
+    if (Path(args.out).parent / "MANIFEST.json").is_file():  # a shipped model's directory: its checksums include the filter
+        from .train import write_manifest
+
+        write_manifest(Path(args.out).parent)
     print(json.dumps(meta))
     return 0
 

@@ -24,8 +24,9 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-FILL_WORDS = ("cat", "dog", "fox", "bird", "mat", "log", "tree", "hill", "park", "box", "red", "blue", "big", "small")
+LETTERS = "abcdefghij"  # few symbols and short lists: a model small enough for one CPU core learns them in minutes
+FILL_WORDS = ("cat", "dog", "fox", "bird", "mat", "log", "box", "hill")
+SHORTEST, LONGEST = 4, 4  # list lengths: one length, so each task fixes where an answer token's source is
 TEMPLATES = ("the _ sat on the _", "a _ ran to the _", "the _ _ is on the _", "my _ likes the _", "a _ and a _ met")
 SYMBOLS = (":", ";", "|", "/", "_", "1", "2", "3", "4", "5", "6", "7", "8", "9")
 WORDS = ("copy", "reverse", "sort", "shuffle", "line", "leave", "join", "front", "anywhere", "any", "fill", "latin",
@@ -46,8 +47,8 @@ class Example:
     check: Callable[[str], bool]  # is this output a correct answer?
 
 
-def _items(rng: random.Random, low: int = 3, high: int = 7) -> list[str]:
-    return rng.sample(LETTERS, rng.randint(low, high))
+def _items(rng: random.Random) -> list[str]:
+    return rng.sample(LETTERS, rng.randint(SHORTEST, LONGEST))
 
 
 def _exact(answer: str) -> Callable[[str], bool]:
@@ -55,29 +56,29 @@ def _exact(answer: str) -> Callable[[str], bool]:
 
 
 def copy(rng):
-    xs = _items(rng, 3, 8)
+    xs = _items(rng)
     return Example("copy", "copy : " + " ".join(xs), " ".join(xs), _exact(" ".join(xs)))
 
 
 def reverse(rng):
-    xs = _items(rng, 3, 8)
+    xs = _items(rng)
     return Example("reverse", "reverse : " + " ".join(xs), " ".join(xs[::-1]), _exact(" ".join(xs[::-1])))
 
 
 def sort(rng):
-    xs = _items(rng, 3, 8)
+    xs = _items(rng)
     return Example("sort", "sort : " + " ".join(xs), " ".join(sorted(xs)), _exact(" ".join(sorted(xs))))
 
 
 def shuffle(rng):
-    xs = _items(rng, 3, 8)
+    xs = _items(rng)
     out = xs[:]
     rng.shuffle(out)
     return Example("shuffle", "shuffle : " + " ".join(xs), " ".join(out), lambda o: sorted(o.split()) == sorted(xs))
 
 
 def line(rng):
-    xs = _items(rng, 3, 7)
+    xs = _items(rng)
     op = rng.choice(("leave", "join", "front"))
     if op == "join":
         who = rng.choice([c for c in LETTERS if c not in xs])
@@ -91,7 +92,7 @@ def line(rng):
 
 
 def line_anywhere(rng):
-    xs = _items(rng, 3, 7)
+    xs = _items(rng)
     if rng.random() < 0.5:
         who = rng.choice([c for c in LETTERS if c not in xs])
         at = rng.randint(0, len(xs))

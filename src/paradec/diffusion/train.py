@@ -37,18 +37,18 @@ MIN_MASK = 1e-3
 
 @dataclass(frozen=True)
 class TrainConfig:
-    d_model: int = 128
-    n_layers: int = 4
+    d_model: int = 64  # ~0.2M parameters: a step costs little on one shared CPU core
+    n_layers: int = 3
     n_heads: int = 4
-    mlp_hidden: int = 384
-    max_length: int = 512
-    steps: int = 3000
+    mlp_hidden: int = 192
+    max_length: int = 256
+    steps: int = 5000
     batch: int = 32
-    lr: float = 2e-3
-    warmup: int = 100
+    lr: float = 3e-3
+    warmup: int = 200
     weight_decay: float = 0.01
-    short_canvas: int = 32  # most batches: answer + EOS padding up to this many positions
-    long_canvas: int = 256  # every long_every-th batch: up to this many (so long generations end in EOS too)
+    short_canvas: int = 16  # most batches: answer + EOS padding up to this many positions
+    long_canvas: int = 160  # every long_every-th batch: up to this many (so long generations end in EOS too)
     long_every: int = 8
     long_batch: int = 8
     seed: int = 0
@@ -131,11 +131,15 @@ class Batches:
         return ids, bias, labels, weights / len(rows)
 
 
-def loss_of(model, batch) -> torch.Tensor:
+def loss_of(model, batch) -> tuple[torch.Tensor, float]:
+    """The batch's loss, and the fraction of its masked answer tokens (not the EOS padding) the model
+    predicts right: it rises well before exact match does."""
     ids, bias, labels, weights = batch
     logits = model(input_ids=ids, attention_mask=bias).logits  # bidirectional: the bias masks padding only
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
-    return (ce * weights).sum()
+    content = (labels != -100) & (labels != model.config.eos_token_id)
+    right = (logits.argmax(-1) == labels) & content
+    return (ce * weights).sum(), float(right.sum()) / max(int(content.sum()), 1)
 
 
 def as_paradec(hf, tok):
@@ -161,8 +165,7 @@ def evaluate(hf, tok, per_task: int = 8, seed: int = 12345) -> dict[str, float]:
 
 
 def export(hf, tok, c: TrainConfig, out: Path, summary: dict) -> None:
-    """Write the LLaDA-format checkpoint (bfloat16 weights under LLaDA's names) and MANIFEST.json
-    (SHA-256 of every file, the command, the training summary)."""
+    """Write the LLaDA-format checkpoint (bfloat16 weights under LLaDA's names) and MANIFEST.json."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -171,9 +174,18 @@ def export(hf, tok, c: TrainConfig, out: Path, summary: dict) -> None:
     cfg = llada_config(c, len(tasks.vocabulary()), tok.eos_token_id, tok.mask_token_id)
     (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     tok.save_pretrained(out)
-    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "MANIFEST.json")
-    manifest = {"files": {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in files}, **summary}
-    (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_manifest(out, summary)
+
+
+def write_manifest(directory: Path, summary: dict | None = None) -> None:
+    """MANIFEST.json: the SHA-256 of every file of the directory, and the training summary (the command,
+    seed, configuration, training time, history); ``summary`` None keeps the one already there."""
+    path = directory / "MANIFEST.json"
+    if summary is None:
+        summary = {k: v for k, v in json.loads(path.read_text()).items() if k != "files"}
+    files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != path.name)
+    manifest = {"files": {f: hashlib.sha256((directory / f).read_bytes()).hexdigest() for f in files}, **summary}
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def lr_at(step: int, c: TrainConfig) -> float:
@@ -183,7 +195,7 @@ def lr_at(step: int, c: TrainConfig) -> float:
     return c.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(c: TrainConfig, out: Path, eval_every: int, checkpoint_every: int, command: str) -> dict:
+def train(c: TrainConfig, out: Path, eval_every: int, checkpoint_every: int, command: str, eval_per_task: int = 8) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import LlamaForCausalLM
 
@@ -212,23 +224,26 @@ def train(c: TrainConfig, out: Path, eval_every: int, checkpoint_every: int, com
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns) as bar:
         task = bar.add_task("training", total=c.steps, completed=step)
-        running = None
+        running = accuracy = None
         while step < c.steps:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, c)
-            loss = loss_of(hf, batches.next(step))
+            loss, acc = loss_of(hf, batches.next(step))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
             opt.step()
             step += 1
-            loss = float(loss)
+            loss = loss.item()
             running = loss if running is None else 0.98 * running + 0.02 * loss
-            bar.update(task, advance=1, description=f"loss {running:.3f}")
+            accuracy = acc if accuracy is None else 0.98 * accuracy + 0.02 * acc
+            bar.update(task, advance=1, description=f"loss {running:.3f} answer tokens {accuracy:.2f}")
             if step % eval_every == 0 or step == c.steps:
-                scores = evaluate(hf, tok)
-                history.append({"step": step, "loss": round(running, 4), "exact": {k: round(v, 3) for k, v in scores.items()}})
-                bar.console.print(f"step {step}: loss {running:.3f}  " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+                scores = evaluate(hf, tok, eval_per_task)
+                history.append({"step": step, "loss": round(running, 4), "answer_tokens": round(accuracy, 3),
+                                "exact": {k: round(v, 3) for k, v in scores.items()}})
+                bar.console.print(f"step {step}: loss {running:.3f} answer tokens {accuracy:.2f} exact "
+                                  + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
             if step % checkpoint_every == 0 or step == c.steps:
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 torch.save({"config": asdict(c), "model": hf.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(),
