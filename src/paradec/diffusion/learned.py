@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         pred = net(x) >= 0.9
     precision = float(y[pred].mean()) if pred.any() else float("nan")
     meta = {"model": args.model, "examples": int(len(y)), "final_fraction": round(float(y.mean()), 4),
-            "precision_at_0.9": round(precision, 4), "command": "python -m paradec.diffusion.learned " + " ".join(argv or [])}
+            "precision_at_0.9": round(precision, 4), "command": "python -m paradec.diffusion.learned " + " ".join(sys.argv[1:] if argv is None else argv)}
     net.save(Path(args.out), meta)
     if (Path(args.out).parent / "MANIFEST.json").is_file():  # a shipped model's directory: its checksums include the filter
         from .train import write_manifest
