@@ -1,5 +1,7 @@
 # Two commands do everything on a fresh machine:  `make run`  and  `make test`.
 # Both create .venv and install what they need (once; re-run when pyproject.toml changes).
+# The decoding view's tests open a real headless browser when Debian's chromium is installed
+# (`apt-get install -y chromium`; .ci/run does it) and skip, saying so, when it is not.
 
 PYTHON ?= python3
 VENV   ?= .venv

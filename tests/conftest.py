@@ -18,6 +18,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 VOCAB = 96
 
+# A cost curve c(k)/c(1) given by hand (float32-like), for tests that run `auto` on the real model:
+# its own curve would be measured, i.e. the real model timed, which tests never do.
+FIXED_COSTS = {"2": 1.3, "4": 1.45, "8": 1.7, "16": 2.4}
+
 
 def word_tokenizer(vocab: int = VOCAB) -> PreTrainedTokenizerFast:
     """Words w0..w{n-4} plus <unk>, <s>, </s>; ids are stable so tests can name tokens."""
@@ -100,6 +104,17 @@ def assert_lossless(model: Model, prompts, method, max_new_tokens: int, **option
         assert ours.stats.forward_passes <= plain.stats.forward_passes
         accepted += ours.stats.accepted_tokens
     return accepted
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cost_cache(tmp_path_factory):
+    """Cost curves that tests measure (tiny models only) go to a temporary directory, not the user's cache."""
+    import paradec.costs
+
+    directory = tmp_path_factory.mktemp("costs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(paradec.costs, "cache_dir", lambda: directory)
+        yield directory
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import torch
 import paradec
 from paradec import ContextOverflowError, ParadecError
 
-from conftest import OracleDrafter, tiny_model
+from conftest import FIXED_COSTS, OracleDrafter, tiny_model
 
 
 def test_real_model_plain_equals_transformers_generate(smollm2):
     prompt = paradec.encode_prompt(smollm2, "Name three primary colours.", chat=True)
-    ours = paradec.generate(smollm2, prompt, max_new_tokens=24)
+    ours = paradec.generate(smollm2, prompt, "plain", max_new_tokens=24)
     ref = smollm2.hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=24,
                                     attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
     ref_ids = ref[0, len(prompt):].tolist()
@@ -23,15 +23,18 @@ def test_real_model_plain_equals_transformers_generate(smollm2):
 
 
 def test_streamed_pieces_join_to_the_text(smollm2):
-    s = paradec.stream(smollm2, "Écris une phrase en français avec des accents: é, è, à, ç.", chat=True, max_new_tokens=30)
+    """With the default method, auto (on a curve given by hand: tests never time the real model)."""
+    s = paradec.stream(smollm2, "Écris une phrase en français avec des accents: é, è, à, ç.", chat=True, max_new_tokens=30,
+                       method_options={"costs": FIXED_COSTS})
     pieces = list(s)
     assert "".join(pieces) == s.result.text
     assert "\ufffd" not in "".join(pieces)
     assert s.result.text == smollm2.tokenizer.decode(s.result.token_ids, skip_special_tokens=True)
+    assert s.result.stats.method == "auto"
 
 
 def test_stop_string_cuts_text_and_tokens(tiny_llama):
-    full = paradec.generate(tiny_llama, [4, 5, 6], max_new_tokens=12)
+    full = paradec.generate(tiny_llama, [4, 5, 6], "plain", max_new_tokens=12)
     words = full.text.split()
     stop = words[3]
     cut = paradec.generate(tiny_llama, [4, 5, 6], max_new_tokens=12, stop=[stop])
@@ -41,7 +44,7 @@ def test_stop_string_cuts_text_and_tokens(tiny_llama):
 
 
 def test_eos_stops_generation():
-    free = paradec.generate(tiny_model("llama", seed=2), [4, 5], max_new_tokens=10)
+    free = paradec.generate(tiny_model("llama", seed=2), [4, 5], "plain", max_new_tokens=10)
     eos = free.token_ids[4]
     model = tiny_model("llama", seed=2, eos=eos)
     r = paradec.generate(model, [4, 5], max_new_tokens=10)
@@ -49,17 +52,18 @@ def test_eos_stops_generation():
 
 
 def test_max_new_tokens_and_stats(tiny_llama):
-    r = paradec.generate(tiny_llama, [4, 5, 6], max_new_tokens=7)
+    r = paradec.generate(tiny_llama, [4, 5, 6], "plain", max_new_tokens=7)
     s = r.stats
     assert len(r.token_ids) == s.new_tokens == 7 and s.stop_reason == "length"
     assert s.forward_passes == 6 and s.mean_accepted_length == 1.0 and s.prompt_tokens == 3
+    assert s.methods == {"plain": 6}
     assert set(r.to_dict()) == {"text", "token_ids", "stats"}
 
 
 def test_drafts_are_capped_by_max_new_tokens_and_stats_count_delivered_tokens(tiny_llama):
     """Issue 10 item 5: with 3 tokens wanted, a drafter proposing 8 got all 8 verified and the stats
     said 8 accepted tokens, 9.0 tokens per forward."""
-    truth = paradec.generate(tiny_llama, [4, 5, 6], max_new_tokens=12).token_ids
+    truth = paradec.generate(tiny_llama, [4, 5, 6], "plain", max_new_tokens=12).token_ids
     r = paradec.generate(tiny_llama, [4, 5, 6], OracleDrafter(tiny_llama, truth, 3, k=8), max_new_tokens=3)
     s = r.stats
     assert r.token_ids == truth[:3] and s.new_tokens == 3 and s.stop_reason == "length"
@@ -73,7 +77,7 @@ def test_stats_match_the_delivered_tokens_however_generation_ends(ending):
     """A step that ends the generation inside its accepted path counts only what the caller got."""
     model = tiny_model("llama", seed=1)
     prompt = [9, 10]
-    truth = paradec.generate(model, prompt, max_new_tokens=30).token_ids
+    truth = paradec.generate(model, prompt, "plain", max_new_tokens=30).token_ids
     # token 0 comes from the prefill, 1-9 from the first step (8 accepted + bonus), 10-18 from the
     # second; generation ends at token 13, inside the second step's accepted path
     kwargs = {"max_new_tokens": 30}
@@ -122,6 +126,8 @@ def test_bad_arguments_are_clear_errors(tiny_llama, kwargs, match):
 
 
 def test_seeded_sampling_is_reproducible(tiny_llama):
-    a = paradec.generate(tiny_llama, [4, 5], temperature=1.0, seed=11, max_new_tokens=10).token_ids
-    b = paradec.generate(tiny_llama, [4, 5], temperature=1.0, seed=11, max_new_tokens=10).token_ids
-    assert a == b
+    """Also with the default method: auto's choices depend on the text and the cached curve, never on timing."""
+    for options in ({}, {"costs": {"16": 1.0}}):
+        a = paradec.generate(tiny_llama, [4, 5], temperature=1.0, seed=11, max_new_tokens=10, method_options=options)
+        b = paradec.generate(tiny_llama, [4, 5], temperature=1.0, seed=11, max_new_tokens=10, method_options=options)
+        assert a.token_ids == b.token_ids and a.stats.methods == b.stats.methods

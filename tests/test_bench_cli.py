@@ -30,7 +30,7 @@ def test_help_documents_every_option(capsys):
         build_parser().parse_args(["bench", "--help"])
     text = capsys.readouterr().out
     for option in ("--model", "--dtype", "--methods", "--categories", "--limit", "--max-new-tokens", "--repeats",
-                   "--questions", "--output", "--no-peers", "--threads", "--draft", "--method-options"):
+                   "--questions", "--output", "--peers", "--no-peers", "--threads", "--draft", "--method-options"):
         assert option in text
 
 
@@ -41,14 +41,14 @@ def test_bench_smoke_run_writes_consistent_files(tiny_dir, tmp_path, capsys):
                          '{"question_id": 2, "category": "chat", "turns": ["w6"]}\n'
                          '{"question_id": 3, "category": "other", "turns": ["w11 w12"]}\n')
     code = main(["bench", "--model", str(tiny_dir), "--dtype", "float64", "--questions", str(questions),
-                 "--categories", "chat", "--limit", "1", "--methods", "plain,ngram", "--max-new-tokens", "12",
-                 "--repeats", "2", "--threads", "1", "--output", str(out)])
+                 "--categories", "chat", "--limit", "1", "--methods", "plain,ngram,auto", "--max-new-tokens", "12",
+                 "--repeats", "2", "--threads", "1", "--peers", "all", "--output", str(out)])
     assert code == 0
     saved = json.loads((out / "results.json").read_text())
     records = saved["records"]
     ran = {r["method"] for r in records}
-    assert {"plain", "ngram", "hf-generate", "hf-prompt-lookup", "hf-early-exit"} <= ran
-    assert "lade" in saved["unavailable"] and "hf-assisted" in saved["unavailable"]
+    assert {"plain", "ngram", "auto", "hf-generate", "hf-prompt-lookup", "hf-early-exit"} <= ran
+    assert {"lade", "hf-assisted", "llamacpp", "llamacpp-lookup"} <= set(saved["unavailable"])  # no draft, not a GGUF
     # one prompt with two turns, two repeats, every contender
     assert {(r["turn"], r["repeat"]) for r in records if r["method"] == "ngram"} == {(0, 0), (0, 1), (1, 0), (1, 1)}
     assert all(r["new_tokens"] == 12 and r["prompt_tokens"] > 0 for r in records)  # no EOS in the tiny model
@@ -57,18 +57,31 @@ def test_bench_smoke_run_writes_consistent_files(tiny_dir, tmp_path, capsys):
     assert {r["prompt_tokens"] for r in records if r["turn"] == 1} == {5 + 12 + 2}
     # lossless in float64: every method equals plain and transformers' generate on both turns
     summary = saved["summary"]
-    for m in ("ngram", "hf-generate", "hf-prompt-lookup", "hf-early-exit"):
+    for m in ("ngram", "auto", "hf-generate", "hf-prompt-lookup", "hf-early-exit"):
         assert summary[m]["overall"]["exact_plain"] == {"checked": 4, "mismatches": 0, "first_divergence": []}
     assert summary["plain"]["overall"]["exact_hf"]["mismatches"] == 0
     # the JSON alone reproduces the summary
     assert report.summarize(records, list(summary)) == json.loads(json.dumps(summary))
     meta = saved["meta"]
     assert meta["dtype"] == "float64" and meta["threads"] == 1 and len(meta["load_before"]) == 3
-    assert "--methods plain,ngram" in meta["command"]
+    assert "--methods plain,ngram,auto" in meta["command"]
     md = (out / "report.md").read_text()
     assert "| ngram | " in md and meta["command"] in md
     assert (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"
     assert "speedup over plain" in capsys.readouterr().out
+
+
+def test_peers_option_picks_the_peers():
+    def names(*argv):
+        from paradec.bench.cli import peer_names
+
+        return peer_names(build_parser().parse_args(["bench", *argv]))
+
+    assert names() == ["hf-generate", "hf-prompt-lookup", "llamacpp", "llamacpp-lookup", "lade"]
+    assert "hf-assisted" in names("--draft", "x") and "hf-early-exit" not in names("--draft", "x")
+    assert names("--peers", "all")[2] == "hf-early-exit" and len(names("--peers", "all")) == 7
+    assert names("--no-peers") == names("--peers", "none") == []
+    assert names("--peers", "llamacpp,hf-generate") == ["hf-generate", "llamacpp"]
 
 
 def test_bench_rejects_bad_options_before_loading(tmp_path, capsys):
@@ -76,3 +89,5 @@ def test_bench_rejects_bad_options_before_loading(tmp_path, capsys):
     assert "--limit must be at least 1" in capsys.readouterr().err
     assert main(["bench", "--methods", "plain,nope", "--questions", str(FIXTURES / "question.jsonl")]) == 2
     assert "unknown method" in capsys.readouterr().err
+    assert main(["bench", "--peers", "hf-generate,vllm"]) == 2
+    assert "unknown peer(s) vllm" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from paradec.bench import llamacpp
-from paradec.bench.cost import measure
+from paradec.costs import measure
 from paradec.cli import main
 from paradec.errors import ParadecError
 
@@ -43,6 +43,16 @@ def test_llamacpp_decodes_the_embedded_model_greedily():
     plain, lookup = (p.run(ids, 12) for p in peers)
     assert len(plain.token_ids) == 12 and plain.forward_passes == 11
     assert lookup.token_ids == plain.token_ids  # its prompt lookup is lossless too
+    # a repeated prompt is prefilled again (llama-cpp-python would reuse its cached prefix: a timed run
+    # after the warm-up skipped the prefill), and prompt lookup runs on prompts longer than a batch row
+    evaluated: list[int] = []
+    llm = peers[0].llm
+    real_eval = llm.eval
+    llm.eval = lambda tokens: (evaluated.append(len(tokens)), real_eval(tokens))[1]
+    peers[0].run(ids, 3)
+    assert evaluated[0] == len(ids)
+    long_ids = model.tokenizer("Repeat after me: the old lighthouse keeper painted the tower. " * 12).input_ids
+    assert len(peers[1].run(long_ids, 8).token_ids) == 8
 
 
 def test_cost_curve_measures_every_k_and_the_command_prints_it(capsys):

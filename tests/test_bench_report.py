@@ -147,6 +147,8 @@ def test_files_are_written_and_agree(tmp_path):
 def test_method_lists_resolve_at_run_time():
     names = default_methods()
     assert names[0] == "plain"
+    assert "auto" in names and "draft" not in names  # auto takes a draft model only when given one
+    assert "draft" in resolve_methods("default", draft="some-model")
     assert resolve_methods(None) == names
     assert resolve_methods("ngram") == ["plain", "ngram"]  # the baseline is always added, first
     assert resolve_methods("default,plain") == names

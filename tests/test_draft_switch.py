@@ -6,25 +6,18 @@ from __future__ import annotations
 import pytest
 
 import paradec
+from paradec.costs import CostCurve, cost_curve
 from paradec.decode import Sequence
 from paradec.drafters import make_drafter
 from paradec.parallel.batch import Batch
-from paradec.parallel.switch import CostCurve, DraftSwitch, measure_curve
+from paradec.parallel.switch import DraftSwitch
 from paradec.sampling import SamplingParams
+from paradec.serve.config import ServeConfig
+from paradec.serve.engine import Engine
 
 from conftest import OracleDrafter
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
-
-
-def test_cost_curve_interpolates_and_extends_linearly():
-    c = CostCurve.of({1: 1.0, 4: 1.6, 8: 2.0})
-    assert c(1) == 1.0 and c(4) == 1.6 and c(2) == pytest.approx(1.2) and c(6) == pytest.approx(1.8)
-    assert c(16) == pytest.approx(2.8)  # beyond the last point: the last segment's slope
-    assert CostCurve.of({2: 4.0})(3) == pytest.approx(6.0)
-    for bad in ({}, {0: 1.0}, {1: 0.0}):
-        with pytest.raises(ValueError):
-            CostCurve.of(bad)
 
 
 class Fake:
@@ -37,7 +30,7 @@ class Fake:
 def test_the_worked_example_of_the_docstring():
     """c(k) = 1 + 0.1 k; 8 sequences drafting 4 rows for 2 tokens: 16 / 4.2 < 8 / 1.8 → plain steps.
     At 2 sequences drafting pays: 4 / 1.8 > 2 / 1.2."""
-    curve = CostCurve.of({1: 1.1, 100: 11.0})
+    curve = CostCurve.from_seconds({1: 1.1, 100: 11.0})  # c(k)/c(1) = (1 + 0.1 k) / 1.1: only ratios matter
     for size, pays in ((8, False), (2, True)):
         switch = DraftSwitch(curve, decay=0.0)
         seqs = [Fake(4, 2) for _ in range(size)]
@@ -67,7 +60,7 @@ def run(model, jobs, switch):
 def test_a_steep_curve_turns_drafting_off_and_the_output_stays_the_same(tiny_llama):
     model = tiny_llama
     prompts = [[4, 5, 6], [7, 8], [9, 10, 11, 12], [13]]
-    truths = [paradec.generate(model, p, max_new_tokens=24).token_ids for p in prompts]
+    truths = [paradec.generate(model, p, "plain", max_new_tokens=24).token_ids for p in prompts]
     wrong = [[(t + 1) % 90 + 3 for t in truth] for truth in truths]  # drafts that always fail
 
     def jobs(guesses):
@@ -86,6 +79,17 @@ def test_a_steep_curve_turns_drafting_off_and_the_output_stays_the_same(tiny_lla
     assert all(r.token_ids == t and r.stats.forward_passes <= 5 for r, t in zip(right, truths))
 
 
-def test_measure_curve_gives_a_curve_of_the_model(tiny_llama):
-    curve = measure_curve(tiny_llama, ks=(1, 4, 16), rounds=1)
-    assert [k for k, _ in curve.points] == [1, 4, 16] and curve(8) > 0
+def test_the_server_switch_reads_the_one_cached_cost_curve(tiny_llama):
+    """One mechanism: the batch's switch reads paradec.costs' curve (the one auto reads), not a curve
+    of its own measured at every start."""
+    engine = Engine(tiny_llama, ServeConfig(method="plain"))
+    try:
+        assert engine.worker.batch.switch.curve is cost_curve(tiny_llama)
+        assert max(k for k, _ in engine.worker.batch.switch.curve.points) == 64  # a batch's forwards reach far
+    finally:
+        engine.close()
+    engine = Engine(tiny_llama, ServeConfig(method="plain", cost_curve="off"))
+    try:
+        assert engine.worker.batch.switch is None
+    finally:
+        engine.close()

@@ -15,10 +15,11 @@ GATED = ("ngram", "recycling", "jacobi", "lookahead")
 
 
 class Dtyped:
-    """A stand-in model: only its dtype is read when the drafter is built."""
+    """A stand-in model: only its dtype and runtime's name are read when the drafter is built."""
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, runtime="hf"):
         self.dtype = dtype
+        self.runtime = type("Runtime", (), {"name": runtime})()
 
 
 def gate(min_accept, probe_every, accept_decay) -> CostGate:
@@ -86,6 +87,10 @@ def test_defaults_come_from_the_one_table_by_dtype(method):
         config = make_drafter(method, Dtyped(dtype)).config
         for option, values in BY_DTYPE[method].items():
             assert getattr(config, option) == values[column], (method, dtype, option)
+    for dtype in (torch.bfloat16, torch.float32):  # rows cost on the native runtime in every dtype
+        config = make_drafter(method, Dtyped(dtype, runtime="native")).config
+        for option, values in BY_DTYPE[method].items():
+            assert getattr(config, option) == values[1], (method, dtype, option)
 
 
 def test_the_measured_defaults():

@@ -94,7 +94,7 @@ def test_ragged_acceptance_keeps_every_cache_holding_exactly_its_committed_token
     model = tiny_model("llama", seed=3, runtime=runtime)
     rng = random.Random(1)
     prompts = [[rng.randrange(3, 96) for _ in range(rng.randrange(1, 10))] for _ in range(4)]
-    truths = [paradec.generate(model, p, max_new_tokens=30).token_ids for p in prompts]
+    truths = [paradec.generate(model, p, "plain", max_new_tokens=30).token_ids for p in prompts]
     drafters = [OracleDrafter(model, truths[0], len(prompts[0]), k=6),
                 NoisyOracleDrafter(model, truths[1], len(prompts[1]), seed=0),
                 NoisyOracleDrafter(model, truths[2], len(prompts[2]), seed=1, p_right=0.3),
@@ -209,7 +209,8 @@ def test_n_samples_are_the_seeded_single_samples(tiny_llama):
 def test_first_finish_returns_the_first_branch_to_end_and_the_others_state(tiny_llama):
     runs = [solo(tiny_llama, [5, 9, 17], "plain", 12, temperature=1.0, seed=20 + i) for i in range(4)]
     word = next(w for w in runs[2].text.split()[1:] if w not in runs[2].text.split()[0])
-    ff = first_finish(tiny_llama, [5, 9, 17], n=4, temperature=1.0, seed=20, max_new_tokens=12, stop=[word])
+    ff = first_finish(tiny_llama, [5, 9, 17], n=4, method="plain", temperature=1.0, seed=20, max_new_tokens=12,
+                      stop=[word])
     alone = [solo(tiny_llama, [5, 9, 17], "plain", 12, temperature=1.0, seed=20 + i, stop=[word]) for i in range(4)]
     steps = [a.stats.forward_passes if a.stats.stop_reason == "stop" else 99 for a in alone]
     assert ff.winner == steps.index(min(steps)) and ff.result.token_ids == alone[ff.winner].token_ids

@@ -30,7 +30,7 @@ def test_generate_n_prints_every_sample(tiny, capsys):
     want = generate_n(tiny, "w1 w2", 3, temperature=1.0, seed=5, max_new_tokens=6)
     assert [r["token_ids"] for r in json.loads(out)] == [r.token_ids for r in want]
     code, out, err = run(capsys, "generate", "w1 w2", "--n", "2", "--max-new-tokens", "4")
-    assert code == 0 and out.count("--- sample") == 2 and err.count("[plain]") == 2
+    assert code == 0 and out.count("--- sample") == 2 and err.count("[auto]") == 2  # the default method
 
 
 def test_generate_first_finish(tiny, capsys):

@@ -21,13 +21,15 @@ from conftest import assert_lossless, tiny_model
 from test_ngram import REAL_PROMPTS
 
 
-def test_static_tree_takes_the_most_probable_rank_paths_breadth_first():
-    assert static_tree(4, 2, 3, (0.5, 0.2)) == ((0,), (1,), (0, 0), (0, 0, 0))
-    tree = static_tree(20, 4, 3, (0.5, 0.2, 0.1, 0.05))
+def test_static_tree_takes_the_most_probable_rank_paths_most_probable_first():
+    assert static_tree(4, 2, 3, (0.5, 0.2)) == ((0,), (0, 0), (1,), (0, 0, 0))
+    prior = (0.5, 0.2, 0.1, 0.05)
+    tree = static_tree(20, 4, 3, prior)
     assert len(tree) == 20 and max(map(len, tree)) <= 3
-    chosen = set(tree)
-    assert all(p[:-1] in chosen for p in tree if len(p) > 1)  # every node's parent is in the tree
-    assert [len(p) for p in tree] == sorted(len(p) for p in tree)  # breadth-first
+    assert all(p[:-1] in tree[:i] for i, p in enumerate(tree) if len(p) > 1)  # every node's parent comes before it
+    value = [math.prod(prior[r] for r in p) for p in tree]
+    assert value == sorted(value, reverse=True)  # so every prefix is the best tree of its size
+    assert static_tree(7, 4, 3, prior) == tree[:7]
 
 
 def test_static_tree_width_and_depth_limits():

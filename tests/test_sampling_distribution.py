@@ -14,6 +14,8 @@ import pytest
 import torch
 
 import paradec
+from paradec.drafters import make_drafter
+from paradec.drafters.auto import AutoConfig, AutoDrafter
 from paradec.drafters.base import Drafter, StepContext
 from paradec.sampling import SamplingParams, target_probs
 from paradec.tree import Draft
@@ -23,6 +25,7 @@ from conftest import RUNTIMES, tiny_model
 VOCAB = 16
 PROMPT = [4, 9, 7]
 RUNS = 2500
+FLAT = {"16": 1.0}  # rows free: auto drafts whenever a draft might be accepted
 
 
 class BadTreeDrafter(Drafter):
@@ -49,6 +52,21 @@ class BadTreeDrafter(Drafter):
         kids = torch.multinomial(self.q, 2, replacement=True, generator=gen).tolist()
         told = torch.full((VOCAB,), 1.0 / VOCAB, dtype=torch.float64) if self.lie else self.q
         return Draft(tokens=[first[0], kids[0], first[1], kids[1]], parents=[-1, 0, -1, 2], q=[told] * 4)
+
+
+class EvenRootDrafter(Drafter):
+    """A fixed deterministic tree after an even root, nothing after an odd one: ``auto`` then passes
+    on to its next candidate, a choice made from the text so far, never from a draft's draws."""
+
+    name = "even-root"
+
+    def propose(self, ctx: StepContext) -> Draft:
+        return Draft(tokens=[3, 5, 4, 4], parents=[-1, 0, -1, 2]) if ctx.tokens[-1] % 2 == 0 else Draft()
+
+
+def auto_scripted(model) -> AutoDrafter:
+    """``auto`` choosing between a deterministic drafter and one that samples its drafts (q)."""
+    return AutoDrafter(model, AutoConfig(costs=FLAT), candidates=[EvenRootDrafter(model, None), BadTreeDrafter(model)])
 
 
 def exact_joint(model, params: SamplingParams) -> torch.Tensor:
@@ -89,11 +107,15 @@ def model(request):
         ("plain", SamplingParams(temperature=1.0)),
         ("bad-tree", SamplingParams(temperature=1.0)),
         ("bad-tree-deterministic", SamplingParams(temperature=0.7, top_k=10, top_p=0.9)),
+        ("auto", SamplingParams(temperature=1.0)),
+        ("auto-scripted", SamplingParams(temperature=1.0)),
     ],
 )
 def test_distribution_matches_model(model, method, params):
-    drafter = {"plain": "plain", "bad-tree": BadTreeDrafter(model),
-               "bad-tree-deterministic": BadTreeDrafter(model, deterministic=True)}[method]
+    drafter = {"plain": lambda: "plain", "bad-tree": lambda: BadTreeDrafter(model),
+               "bad-tree-deterministic": lambda: BadTreeDrafter(model, deterministic=True),
+               "auto": lambda: make_drafter("auto", model, costs=FLAT),  # one drafter: it learns over the runs
+               "auto-scripted": lambda: auto_scripted(model)}[method]()
     p = exact_joint(model, params)
     tv = 0.5 * (empirical_joint(model, drafter, params) - p).abs().sum().item()
     assert tv < tv_threshold(p), f"TV {tv:.4f} vs threshold {tv_threshold(p):.4f}"

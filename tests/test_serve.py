@@ -15,7 +15,7 @@ import threading
 import httpx
 import openai
 import pytest
-from conftest import tiny_model
+from conftest import FIXED_COSTS, tiny_model
 from serve_helpers import LiveServer, ServeCommand, wait_until
 
 import paradec
@@ -33,7 +33,10 @@ def serve_command(request):
     if not any(item.name == "test_paradec_serve_command_with_the_default_model" for item in request.session.items):
         yield None
         return
-    command = ServeCommand("--log-level", "warning")
+    # tests never time the real model: auto gets a curve by hand, the batch no draft switch (whose curve
+    # would be measured now and cached for later runs, load and all)
+    command = ServeCommand("--log-level", "warning", "--method-options", json.dumps({"costs": FIXED_COSTS}),
+                           "--cost-curve", "off")
     yield command
     command.stop()
 
@@ -45,7 +48,9 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def server(tiny):
-    with LiveServer(tiny, ServeConfig(max_queue=32)) as srv:
+    # no draft switch: a request decodes with the server's default method (auto) exactly as alone,
+    # seeded samples included (the switch's effect is tested in test_draft_switch / test_serve_batch)
+    with LiveServer(tiny, ServeConfig(max_queue=32, cost_curve="off")) as srv:
         yield srv
 
 
@@ -129,8 +134,9 @@ def test_completion_matches_single_run(tiny, client, prompt):
     assert r.usage.completion_tokens == len(ref.token_ids) == 12
     stats = r.model_extra["paradec"]["stats"]
     assert (
-        r.model_extra["paradec"]["method"] == "plain" and stats["new_tokens"] == 12 and stats["stop_reason"] == "length"
+        r.model_extra["paradec"]["method"] == "auto" and stats["new_tokens"] == 12 and stats["stop_reason"] == "length"
     )
+    assert sum(stats["methods"].values()) == stats["forward_passes"]
 
 
 def test_chat_matches_single_run(tiny, client):
@@ -193,7 +199,8 @@ def test_stop_seed_and_method_field(tiny, client):
     r = client.completions.create(model="tiny-llama", prompt="w1 w2 w3", max_tokens=12, temperature=0, stop=[stop_word])
     assert r.choices[0].text == ref.text[: ref.text.index(stop_word)] and r.choices[0].finish_reason == "stop"
 
-    sampled = reference(tiny, "w1 w2 w3", 10, temperature=1.0, top_p=0.9, seed=123)
+    # the server's default method is auto, whose choices (on the same cached curve) repeat with the seed
+    sampled = paradec.generate(tiny, "w1 w2 w3", "auto", max_new_tokens=10, temperature=1.0, top_p=0.9, seed=123)
     outs = [
         client.completions.create(
             model="tiny-llama", prompt="w1 w2 w3", max_tokens=10, temperature=1.0, top_p=0.9, seed=123
@@ -468,7 +475,7 @@ def test_cli_defaults_loopback_and_key_from_environment(monkeypatch):
         "127.0.0.1",
         8000,
         None,
-        "plain",
+        "auto",
         "",
         False,
     )
@@ -494,3 +501,4 @@ def test_paradec_serve_command_with_the_default_model(serve_command):
         body = r.json()
         assert 1 <= body["usage"]["completion_tokens"] <= 3 and body["choices"][0]["text"].strip()
         assert body["paradec"]["stats"]["new_tokens"] == body["usage"]["completion_tokens"]
+        assert body["paradec"]["method"] == "auto"

@@ -31,7 +31,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def server(tiny):
-    with LiveServer(tiny, ServeConfig(max_queue=32, max_batch=8)) as srv:
+    with LiveServer(tiny, ServeConfig(method="plain", max_queue=32, max_batch=8)) as srv:  # as ``reference``
         yield srv
 
 
@@ -141,7 +141,7 @@ def test_n_choices_are_the_seeded_single_samples(tiny, server):
 
 
 def test_the_batch_holds_at_most_max_batch_sequences_and_n_counts(tiny):
-    with LiveServer(tiny, ServeConfig(max_batch=3, cost_curve="off")) as srv:
+    with LiveServer(tiny, ServeConfig(method="plain", max_batch=3, cost_curve="off")) as srv:
         log = StepLog(srv.worker)
         bodies = [{"prompt": f"w{i + 4} w9", "max_tokens": 8, "temperature": 1.0, "seed": i, "n": 2}
                   for i in range(4)]

@@ -167,8 +167,8 @@ def test_several_stop_strings_give_the_same_text_with_multi_token_steps():
     """Issue 10 item 1: plain and a drafter accepting 8 tokens a step stopped at different strings."""
     model = tiny_model("llama", seed=0)
     prompt, stop = [5, 6, 7], [" w46", " w70"]
-    truth = paradec.generate(model, prompt, max_new_tokens=40).token_ids
-    plain = paradec.generate(model, prompt, max_new_tokens=40, stop=stop)
+    truth = paradec.generate(model, prompt, "plain", max_new_tokens=40).token_ids
+    plain = paradec.generate(model, prompt, "plain", max_new_tokens=40, stop=stop)
     fast = paradec.generate(model, prompt, OracleDrafter(model, truth, len(prompt)), max_new_tokens=40, stop=stop)
     assert fast.stats.accepted_tokens > 0
     assert plain.text == fast.text == "w76 w7 w73 w1"

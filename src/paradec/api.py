@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence as Items
 from typing import Callable, Iterator
 
-from .decode import Result, Sequence, run
+from .decode import Result, Sequence, Step, run
 from .drafters import Drafter, make_drafter
 from .errors import ContextOverflowError, ParadecError
 from .model import DEFAULT_DTYPE, Model, load
@@ -48,7 +48,7 @@ class Stream:
 def prepare(
     model: Model | str,
     prompt: Prompt,
-    method: str | Drafter = "plain",
+    method: str | Drafter = "auto",
     *,
     max_new_tokens: int = 256,
     temperature: float = 0.0,
@@ -59,9 +59,12 @@ def prepare(
     chat: bool = False,
     method_options: dict | None = None,
     interrupt: Callable[[], str | None] | None = None,
+    on_step: Callable[[Step], None] | None = None,
 ) -> Sequence:
     """Check every argument and build the generation's ``Sequence`` (nothing is decoded yet): what
-    ``stream`` runs alone and ``paradec.parallel`` runs in a batch."""
+    ``stream`` runs alone and ``paradec.parallel`` runs in a batch. ``method`` defaults to ``auto``,
+    the fastest lossless method for the text on this machine. ``on_step``: called with every decoding
+    ``Step`` (``paradec.viz.Trace`` records them for the view)."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -72,7 +75,7 @@ def prepare(
     drafter = method if isinstance(method, Drafter) else make_drafter(method, model, **(method_options or {}))
     prompt_ids = encode_prompt(model, prompt, chat)
     check_fits(model, prompt_ids)
-    return Sequence(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt)
+    return Sequence(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt, on_step=on_step)
 
 
 def check_fits(model: Model, prompt_ids: list[int]) -> None:
@@ -84,7 +87,7 @@ def check_fits(model: Model, prompt_ids: list[int]) -> None:
         )
 
 
-def stream(model: Model | str, prompt: Prompt, method: str | Drafter = "plain", **kwargs) -> Stream:
+def stream(model: Model | str, prompt: Prompt, method: str | Drafter = "auto", **kwargs) -> Stream:
     """Like ``generate`` but lazily: iterate for text pieces, then read ``.result``.
 
     Nothing runs until iteration starts; all arguments are validated here, before that (same keyword
@@ -111,23 +114,30 @@ def prepare_denoising(
     chat: bool = False,
     method_options: dict | None = None,
     interrupt: Callable[[], str | None] | None = None,
+    on_step: Callable | None = None,
 ) -> Iterator[str]:
     """``prepare`` for a diffusion LM: check every argument now, return the denoising loop (text pieces,
     then its ``Result``) to iterate. ``method`` names a diffusion decoder (``paradec.diffusion.decoders``)
-    or is one; "plain" (and a plain drafter) is the one-token-per-step baseline."""
+    or is one; "plain" (and a plain drafter) is the one-token-per-step baseline, "auto" the lossless
+    decoder (its output, in fewer forwards) when greedy and the baseline when sampling. ``on_step`` (the decoding view of
+    autoregressive steps) is not offered for diffusion LMs."""
     from .diffusion.decoders import Decoder, make_decoder
     from .diffusion.loop import denoise, layout
 
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if on_step is not None:
+        raise ParadecError(f"'{model.name}' is a diffusion LM: step hooks (on_step, decoding views) are not offered for it")
     if isinstance(method, Decoder):
         decoder = method
-    elif isinstance(method, str) or method.name == "plain":
+    elif isinstance(method, str) or getattr(method, "name", None) == "plain":
         decoder = make_decoder(method if isinstance(method, str) else "plain", model, **(method_options or {}))
     else:
         raise ParadecError(f"'{model.name}' is a diffusion LM; method '{method.name}' drafts for causal LMs "
                            "(see `paradec methods` for the diffusion decoders)")
+    if decoder.greedy_only and not params.greedy and decoder.from_auto:
+        decoder = make_decoder("plain", model, block_length=decoder.config.block_length, cache=decoder.config.cache)
     if decoder.greedy_only and not params.greedy:
         raise ParadecError(f"method '{decoder.name}' reproduces greedy decoding; use temperature 0")
     prompt_ids = encode_prompt(model, prompt, chat)
@@ -140,10 +150,11 @@ def prepare_denoising(
     return denoise(model, decoder, prompt_ids, params, max_new_tokens, stop, interrupt)
 
 
-def generate(model: Model | str, prompt: Prompt, method: str | Drafter = "plain", **kwargs) -> Result:
-    """Generate a completion with a decoding method (a registered name or a ``Drafter``);
-    keyword arguments: ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``,
-    ``chat``, ``method_options``, ``interrupt`` (see ``prepare``).
+def generate(model: Model | str, prompt: Prompt, method: str | Drafter = "auto", **kwargs) -> Result:
+    """Generate a completion with a decoding method (a registered name or a ``Drafter``; by default
+    ``auto``, the fastest lossless method for the text on this machine); keyword arguments:
+    ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``, ``chat``,
+    ``method_options``, ``interrupt``, ``on_step`` (see ``prepare``).
 
     >>> m = paradec.load("smollm2-135m", dtype="float32")
     >>> r = paradec.generate(m, "The capital of France is", max_new_tokens=8)

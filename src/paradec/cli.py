@@ -24,10 +24,10 @@ EXAMPLE_PROMPT = (
 )
 
 DTYPE_HELP = (
-    "weights and compute dtype (default: %(default)s, measured ~1.7x faster than float32 on CPU). "
-    "In float32/float64 greedy output equals plain greedy decoding token for token except at near ties "
-    "(two tokens' logits closer than the rounding, ~1e-4 in float32); in bfloat16 multi-row and one-row "
-    "forwards round differently enough that outputs drift from plain decoding. README: What is guaranteed"
+    "weights and compute dtype (default: %(default)s). On the native runtime every lossless method's "
+    "greedy output equals plain greedy decoding token for token in every dtype and --quant (a row's "
+    "logits do not depend on the other rows of its block); on --runtime hf that holds in float32/float64 "
+    "up to near ties, and bfloat16 outputs drift. README: What is guaranteed"
 )
 
 
@@ -54,34 +54,49 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .api import stream
+    from .api import encode_prompt, stream
     from .model import load
     from .sampling import SamplingParams
 
     SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fail before loading
     if args.n < 1:
         raise ParadecError(f"--n must be at least 1, got {args.n}")
+    if args.html and (args.n > 1 or args.first_finish):
+        raise ParadecError("--html shows one generation: not with --n or --first-finish")
     model = load(args.model, args.dtype, args.runtime, args.quant)
     options = json.loads(args.method_options) if args.method_options else {}
     if not isinstance(options, dict):
         raise ParadecError("--method-options must be a JSON object")
     if args.draft:
         options["draft"] = args.draft
-    prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPT
+    chat = args.chat or args.prompt is None  # the built-in example is a chat request
+    prompt_ids = encode_prompt(model, args.prompt if args.prompt is not None else EXAMPLE_PROMPT, chat)
     kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                  top_p=args.top_p, seed=args.seed, stop=args.stop,
-                  chat=args.chat or args.prompt is None,  # the built-in example is a chat request
-                  method_options=options)
+                  top_p=args.top_p, seed=args.seed, stop=args.stop, method_options=options)
     if args.n > 1 or args.first_finish:
-        return print_branches(args, model, prompt, kwargs)
-    s = stream(model, prompt, args.method, **kwargs)
+        return print_branches(args, model, prompt_ids, kwargs)
+    trace = None
+    if args.html:
+        from .viz import Trace
+
+        trace = Trace()
+    s = stream(model, prompt_ids, args.method, on_step=trace.step if trace is not None else None, **kwargs)
     for piece in s:
         if not args.json:
             print(piece, end="", flush=True)
+    if trace is not None:
+        from .viz import write_view
+
+        try:
+            write_view(args.html, trace, s.result, model.tokenizer, prompt_ids, model.name)
+        except OSError as exc:
+            raise ParadecError(f"cannot write the view to {args.html}: {exc.strerror or exc}") from exc
     if args.json:
         print(json.dumps(s.result.to_dict()))
     else:
         print()
+        if trace is not None:
+            print(f"paradec: wrote the decoding view to {args.html}", file=sys.stderr)
         print(s.result.stats.summary(), file=sys.stderr)
     return 0
 
@@ -137,8 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text with a decoding method, streamed to the terminal")
     g.add_argument("prompt", nargs="?", help="the prompt (default: a built-in summarisation example)")
     add_model_args(g)
-    g.add_argument("--method", default="plain", help="decoding method, see `paradec methods` (default: %(default)s)")
-    g.add_argument("--draft", metavar="MODEL", help="draft model for the `draft` method (same kinds of spec as --model)")
+    g.add_argument("--method", default="auto",
+                   help="decoding method, see `paradec methods`; 'auto' picks the fastest lossless one step by step, "
+                        "from this machine's cost curve (measured once, a few seconds, cached) and the drafts' "
+                        "acceptance; 'plain' is no parallel decoding (default: %(default)s)")
+    g.add_argument("--draft", metavar="MODEL",
+                   help="draft model for the `draft` method, and a candidate of `auto` (same kinds of spec as --model)")
     g.add_argument("--method-options", metavar="JSON", help='method config as a JSON object, e.g. \'{"max_draft": 8}\'')
     g.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
@@ -154,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: %(default)s)")
     g.add_argument("--first-finish", action="store_true",
                    help="First Finish Search: print only the first of the --n samples to end")
+    g.add_argument("--html", metavar="PATH",
+                   help="also write a page (one self-contained HTML file) showing each step's draft tree, accepted "
+                        "path and bonus token, and the output coloured by how each token was produced")
     g.set_defaults(func=cmd_generate)
 
     m = sub.add_parser("methods", help="list decoding methods")

@@ -21,7 +21,7 @@ from .sampling import SamplingParams, sample, target_probs
 from .stats import Stats
 from .text import TextStream
 from .tree import Block, block_mask, block_positions, depths
-from .verify import verify
+from .verify import Verdict, verify
 
 
 @dataclass
@@ -32,6 +32,16 @@ class Result:
 
     def to_dict(self) -> dict:
         return {"text": self.text, "token_ids": self.token_ids, "stats": self.stats.to_dict()}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One decoding step, for an ``on_step`` hook (the decoding view, ``viz.py``, records these)."""
+
+    block: Block  # what the target read: root, draft tree, aux rows
+    verdict: Verdict  # the accepted path and the bonus token
+    delivered: int  # how many of ``verdict.tokens`` the caller received (fewer on the last step)
+    method: str  # the method that drafted it (``Drafter.step_method``)
 
 
 def rows_of(block: Block) -> Rows:
@@ -49,14 +59,16 @@ class Sequence:
 
     ``interrupt`` is asked before every step; a reason it returns (e.g. "cancelled") ends the
     generation there, with that reason as ``stop_reason``. ``generator``: the random source of sampling
-    (default: one seeded from ``params.seed``).
+    (default: one seeded from ``params.seed``). ``on_step`` is called with every ``Step`` after its
+    forward (None: nothing is recorded).
     """
 
     def __init__(self, model: Model, drafter: Drafter, prompt_ids: list[int], params: SamplingParams,
                  max_new_tokens: int, stop: list[str] | None = None,
                  interrupt: Callable[[], str | None] | None = None, target: Target | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, on_step: Callable[[Step], None] | None = None):
         self.model, self.drafter, self.params = model, drafter, params
+        self.on_step = on_step
         self.prompt_ids = list(prompt_ids)
         self.max_new_tokens, self.interrupt = max_new_tokens, interrupt
         self.target = target if target is not None else model.target()
@@ -133,7 +145,10 @@ class Sequence:
         self.stats.decode_time += time.perf_counter() - self._step_start
         piece = self.text.push(self.generated[fresh:], final=self.done)
         # the caller gets the step's tokens up to EOS, the token limit or a stop string: count only those
-        self.stats.record_step(depths(block.draft.parents), len(verdict.accepted), delivered=len(self.text.ids) - fresh)
+        delivered, method = len(self.text.ids) - fresh, self.drafter.step_method()
+        self.stats.record_step(depths(block.draft.parents), len(verdict.accepted), delivered, method)
+        if self.on_step is not None:
+            self.on_step(Step(block, verdict, delivered, method))
         return piece
 
     def finish(self) -> str:
@@ -174,6 +189,7 @@ def decode(
     max_new_tokens: int,
     stop: list[str] | None = None,
     interrupt: Callable[[], str | None] | None = None,
+    on_step: Callable[[Step], None] | None = None,
 ) -> Iterator[str]:
     """Generate after ``prompt_ids``; yield text pieces as they become final, return a ``Result``.
 
@@ -181,6 +197,8 @@ def decode(
     between steps (after the prefill and after every forward); a reason it returns (e.g. "cancelled")
     ends the generation there, with that reason as ``stop_reason``. It lets a server notice a gone
     client even while text is held back (a long stop string), not only when a piece is emitted.
+    ``on_step`` is called with every ``Step`` after its forward (None: nothing is recorded).
     """
     # the target's prefill raises ContextOverflowError for a prompt that does not fit
-    return (yield from run(Sequence(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt)))
+    return (yield from run(Sequence(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt,
+                                 on_step=on_step)))

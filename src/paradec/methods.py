@@ -16,6 +16,9 @@ class BuiltinMethod(NamedTuple):
 
 
 BUILTIN_METHODS: dict[str, BuiltinMethod] = {
+    "auto": BuiltinMethod("auto", "the default: picks, step by step, the lossless method and draft size expected to "
+                                  "be fastest on this machine (measured cost curve) for this text (observed "
+                                  "acceptance), or no draft where none pays"),
     "plain": BuiltinMethod("plain", "plain autoregressive decoding (no draft): the baseline, one token per forward pass"),
     "jacobi": BuiltinMethod("jacobi", "Jacobi decoding: refine a window of guessed tokens each pass, accept the "
                                       "converged prefix (SJD acceptance when sampling)"),

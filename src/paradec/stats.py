@@ -16,7 +16,9 @@ class Stats:
     ``1 + accepted_tokens + forward_passes`` (the first token comes from the prefill), one less when
     the last step's bonus token was EOS or cut by a stop string.
     ``drafted[d]`` / ``accepted[d]``: steps whose draft had a node at depth d+1 / whose delivered
-    accepted path reached depth d+1. Times exclude detokenisation.
+    accepted path reached depth d+1. ``methods``: forward passes per method that drafted them (one
+    entry for a fixed method; ``auto`` lists what it picked, "plain" for its steps without a draft).
+    Times exclude detokenisation.
     """
 
     method: str
@@ -27,15 +29,17 @@ class Stats:
     draft_nodes: int = 0  # draft nodes proposed over all steps (tree nodes, not aux rows)
     drafted: list[int] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)
+    methods: dict[str, int] = field(default_factory=dict)
     prefill_time: float = 0.0
     decode_time: float = 0.0
     stop_reason: str = ""  # eos | length | stop | context
 
-    def record_step(self, draft_depths: list[int], accepted_len: int, delivered: int) -> None:
-        """One forward: the draft's node depths, the accepted path's length, and how many of the
-        step's tokens (accepted path, then bonus) the caller received."""
+    def record_step(self, draft_depths: list[int], accepted_len: int, delivered: int, method: str) -> None:
+        """One forward: the draft's node depths, the accepted path's length, how many of the step's
+        tokens (accepted path, then bonus) the caller received, and the method that drafted it."""
         accepted_len = min(accepted_len, delivered)
         self.forward_passes += 1
+        self.methods[method] = self.methods.get(method, 0) + 1
         self.accepted_tokens += accepted_len
         self.draft_nodes += len(draft_depths)
         deepest = max(draft_depths, default=0)
@@ -67,8 +71,12 @@ class Stats:
         return out
 
     def summary(self) -> str:
+        picked = ""
+        if set(self.methods) - {self.method}:  # auto: what it picked, most used first
+            used = sorted(self.methods.items(), key=lambda kv: (-kv[1], kv[0]))
+            picked = " (" + ", ".join(f"{name} {steps}" for name, steps in used) + ")"
         return (
             f"[{self.method}] {self.new_tokens} tokens in {self.total_time:.2f}s "
-            f"({self.tokens_per_second:.1f} tok/s), {self.forward_passes} forward passes, "
+            f"({self.tokens_per_second:.1f} tok/s), {self.forward_passes} forward passes{picked}, "
             f"{self.mean_accepted_length:.2f} tokens/forward, prefill {self.prefill_time:.2f}s, stop: {self.stop_reason}"
         )

@@ -19,6 +19,9 @@ DEFAULT_CATEGORIES = "multi_turn,translation,summarization,qa,math_reasoning,rag
 # prompts narrow the speedup's interval more per minute than repeats or longer outputs (the spread
 # of speedups over prompts dominates the timing noise); the estimate is in docs/benchmarks.md.
 DEFAULT_LIMIT = 2
+PEERS = ("hf-generate", "hf-prompt-lookup", "hf-early-exit", "hf-assisted", "llamacpp", "llamacpp-lookup", "lade")
+# hf-early-exit (~0.2x plain, a third of a default run's time) runs when asked: --peers all or by name
+DEFAULT_PEERS = ("hf-generate", "hf-prompt-lookup", "llamacpp", "llamacpp-lookup", "lade")
 DEFAULT_MAX_NEW_TOKENS = 48
 PARALLEL_LIMIT, PARALLEL_GEN_LENGTH, PARALLEL_BLOCK_LENGTH = 25, 32, 16
 DEFAULT_MODEL, DEFAULT_DLLM = "smollm2-135m", "dllm-demo"
@@ -105,7 +108,11 @@ def add_parser(subparsers) -> None:
                         "more prompts (--limit) narrow it faster (default: %(default)s)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="T",
                    help="torch CPU threads (default: the number of CPUs, %(default)s)")
-    p.add_argument("--no-peers", action="store_true", help="skip the peers (transformers generate, prompt lookup, ...)")
+    p.add_argument("--peers", default="default", metavar="A,B",
+                   help="peers to run, comma-separated, from: " + ", ".join(PEERS) + "; 'default' = "
+                        + ",".join(DEFAULT_PEERS) + " (what a user would otherwise pick, within the ~10-minute run; "
+                        "hf-assisted joins when --draft is given), 'all', 'none' (default: %(default)s)")
+    p.add_argument("--no-peers", action="store_true", help="skip the peers: the same as --peers none")
     p.add_argument("--llamacpp", default="Q4_0:1", metavar="QUANT:THREADS",
                    help="llama.cpp peers' configuration when llama-cpp-python is installed and the model is a GGUF: "
                         "the file requantized to QUANT ('file' = as shipped), THREADS threads (default: %(default)s, "
@@ -116,8 +123,8 @@ def add_parser(subparsers) -> None:
     _DEFAULTS.update({dest: p.get_default(dest) for dest in _OPTIONS})
 
 
-_OPTIONS = ("suite", "model", "dtype", "runtime", "quant", "methods", "method_options", "draft", "categories", "limit", "seed", "questions",
-            "max_new_tokens", "block_length", "repeats", "threads", "no_peers", "llamacpp", "output")
+_OPTIONS = ("suite", "model", "dtype", "runtime", "quant", "methods", "method_options", "draft", "categories", "limit", "seed",
+            "questions", "max_new_tokens", "block_length", "repeats", "threads", "peers", "no_peers", "llamacpp", "output")
 _DEFAULTS: dict = {}
 
 
@@ -136,6 +143,22 @@ def _validate(args: argparse.Namespace) -> None:
     for name in ("limit", "max_new_tokens", "block_length", "repeats", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ParadecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    peer_names(args)
+
+
+def peer_names(args: argparse.Namespace) -> list[str]:
+    """The peers --peers / --no-peers ask for, in PEERS order."""
+    words = [w.strip() for w in args.peers.split(",") if w.strip()]
+    if args.no_peers or words == ["none"]:
+        return []
+    if words == ["all"]:
+        return list(PEERS)
+    wanted = set(DEFAULT_PEERS) | ({"hf-assisted"} if args.draft else set()) if words == ["default"] else set(words)
+    unknown = wanted - set(PEERS)
+    if unknown:
+        raise ParadecError(f"--peers: unknown peer(s) {', '.join(sorted(unknown))}; choose from {', '.join(PEERS)}, "
+                           "or default, all, none")
+    return [name for name in PEERS if name in wanted]
 
 
 class RichProgress:
@@ -219,15 +242,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if name == runner.BASELINE:
                 raise
             outcome.unavailable[name] = str(exc)
-    if not args.no_peers:
-        draft = load(args.draft, args.dtype, "hf") if args.draft else None  # transformers' assistant needs a transformers model
-        ready, missing = peers.make_peers(model, draft)
+    wanted = peer_names(args)
+    if any(name.startswith("hf-") for name in wanted):
+        needs_draft = "hf-assisted" in wanted and args.draft
+        draft = load(args.draft, args.dtype, "hf") if needs_draft else None  # transformers' assistant needs a transformers model
+        ready, missing = peers.make_peers(model, draft, wanted)
+        contenders += ready
+        outcome.unavailable.update(missing)
+    if any(name.startswith("llamacpp") for name in wanted):
         from .llamacpp import make_llamacpp
 
         cpp, cpp_missing = make_llamacpp(model, args.llamacpp)
-        contenders += ready + cpp
-        outcome.unavailable.update(missing)
-        outcome.unavailable.update(cpp_missing)
+        contenders += [c for c in cpp if c.name in wanted]
+        outcome.unavailable.update({k: v for k, v in cpp_missing.items() if k in wanted})
+    if "lade" in wanted:
+        outcome.unavailable["lade"] = peers.lade_reason()
 
     meta = {"command": command_line(args),
             "model": args.model, "dtype": args.dtype, "runtime": model.runtime.description, "quant": args.quant, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,

@@ -3,35 +3,15 @@
 The curve says which draft sizes can pay: a draft accepted τ tokens per forward on a block of k rows
 speeds decoding up by about τ / (c(k)/c(1)). Measured after a prompt of ``--context`` tokens, on a
 chain of k rows that is then dropped (the cache returns to the prompt), k values interleaved round
-by round so a load spike hits all of them alike; medians over the rounds.
+by round so a load spike hits all of them alike; medians over the rounds (``paradec.costs.measure``,
+which ``auto`` also uses, with fewer rounds, for the curve it caches).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 DEFAULT_KS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-
-
-def measure(model, ks=DEFAULT_KS, context: int = 256, rounds: int = 15, warmup: int = 2) -> dict[int, float]:
-    """Median seconds of one forward over k rows, for every k in ``ks``."""
-    target = model.target()
-    vocab = model.vocab_size
-    prompt = [(7 * i + 3) % vocab for i in range(context)]
-    target.prefill(prompt)
-    times: dict[int, list[float]] = {k: [] for k in ks}
-    for r in range(warmup + rounds):
-        for k in ks:
-            tokens = [(11 * r + 5 * j + 1) % vocab for j in range(k)]
-            start = time.perf_counter()
-            target.forward(tokens, list(range(k)))
-            elapsed = time.perf_counter() - start
-            target.commit([])
-            if r >= warmup:
-                times[k].append(elapsed)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def add_parser(subparsers) -> None:
@@ -53,6 +33,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import ParadecError
+    from ..costs import measure
     from ..model import load
 
     try:

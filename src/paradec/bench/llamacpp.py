@@ -83,10 +83,13 @@ class LlamaCpp:
         self.name, self.eos, self.lookup = name, model.eos_token_ids, lookup
         draft = LlamaPromptLookupDecoding(num_pred_tokens=LOOKUP_TOKENS) if lookup else None
         self.llm = Llama(model_path=str(gguf_for(model, quant)), n_ctx=min(model.max_length, 4096), n_threads=threads,
-                         n_threads_batch=threads, n_batch=512, draft_model=draft, verbose=False)
+                         n_threads_batch=threads, n_batch=512, draft_model=draft,
+                         logits_all=lookup,  # its speculative path reads every row's logits
+                         verbose=False)
 
     def run(self, prompt_ids: list[int], max_new_tokens: int) -> Run:
         out: list[int] = []
+        self.llm.reset()  # forget the last prompt: generate() would reuse its cached prefix and skip the prefill
         start = time.perf_counter()
         for token in self.llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, reset=True):
             if token in self.eos:

@@ -82,21 +82,20 @@ def lade_reason() -> str:
             "change every other contender of this run; not run in-process")
 
 
-def make_peers(model: Model, draft: Model | None = None) -> tuple[list, dict[str, str]]:
-    """The peers that can run, and {name: reason} for those that cannot."""
+def make_peers(model: Model, draft: Model | None = None, names=("hf-generate", "hf-prompt-lookup", "hf-early-exit",
+                                                                  "hf-assisted")) -> tuple[list, dict[str, str]]:
+    """The transformers peers among ``names`` that can run, and {name: reason} for those that cannot."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # assisted generation warns about its own internal arguments
     layers = model.runtime.layers
-    peers: list = [
-        HFGenerate(model, "hf-generate"),
-        HFGenerate(model, "hf-prompt-lookup", prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS),
-        HFGenerate(model, "hf-early-exit", assistant_early_exit=max(1, layers // 4)),
-    ]
+    options = {"hf-generate": {}, "hf-prompt-lookup": {"prompt_lookup_num_tokens": PROMPT_LOOKUP_TOKENS},
+               "hf-early-exit": {"assistant_early_exit": max(1, layers // 4)}}
+    peers: list = [HFGenerate(model, name, **options[name]) for name in options if name in names]
     unavailable: dict[str, str] = {}
-    if draft is not None:
-        peers.append(HFGenerate(model, "hf-assisted", assistant=draft))
-    else:
-        unavailable["hf-assisted"] = "needs a draft model sharing the target's tokenizer: pass --draft MODEL"
-    unavailable["lade"] = lade_reason()
+    if "hf-assisted" in names:
+        if draft is not None:
+            peers.append(HFGenerate(model, "hf-assisted", assistant=draft))
+        else:
+            unavailable["hf-assisted"] = "needs a draft model sharing the target's tokenizer: pass --draft MODEL"
     return peers, unavailable

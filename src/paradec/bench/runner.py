@@ -67,9 +67,10 @@ class ParadecMethod:
 
 
 def needs_extra_model(cls: type[Drafter]) -> bool:
-    """A method whose config names a second model (a draft model) or cannot be built with defaults."""
+    """A method whose config needs a second model (a draft model; ``auto`` only takes one if given) or
+    cannot be built with defaults."""
     fields = dataclasses.fields(cls.Config)
-    if any(f.name in DRAFT_FIELDS for f in fields):
+    if any(f.name in DRAFT_FIELDS and f.default is not None for f in fields):
         return True
     return any(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
 

@@ -107,6 +107,7 @@ class Decoder:
     name: ClassVar[str]
     Config: ClassVar[type[DecoderConfig]] = DecoderConfig
     lossless: ClassVar[bool] = False  # output equals the one-token-per-step greedy decode
+    from_auto: bool = False  # made for the method "auto"
     greedy_only: ClassVar[bool] = False  # refuses sampling
 
     def __init__(self, model: "Model", config: DecoderConfig):
@@ -137,8 +138,11 @@ def make_decoder(name: str, model: "Model", **options) -> Decoder:
     """Build a registered decoder; unknown decoders and options are user errors."""
     from . import learned, lossless  # noqa: F401  (they register themselves)
 
-    if name == "plain":  # the CLI's default method: the baseline
+    auto = name == "auto"  # the default method: the lossless decoder (prepare_denoising falls back to the baseline when sampling)
+    if name == "plain":
         name = BASELINE
+    elif auto:
+        name = "lossless"
     try:
         cls = DECODERS[name]
     except KeyError:
@@ -151,7 +155,9 @@ def make_decoder(name: str, model: "Model", **options) -> Decoder:
         config = cls.Config(**options)
     except (TypeError, ValueError) as exc:
         raise ParadecError(f"bad option for method '{name}': {exc}") from exc
-    return cls(model, config)
+    decoder = cls(model, config)
+    decoder.from_auto = auto
+    return decoder
 
 
 # --- the rules as decoders -------------------------------------------------------------------------

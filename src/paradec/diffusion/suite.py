@@ -4,7 +4,8 @@ synthetic ParallelBench-like tasks (``tasks.py``), per task and decoder.
 Every contender decodes the same seeded examples greedily. Per task and contender: exact match
 (``Example.check``: any valid answer counts), forwards, positions decided per forward, the forward
 ratio against the one-token-per-step baseline (``one-per-step``: how many times fewer forwards), and
-wall time (recorded, for the lead's timed runs; forward counts do not depend on the machine). The
+rows read per forward (what the prefix / dual caches save: a proxy for a forward's cost) and wall
+time (recorded for timed runs; the counts do not depend on the machine). The
 lossless decoder's output is compared token for token with the baseline's. ``ar-order`` decodes
 left to right, one position per forward (blocks of one): the autoregressive order on the same model.
 
@@ -55,8 +56,8 @@ def resolve(methods: str, extra: dict[str, dict]) -> list[Contender]:
     """Contenders from ``--methods``: 'default' / 'all' (the set above), or comma-separated labels of
     it or decoder names (with their defaults); ``extra`` (``--method-options``) adds options by label
     or name. The baseline always runs first."""
-    from .decoders import DECODERS, make_decoder  # noqa: F401  (registers every decoder)
-    from . import learned, lossless  # noqa: F401
+    from . import learned, lossless  # noqa: F401  (they register themselves)
+    from .decoders import DECODERS
 
     by_label = {c.label: c for c in CONTENDERS}
     if methods in ("default", "all"):
@@ -92,8 +93,10 @@ def run(model, contenders: list[Contender], per_task: int, seed: int, gen_length
         task_names: list[str] | None = None, progress=None) -> tuple[list[dict], dict[str, str]]:
     """Decode every example with every contender; one record per (contender, example), and the
     contenders that could not run (label → why)."""
-    from ..api import generate
+    from ..api import encode_prompt
+    from ..sampling import SamplingParams
     from .decoders import make_decoder
+    from .loop import denoise
 
     names = task_names or list(tasks.TASKS)
     examples = tasks.sample_examples(per_task * len(names), seed, names)
@@ -112,17 +115,28 @@ def run(model, contenders: list[Contender], per_task: int, seed: int, gen_length
         for label, decoder in decoders.items():
             if progress is not None:
                 progress.describe(f"{label} {ex.task} #{i}")
+            rows = [0]
             start = time.perf_counter()
-            out = generate(model, ex.prompt, decoder, max_new_tokens=gen_length)
+            out = drain(denoise(model, decoder, encode_prompt(model, ex.prompt), SamplingParams(), gen_length,
+                                trace=lambda canvas, *_: rows.__setitem__(0, canvas.rows)))
             seconds = time.perf_counter() - start
             s = out.stats
             records.append({"contender": label, "decoder": decoder.name, "task": ex.task, "example": i,
                             "prompt": ex.prompt, "text": out.text, "token_ids": out.token_ids, "correct": ex.check(out.text),
                             "forwards": s.forward_passes, "decided": s.accepted_tokens + s.forward_passes,
-                            "new_tokens": s.new_tokens, "seconds": seconds})
+                            "new_tokens": s.new_tokens, "rows": rows[0], "seconds": seconds})
             if progress is not None:
                 progress.advance()
     return records, unavailable
+
+
+def drain(loop):
+    """Run a denoising loop to its end; its ``Result``."""
+    while True:
+        try:
+            next(loop)
+        except StopIteration as end:
+            return end.value
 
 
 def summarize(records: list[dict], labels: list[str]) -> dict:
@@ -144,6 +158,7 @@ def summarize(records: list[dict], labels: list[str]) -> dict:
                 "examples": len(rs), "exact": sum(r["correct"] for r in rs) / len(rs),
                 "forwards": forwards, "positions_per_forward": sum(r["decided"] for r in rs) / max(forwards, 1),
                 "forward_ratio": base_forwards / max(forwards, 1),
+                "rows_per_forward": sum(r["rows"] for r in rs) / max(forwards, 1),
                 "same_as_baseline": sum(r["token_ids"] == base[r["example"]]["token_ids"] for r in rs) / len(rs),
                 "seconds": sum(r["seconds"] for r in rs),
             }
@@ -164,7 +179,8 @@ def markdown(summary: dict, task_names: list[str], meta: dict, unavailable: dict
     lines += ["", "Positions decided per forward (overall), identical output to one-per-step:", ""]
     for label, per in summary.items():
         o = per["overall"]
-        lines.append(f"- {label}: {o['positions_per_forward']:.2f} positions/forward, {o['forwards']} forwards, "
+        lines.append(f"- {label}: {o['positions_per_forward']:.2f} positions/forward, {o['forwards']} forwards "
+                     f"of {o['rows_per_forward']:.0f} rows on average, "
                      f"same tokens as one-per-step on {o['same_as_baseline']:.0%} of the examples")
     lines += ["", "Where parallel decoding loses quality (exact match more than 2 points below one-per-step):", ""]
     losses, base = [], summary[BASELINE_LABEL]

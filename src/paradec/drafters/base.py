@@ -87,10 +87,13 @@ class Drafter:
 
     name: ClassVar[str]
     Config: ClassVar[type[DrafterConfig]] = DrafterConfig
+    # True for a drafter that learns from any verified block, whoever drafted it (Token Recycling's
+    # table): ``auto`` lets it observe every step, not only the steps that sent its own drafts.
+    learns_from_any_block: ClassVar[bool] = False
 
     def __init__(self, model: "Model", config: DrafterConfig):
         self.model = model
-        self.config = with_defaults(self.name, config, getattr(model, "dtype", None))  # None options: by dtype
+        self.config = with_defaults(self.name, config, model)  # None options: by dtype and runtime
 
     def begin(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Reset per-generation state before the first step."""
@@ -102,6 +105,16 @@ class Drafter:
         """Unverified rows to score along with the draft just proposed (Lookahead's window); most
         methods have none. The loop may drop them whole when the context is nearly full."""
         return None
+
+    def drafting_cost(self) -> float:
+        """What drafting costs per draft node, in one-row forwards of the target: 0 for drafters that run
+        no model (their bookkeeping is small next to a forward). ``auto`` adds it to a draft's cost."""
+        return 0.0
+
+    def step_method(self) -> str:
+        """The method whose draft the last ``propose`` returned, for ``Stats.methods``: this drafter's
+        own name; ``auto`` names the method it picked that step, or "plain" when it drafted nothing."""
+        return self.name
 
     def observe(self, block: Block, logits: torch.Tensor, verdict: "Verdict") -> None:
         """Learn from a verified step. ``block``: what the target read: the proposed draft (cut to

@@ -46,6 +46,9 @@ class DraftModelDrafter(TreeDrafter):
         check_same_vocab(self.model, self.draft_model)
         return DraftRunner(self.draft_model.target())
 
+    def drafting_model(self) -> tuple[Model, int | None]:
+        return self.draft_model, None
+
 
 def _load_draft(spec: str | Model, target: Model) -> Model:
     if isinstance(spec, Model):

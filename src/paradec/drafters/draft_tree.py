@@ -24,6 +24,7 @@ in creation order [a, c, b] → tokens [a, c, b], parents [-1, -1, 0].
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +32,9 @@ from ..sampling import SamplingParams, target_probs
 from ..tree import Block, Draft, depths
 from .base import MAX_DEPTH, MAX_NODES, Drafter, DrafterConfig, StepContext, check_bool, check_int, check_number
 from .draft_runner import DraftRunner
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 # Measured on SmolLM2-135M / Qwen2.5-Coder (see docs/draft_models.md).
 DEFAULT_MAX_DRAFT = 8
@@ -79,6 +83,18 @@ class TreeDrafter(Drafter):
 
     def make_runner(self) -> DraftRunner:
         raise NotImplementedError
+
+    def drafting_model(self) -> tuple[Model, int | None]:
+        """The model the runner runs and how many of its layers (None: all), for its cost curve."""
+        raise NotImplementedError
+
+    def drafting_cost(self) -> float:
+        """One drafting forward per level, so about one per node of a chain: the drafting LM's one-row
+        forward over the target's, from both cost curves (measured once per machine, cached)."""
+        from ..costs import cost_curve
+
+        drafting = cost_curve(*self.drafting_model()).seconds
+        return drafting / cost_curve(self.model).seconds
 
     def begin(self, prompt_ids: list[int], params: SamplingParams) -> None:
         self.runner.reset()

@@ -1,8 +1,8 @@
 """The cost gate: stop drafting while drafts keep failing, because a rejected draft still costs rows.
 
-Extra block rows are nearly free in half precision on CPU but not in float32 (1.4x a one-row forward
-already at 2 rows), so a drafter whose drafts are not being accepted makes decoding slower than
-plain. Every gated method (``ngram``, ``recycling``, ``jacobi``, ``lookahead``) uses this one policy:
+Extra block rows cost (in float32 1.4x a one-row forward already at 2 rows; on the native runtime in
+every dtype, ``defaults.py``), so a drafter whose drafts are not being accepted makes decoding slower
+than plain. Every gated method (``ngram``, ``recycling``, ``jacobi``, ``lookahead``) uses this one policy:
 
 - after every drafted step, its accepted-token count joins a moving average,
   ``average = accept_decay * average + (1 - accept_decay) * accepted`` (it starts at 1.0: open);

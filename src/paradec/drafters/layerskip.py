@@ -55,3 +55,6 @@ class LayerSkipDrafter(TreeDrafter):
         self.n_layers = n
         return DraftRunner(self.model.target(layers=n, exit_head=self.exit_head))
 
+    def drafting_model(self):
+        return self.model, self.n_layers
+

@@ -43,9 +43,9 @@ class LookaheadConfig(GatedConfig):
     """W, N, G and the context pool below; the block has at most (W + G)(N - 1) <= 128 rows.
     min_accept / probe_every / accept_decay: the cost gate (``gate.py``); a skipped step drafts
     nothing (no pooled n-grams, no window). ``None`` = by the model's dtype (``defaults.py``): off
-    in bfloat16/float16, where a forward over ~10 rows costs about as much as over one; in float32
-    (~1.8x) a window step that accepts nothing is followed by 10 plain steps (min_accept 1,
-    accept_decay 0, probe_every 11)."""
+    in bfloat16/float16, measured where a forward over ~10 rows cost about as much as over one (on the
+    native runtime it costs ~2); in float32 (~1.8x) a window step that accepts nothing is followed by
+    10 plain steps (min_accept 1, accept_decay 0, probe_every 11)."""
 
     window: int = 4  # W: Jacobi window width (columns of the lookahead branch)
     ngram: int = 3  # N: n-gram size; the window keeps N - 1 levels, drafts are N - 1 tokens deep

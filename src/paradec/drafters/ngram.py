@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..tree import Block, Draft, depths
 from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, check_bool, check_int, register
-from .defaults import dtype_default
+from .defaults import default
 from .gate import CostGate, GatedConfig
 from .ngram_store import NgramIndex, lookup
 from .trie import TokenTrie
@@ -38,7 +38,8 @@ class NgramConfig(GatedConfig):
     continuations in the tree; max_nodes: tree size cap (the forward's extra rows); adaptive: follow
     recent acceptance (else always draft max_depth); min_accept / probe_every / accept_decay: the
     cost gate (``gate.py``), consulted on steps with a match. ``None`` = the measured default for
-    the model's dtype (``defaults.py``): extra rows are nearly free in bfloat16 but not in float32."""
+    the model's dtype (``defaults.py``, measured where bfloat16 rows were nearly free; on the native
+    runtime they are not, see there)."""
 
     max_n: int = 4
     min_n: int = 2
@@ -67,8 +68,8 @@ class NgramDrafter(Drafter):
 
     def __init__(self, model, config: NgramConfig | None = None):
         config = config or NgramConfig()
-        if config.max_depth is None:  # the dtype's default depth, but never below an explicit min_depth
-            depth = dtype_default(self.name, "max_depth", getattr(model, "dtype", None))
+        if config.max_depth is None:  # the table's depth, but never below an explicit min_depth
+            depth = default(self.name, "max_depth", model)
             config = dataclasses.replace(config, max_depth=max(depth, config.min_depth))
         super().__init__(model, config)
 

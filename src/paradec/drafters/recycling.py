@@ -3,7 +3,7 @@
 Each forward yields, for every block row, a distribution over the next token; plain decoding keeps
 one token and throws the rest away. Token Recycling keeps the top-k of every row, *including the
 rows of rejected draft nodes*, in an adjacency table ``M[token] = top-k successors`` (vocab x k
-int32: 1.5 MB for a 49k vocabulary at k = 8). To draft, it walks the table breadth-first from the
+int32: 1.5 MB for a 49k vocabulary at k = 8). To draft, it walks the table from the
 root along a static tree template (paths of ranks, e.g. ``(0,), (1,), (0, 0)``) and the target
 verifies the whole tree in one pass with tree attention. No model, no training; the table keeps
 learning across steps (and across generations of one drafter unless ``persist=False``).
@@ -33,11 +33,12 @@ MAX_LOOKUP_BRANCHES = 16
 
 
 def static_tree(size: int, k: int, max_depth: int, prior: tuple[float, ...] = RANK_PRIOR) -> tuple[tuple[int, ...], ...]:
-    """The ``size`` rank paths of highest prior probability, breadth-first (a static template).
+    """The ``size`` rank paths of highest prior probability, most probable first (a static template).
 
-    A path's value is the product of its ranks' priors, so a child never beats its parent and the
-    chosen set is always a tree. Example: ``static_tree(4, 2, 3, (0.5, 0.2))``
-    == ``((0,), (1,), (0, 0), (0, 0, 0))`` (values 0.5, 0.2, 0.25, 0.125; (0, 1) = 0.1 loses).
+    A path's value is the product of its ranks' priors, so a child never beats its parent: the chosen
+    set is a tree, listed parents first, and every prefix of it is the best tree of its size (so a
+    draft cut to fewer nodes keeps the most valuable ones). Example: ``static_tree(4, 2, 3, (0.5, 0.2))``
+    == ``((0,), (0, 0), (1,), (0, 0, 0))`` (values 0.5, 0.25, 0.2, 0.125; (0, 1) = 0.1 loses).
     """
     prior = tuple(prior[:k]) + (prior[-1] if prior else 0.0,) * (k - len(prior))
     heap: list[tuple[float, tuple[int, ...]]] = [(-prior[r], (r,)) for r in range(k)]
@@ -49,7 +50,7 @@ def static_tree(size: int, k: int, max_depth: int, prior: tuple[float, ...] = RA
         if len(path) < max_depth:
             for r in range(k):
                 heapq.heappush(heap, (neg * prior[r], path + (r,)))
-    return tuple(sorted(chosen, key=lambda p: (len(p), p)))
+    return tuple(chosen)  # in the order popped: by value, ties by rank path (heap order)
 
 
 class AdjacencyTable:
@@ -83,12 +84,14 @@ class AdjacencyTable:
     def bfs(self, root: int, template: tuple[tuple[int, ...], ...], trie: TokenTrie) -> None:
         """Add the template's nodes to ``trie``: node ``path + (r,)`` is ``M[token at path][r]``.
 
-        ``template`` is breadth-first (parents before children); a node whose parent or own
+        ``template`` lists parents before children; a node whose parent or own
         candidate is unknown is skipped with its subtree.
         """
         found: dict[tuple[int, ...], list[int]] = {(): []}  # rank path -> token path
         rows: dict[int, list[int]] = {}
         for path in template:
+            if len(trie) >= trie.max_nodes:
+                break  # full: the rest of the template could not be added
             above = found.get(path[:-1])
             if above is None:
                 continue
@@ -111,7 +114,8 @@ class RecyclingConfig(GatedConfig):
     grafted onto the tree first (0 = pure Token Recycling); the tree has at most 128 nodes in all;
     min_accept / probe_every / accept_decay: the cost gate (``gate.py``), consulted for the recycled
     part on steps without an n-gram match. ``None`` = the measured default for the model's dtype
-    (``defaults.py``): extra rows are nearly free in bfloat16 but not in float32."""
+    (``defaults.py``, measured where bfloat16 rows were nearly free; on the native runtime they are
+    not, see there)."""
 
     k: int = 8
     tree_size: int | None = None
@@ -137,6 +141,7 @@ class RecyclingDrafter(Drafter):
     name = "recycling"
     Config = RecyclingConfig
     config: RecyclingConfig
+    learns_from_any_block = True  # every row's top-k fills the table, whoever drafted the block
 
     def __init__(self, model, config: RecyclingConfig | None = None):
         super().__init__(model, config or RecyclingConfig())

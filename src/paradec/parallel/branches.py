@@ -38,7 +38,7 @@ def branches(model: Model, prompts: list[list[int]], method: str | Drafter, seed
             for i, ids in enumerate(prompts)]
 
 
-def generate_n(model: Model | str, prompt: Prompt, n: int = 4, method: str | Drafter = "plain", *,
+def generate_n(model: Model | str, prompt: Prompt, n: int = 4, method: str | Drafter = "auto", *,
                seed: int | None = None, chat: bool = False, **kwargs) -> list[Result]:
     """``n`` samples of one prompt, decoded together (one forward per step for all); the prompt is
     read once. Keyword arguments as ``paradec.generate``; greedy samples are all the same text.
@@ -69,7 +69,7 @@ class FirstFinish:
 ENDED = ("eos", "stop")  # a branch that ends by itself beats one cut at the token limit in the same step
 
 
-def first_finish(model: Model | str, prompt: Prompt, n: int = 4, method: str | Drafter = "plain", *,
+def first_finish(model: Model | str, prompt: Prompt, n: int = 4, method: str | Drafter = "auto", *,
                  seed: int | None = None, chat: bool = False, **kwargs) -> FirstFinish:
     """First Finish Search: sample ``n`` branches together and stop at the first that ends (in its
     step, one that ended by EOS or a stop string before one cut at the token limit, then the lowest
@@ -110,7 +110,7 @@ class Extraction:
         return sum(r.stats.forward_passes for r in self.results.values())
 
 
-def extract(model: Model | str, text: str, fields: list[str] | dict[str, str], method: str | Drafter = "plain", *,
+def extract(model: Model | str, text: str, fields: list[str] | dict[str, str], method: str | Drafter = "auto", *,
             instruction: str = EXTRACT_INSTRUCTION, parallel: bool = True, max_new_tokens: int = 32,
             stop: list[str] | None = None, chat: bool = False, seed: int | None = None, **kwargs) -> Extraction:
     """Parallel extraction (PaDeLLM-NER style): one branch per field from the same prefix
@@ -148,7 +148,7 @@ class Reasoning:
     final: Result
 
 
-def reason(model: Model | str, question: str, sub_questions: list[str], method: str | Drafter = "plain", *,
+def reason(model: Model | str, question: str, sub_questions: list[str], method: str | Drafter = "auto", *,
            max_new_tokens: int = 64, answer_tokens: int = 128, stop: list[str] | None = None, chat: bool = False,
            seed: int | None = None, **kwargs) -> Reasoning:
     """Parallel reasoning branches: each sub-question is a branch after the shared ``question``

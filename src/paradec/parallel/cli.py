@@ -14,10 +14,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     from ..cli import add_model_args
 
     add_model_args(p)
-    p.add_argument("--method", default="plain", help="decoding method of every branch, see `paradec methods` "
-                                                     "(default: %(default)s)")
+    p.add_argument("--method", default="auto", help="decoding method of every branch, see `paradec methods`; "
+                                                    "'auto' picks the fastest lossless one step by step, 'plain' "
+                                                    "drafts nothing (default: %(default)s)")
     p.add_argument("--method-options", metavar="JSON", help="method config as a JSON object")
-    p.add_argument("--draft", metavar="MODEL", help="draft model for the `draft` method")
+    p.add_argument("--draft", metavar="MODEL", help="draft model for the `draft` method (and a candidate of `auto`)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="most tokens per branch (default: %(default)s)")
     p.add_argument("--chat", action="store_true", help="wrap the shared prefix in the model's chat template")
     p.add_argument("--json", action="store_true", help="print one JSON object with every branch's text and stats")

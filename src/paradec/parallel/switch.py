@@ -8,9 +8,11 @@ current batch, what a plain step and a drafting step yield per second of forward
     plain:    B tokens (one per sequence)       for c(B)
     drafting: sum_i t_i tokens                  for c(sum_i r_i)
 
-with c(k) the runtime's cost curve (seconds of a forward over k rows), r_i the rows a sequence's
-drafting step takes (root + draft) and t_i the tokens it yields (accepted + bonus), each a moving
-average over that sequence's drafting steps (1 and 1 until it has drafted). The batch drafts when
+with c(k) the runtime's cost curve, a forward over k rows relative to one row (``paradec.costs``: the
+one curve ``auto`` reads too, measured once per machine, model, format and thread count and cached;
+only its ratios matter here), r_i the rows a sequence's drafting step takes (root + draft) and t_i the
+tokens it yields (accepted + bonus), each a moving average over that sequence's drafting steps (1 and
+1 until it has drafted). The batch drafts when
 the second is at least the first; while it does not, every ``probe_every``-th step drafts anyway,
 so the averages follow the text. Worked example, c(k) = 1 + 0.1 k ms, 8 sequences each drafting
 4 rows for 2 tokens: plain 8 / 1.8 = 4.4 tokens/ms, drafting 16 / 4.2 = 3.8 → plain steps.
@@ -21,56 +23,17 @@ and propose nothing, the output stays exactly what it would be (every step is st
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..costs import CostCurve
     from ..decode import Sequence
-    from ..model import Model
-
-CURVE_KS = (1, 2, 4, 8, 16, 32, 64)
-
-
-@dataclass(frozen=True)
-class CostCurve:
-    """Seconds of one forward over k rows, from measured points; linear between them and beyond the
-    last two (a forward's cost grows about linearly past a few rows)."""
-
-    points: tuple[tuple[int, float], ...]  # (rows, seconds), rows ascending
-
-    def __post_init__(self) -> None:
-        ks = [k for k, _ in self.points]
-        if not ks or ks != sorted(set(ks)) or ks[0] < 1 or any(s <= 0 for _, s in self.points):
-            raise ValueError(f"a cost curve needs distinct ascending row counts >= 1 and times > 0, got {self.points}")
-
-    @classmethod
-    def of(cls, seconds: dict[int, float]) -> "CostCurve":
-        return cls(tuple(sorted((int(k), float(s)) for k, s in seconds.items())))
-
-    def __call__(self, rows: int) -> float:
-        pts = self.points
-        if len(pts) == 1:
-            return pts[0][1] * rows / pts[0][0]
-        i = min(max(bisect_left([k for k, _ in pts], rows), 1), len(pts) - 1)
-        (k0, s0), (k1, s1) = pts[i - 1], pts[i]
-        return max(s0 + (s1 - s0) * (rows - k0) / (k1 - k0), 1e-12)
-
-
-def measure_curve(model: "Model", ks=CURVE_KS, rounds: int = 3) -> CostCurve:
-    """The model's cost curve, measured now (a few forwards per k, ~1 s on SmolLM2-135M). A cached
-    per-machine curve can take this function's place."""
-    from ..bench.cost import measure
-
-    ks = [k for k in ks if k < model.max_length // 2] or [1]
-    context = max(1, min(256, model.max_length - max(ks) - 1))
-    return CostCurve.of(measure(model, ks, context=context, rounds=rounds, warmup=1))
 
 
 class DraftSwitch:
     """Decides per step whether the batch drafts; one per batch (it keeps per-sequence averages)."""
 
-    def __init__(self, curve: CostCurve, probe_every: int = 8, decay: float = 0.7):
+    def __init__(self, curve: "CostCurve", probe_every: int = 8, decay: float = 0.7):
         if not isinstance(probe_every, int) or probe_every < 1:
             raise ValueError(f"probe_every must be an integer >= 1, got {probe_every!r}")
         if not 0 <= decay < 1:

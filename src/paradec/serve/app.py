@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..decode import Result
@@ -28,11 +28,16 @@ from .errors import APIError, install_error_handlers
 from .guards import CheckHost, LimitBody, RequireKey
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import render as render_metrics
+from .views import owner_of
 from .worker import Cancelled, Generation
 
 __all__ = ["ServeConfig", "create_app"]
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+VIEW_PATH = "/v1/paradec/view/"
+# the decoding view is one file with inline CSS and JavaScript: it may load nothing at all
+VIEW_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+                "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 def sse(data: dict | str) -> str:
@@ -40,17 +45,27 @@ def sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def paradec_extra(gen: Generation, prepared: Prepared) -> dict:
+def paradec_extra(engine: Engine, gen: Generation, prepared: Prepared) -> dict:
     """``usage`` and the extra ``paradec`` field (method and decoding stats; with n > 1 also every
-    choice's stats) of a finished generation."""
+    choice's stats; the decoding view's URL if the request asked for one) of a finished generation."""
     results = gen.results
-    extra = {"method": prepared.method, "stats": results[0].stats.to_dict()}
+    extra = choice_extra(engine, prepared, 0, results[0])
     if len(results) > 1:
         extra["choices"] = [r.stats.to_dict() for r in results]
     return {
         "usage": s.usage(prepared.prompt_tokens, sum(len(r.token_ids) for r in results)),
         "paradec": extra,
     }
+
+
+def choice_extra(engine: Engine, prepared: Prepared, i: int, result: Result) -> dict:
+    """The ``paradec`` field of choice ``i`` as it ends: method and stats, and for the first choice
+    the URL of its decoding view if the request asked for one (kept from now on)."""
+    extra = {"method": prepared.method, "stats": result.stats.to_dict()}
+    if i == 0 and prepared.view is not None:
+        engine.views.add(prepared.view, result)
+        extra["view"] = VIEW_PATH + prepared.view.id
+    return extra
 
 
 def finish_reason(result: Result) -> str:
@@ -86,7 +101,7 @@ async def run_to_end(request: Request, gen: Generation) -> list[str] | None:
 
 
 async def event_stream(
-    gen: Generation, prepared: Prepared, req: s.GenerationRequest, chat: bool, model: str
+    engine: Engine, gen: Generation, prepared: Prepared, req: s.GenerationRequest, chat: bool, model: str
 ) -> AsyncIterator[str]:
     """SSE chunks: (chat: a role delta per choice), one chunk per text piece, for each choice a chunk
     with its ``finish_reason`` and ``paradec`` stats as it ends, a usage chunk if
@@ -110,8 +125,7 @@ async def event_stream(
                 if kind == "piece":
                     yield sse(chunk(i, value))
                 else:
-                    stats = {"method": prepared.method, "stats": value.stats.to_dict()}
-                    yield sse(chunk(i, None, finish_reason(value), paradec=stats))
+                    yield sse(chunk(i, None, finish_reason(value), paradec=choice_extra(engine, prepared, i, value)))
         except Cancelled:  # by the server: the client's own disconnect cancels this generator instead
             err = shutting_down()
             yield sse(s.error_body(err.message, err.type, code=err.code))
@@ -123,7 +137,7 @@ async def event_stream(
             yield sse("[DONE]")
             return
         if req.stream_options and req.stream_options.include_usage:
-            yield sse(s.envelope(rid, obj, model, [], usage=paradec_extra(gen, prepared)["usage"]))
+            yield sse(s.envelope(rid, obj, model, [], usage=paradec_extra(engine, gen, prepared)["usage"]))
         yield sse("[DONE]")
     finally:  # also on client disconnect, when starlette cancels this generator
         gen.cancel()
@@ -164,11 +178,12 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
 
     async def respond(request: Request, req: s.GenerationRequest, prompt: Any, chat: bool, default: int | None):
         engine.check_capacity()
-        prepared = await run_in_threadpool(engine.prepare, req, prompt, chat, default)
+        owner = owner_of(request.headers.get("authorization")) if config.api_key is not None else None
+        prepared = await run_in_threadpool(engine.prepare, req, prompt, chat, default, owner)
         gen = engine.start(prepared)
         if req.stream:
             return StreamingResponse(
-                event_stream(gen, prepared, req, chat, served),
+                event_stream(engine, gen, prepared, req, chat, served),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -182,7 +197,7 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
         else:
             rid, obj = s.new_id("cmpl"), "text_completion"
             choices = [s.completion_choice(t, end, i) for i, (t, end) in enumerate(zip(texts, ends))]
-        return JSONResponse(s.envelope(rid, obj, served, choices, **paradec_extra(gen, prepared)))
+        return JSONResponse(s.envelope(rid, obj, served, choices, **paradec_extra(engine, gen, prepared)))
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -218,6 +233,16 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
     async def get_model(model_id: str) -> dict:
         engine.check_model(model_id)
         return model_card()
+
+    @app.get(VIEW_PATH + "{view_id}")
+    async def view(view_id: str, request: Request) -> HTMLResponse:
+        """The decoding view of a request that asked for one, to the same API key only."""
+        owner = owner_of(request.headers.get("authorization")) if config.api_key is not None else None
+        page = await run_in_threadpool(engine.views.page, view_id, owner, model.tokenizer, served)
+        if page is None:
+            raise APIError(404, f"no decoding view '{view_id}' here: views are kept for the last {config.max_views} "
+                                "requests that asked for one, and shown only with their API key", code="view_not_found")
+        return HTMLResponse(page, headers=VIEW_HEADERS)
 
     @app.post("/v1/completions")
     async def completions(req: s.CompletionRequest, request: Request) -> Response:

@@ -11,7 +11,7 @@ import sys
 import threading
 
 from ..errors import ParadecError
-from .config import COST_CURVES, LOOPBACK_HOSTS, MAX_BODY_BYTES, STALL_AFTER, ServeConfig
+from .config import COST_CURVES, LOOPBACK_HOSTS, MAX_BODY_BYTES, MAX_VIEWS, STALL_AFTER, ServeConfig
 
 
 def add_parser(subparsers) -> None:
@@ -22,17 +22,22 @@ def add_parser(subparsers) -> None:
         help="OpenAI-compatible HTTP server (completions, chat, streaming)",
         description="Serve one model over the OpenAI API: /v1/completions, /v1/chat/completions, /v1/models, /health, "
         "/metrics (Prometheus). Concurrent requests are decoded together (continuous batching). "
-        'A request picks its method with the extra body field "paradec": {"method": NAME}; it may set only the '
-        "method options that --request-options opens, and a time limit up to --max-timeout.",
+        'A request picks its method with the extra body field "paradec": {"method": NAME} (default: --method, '
+        'auto unless set); it may set only the method options that --request-options opens, and a time limit up '
+        'to --max-timeout; with "view": true its response names a page showing its decoding, '
+        "/v1/paradec/view/ID.",
     )
     add_model_args(p)
     p.add_argument(
-        "--method", default="plain", help="default decoding method, see `paradec methods` (default: %(default)s)"
+        "--method",
+        default="auto",
+        help="default decoding method, see `paradec methods`; 'auto' picks the fastest lossless one step by step "
+        "(from the runtime's cost curve, measured once per machine, model and format, and cached) (default: %(default)s)",
     )
     p.add_argument(
         "--draft",
         metavar="MODEL",
-        help="draft model for the `draft` method, default or requested (same kinds of spec as --model); "
+        help="draft model for the `draft` method and `auto`, default or requested (same kinds of spec as --model); "
         "requests can never name one",
     )
     p.add_argument("--method-options", metavar="JSON", help="options of the default method as a JSON object")
@@ -90,6 +95,15 @@ def add_parser(subparsers) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--max-views",
+        type=int,
+        default=MAX_VIEWS,
+        metavar="N",
+        help='decoding views kept for requests that ask with "paradec": {"view": true} (a page per request at '
+        "/v1/paradec/view/ID, readable only with the requesting key), the oldest dropped first; 0 refuses "
+        "such requests (default: %(default)s)",
+    )
+    p.add_argument(
         "--max-batch",
         type=int,
         default=8,
@@ -107,9 +121,10 @@ def add_parser(subparsers) -> None:
         "--cost-curve",
         choices=COST_CURVES,
         default="measure",
-        help="'measure': time forwards of 1..64 rows at start-up (about a second) and stop drafting for the "
-        "batch while drafts cost more than they save at its size; 'off': requests draft as their method "
-        "decides (default: %(default)s)",
+        help="'measure': read the cost curve of forwards over 1..64 rows at start-up (measured once per machine, "
+        "model, format and thread count, a few seconds, then cached in $PARADEC_CACHE/costs) and stop drafting "
+        "for the batch while drafts cost more than they save at its size; 'off': requests draft as their "
+        "method decides (default: %(default)s)",
     )
     p.add_argument(
         "--default-max-tokens",
@@ -185,6 +200,7 @@ def server_config(args: argparse.Namespace) -> ServeConfig:
             max_timeout=args.max_timeout,
             stall_after=args.stall_after,
             max_body_bytes=args.max_body_bytes,
+            max_views=args.max_views,
             allowed_hosts=tuple(hosts),
         )
     except ValueError as exc:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_BODY_BYTES = 1 << 20  # 1 MiB of JSON is ~250k tokens of English, more than any context window
+MAX_VIEWS = 16  # decoding views kept (requests that asked for one), the oldest dropped first
 STALL_AFTER = 60.0  # seconds without a finished step before /health says "stalled"
 COST_CURVES = ("measure", "off")
 
@@ -27,7 +28,7 @@ class ServeConfig:
 
     method / method_options: the default decoding method and its options (a request may name another
                         method; it gets that method's defaults)
-    draft:              the draft model of the ``draft`` method (a model spec or a loaded ``Model``).
+    draft:              the draft model of the ``draft`` method and of ``auto`` (a model spec or a loaded ``Model``).
                         Only the operator names it: a request can't make the server open a file
     request_options:    the method options a request may set, as ``"method.option"`` entries (such as
                         ``"ngram.max_depth"``), or ``"all"``. None by default. The drafters' configs
@@ -44,18 +45,21 @@ class ServeConfig:
     max_body_bytes:     a larger request body gets 413 before any of it is parsed
     allowed_hosts:      the host names the ``Host`` header may carry (``"*"``: any). Against DNS
                         rebinding: a web page whose domain is re-pointed at 127.0.0.1 sends its own name
+    max_views:          decoding views kept for requests that asked for one (``"paradec": {"view": true}``),
+                        the oldest dropped first; 0 refuses such requests
     max_batch:          sequences decoded together, one forward per step for all (a request with n
                         choices brings n); requests join and leave the batch between steps
     max_queue:          requests that may wait while the batch is full; more get 429
-    cost_curve:         "measure": measure the runtime's cost curve at start-up (about a second) and
-                        let the batch stop drafting while drafts cost more forward time than they save
-                        at its size (``paradec.parallel.switch``); "off": every request drafts as its
-                        method decides
+    cost_curve:         "measure": read the runtime's cost curve at start-up (``paradec.costs``: measured
+                        once per machine, model, format and thread count, a few seconds, then cached)
+                        and let the batch stop drafting while drafts cost more forward time than they
+                        save at its size (``paradec.parallel.switch``); "off": every request drafts as
+                        its method decides (``auto`` still reads the curve, on its first request)
     default_max_tokens: cap for chat requests without max_tokens (default: the rest of the context)
     api_key:            required as ``Authorization: Bearer KEY`` on every route but /health
     """
 
-    method: str = "plain"
+    method: str = "auto"
     method_options: dict[str, Any] = field(default_factory=dict)
     draft: str | Model | None = None
     model_name: str | None = None
@@ -70,6 +74,7 @@ class ServeConfig:
     max_timeout: float | None = None
     stall_after: float = STALL_AFTER
     max_body_bytes: int = MAX_BODY_BYTES
+    max_views: int = MAX_VIEWS
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
 
     def __post_init__(self) -> None:
@@ -95,7 +100,7 @@ class ServeConfig:
             raise ValueError(f"timeout ({self.timeout}) must not exceed max_timeout ({self.max_timeout})")
         if self.cost_curve not in COST_CURVES:
             raise ValueError(f"cost_curve must be one of {', '.join(COST_CURVES)}, got {self.cost_curve!r}")
-        for name, low in (("max_queue", 0), ("max_batch", 1), ("max_body_bytes", 1)):
+        for name, low in (("max_queue", 0), ("max_batch", 1), ("max_body_bytes", 1), ("max_views", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")

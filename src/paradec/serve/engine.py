@@ -7,6 +7,7 @@ the model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -17,14 +18,16 @@ from typing import Any
 from jinja2 import TemplateError
 
 from ..api import encode_prompt, prepare, prepare_denoising
+from ..costs import cost_curve
 from ..decode import Sequence
 from ..drafters import METHODS, Drafter, make_drafter
 from ..errors import ParadecError
 from ..model import Model, load
-from ..parallel.switch import DraftSwitch, measure_curve
+from ..parallel.switch import DraftSwitch
 from . import schemas as s
 from .config import ServeConfig
 from .errors import APIError
+from .views import Recording, Views
 from .worker import Closed, Denoising, Generation, Job, QueueFull, Worker
 
 DIFFUSION_DEFAULT_TOKENS = 128  # a diffusion LM's canvas when a request sets no max_tokens (not the whole context)
@@ -52,6 +55,7 @@ class Prepared:
     job: Job
     prompt_tokens: int
     method: str
+    view: Recording | None = None  # the first choice's steps, recorded for the decoding view the request asked for
 
 
 class Engine:
@@ -73,8 +77,9 @@ class Engine:
         self._drafters: OrderedDict[tuple[str, str], Drafter] = OrderedDict()
         self._drafters_lock = threading.Lock()
         measure = config.cost_curve == "measure" and model.diffusion is None  # diffusion LMs do not draft
-        switch = DraftSwitch(measure_curve(model)) if measure else None
+        switch = DraftSwitch(cost_curve(model)) if measure else None
         self.worker = Worker(config.max_queue, config.max_batch, switch)
+        self.views = Views(config.max_views)
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.served:
@@ -85,8 +90,10 @@ class Engine:
                 code="model_not_found",
             )
 
-    def prepare(self, req: s.GenerationRequest, prompt: Any, chat: bool, default_limit: int | None) -> Prepared:
-        """Check a request and build its decoder (blocking work: call it from a thread pool)."""
+    def prepare(self, req: s.GenerationRequest, prompt: Any, chat: bool, default_limit: int | None,
+                owner: str | None = None) -> Prepared:
+        """Check a request and build its decoder (blocking work: call it from a thread pool). ``owner``:
+        who may read its decoding view (``views.owner_of`` the request's key; None without a key)."""
         job = Job(self.deadline(req.paradec))
         self.check_model(req.model)
         problem = req.unsupported()
@@ -100,6 +107,11 @@ class Engine:
         limit = self.token_budget(req, len(ids), default_limit, "messages" if chat else "prompt")
         if self.model.diffusion is not None and req.token_limit() is None:
             limit = min(limit, DIFFUSION_DEFAULT_TOKENS)
+        view = None
+        if req.paradec and req.paradec.view:
+            if not self.views.capacity:
+                raise APIError(400, "this server keeps no decoding views (paradec serve --max-views)", param="paradec.view")
+            view = self.views.record(ids, owner)
         try:
             seqs = [
                 (prepare_denoising if self.model.diffusion is not None else prepare)(
@@ -113,12 +125,13 @@ class Engine:
                     seed=choice_seed(req.seed, i),
                     stop=req.stop_list(),
                     interrupt=job.interrupt,
+                    on_step=view.trace.step if view is not None and i == 0 else None,
                 )
                 for i, drafter in enumerate(drafters)
             ]
         except ParadecError as exc:
             raise APIError(400, str(exc)) from exc
-        return Prepared(seqs, job, len(ids), drafters[0].name)
+        return Prepared(seqs, job, len(ids), drafters[0].name, view)
 
     def start(self, prepared: Prepared) -> Generation:
         """Queue a prepared request; 429 when the queue is full, 503 when shutting down."""
@@ -155,9 +168,9 @@ class Engine:
 
     def operator_options(self, method: str) -> dict[str, Any]:
         """The options the operator set for ``method``: ``method_options`` for the default method,
-        and the ``--draft`` model for the draft method."""
+        and the ``--draft`` model for the methods that take one (``draft``, ``auto``)."""
         options = dict(self.config.method_options) if method == self.config.method else {}
-        if method == "draft" and self.draft is not None:
+        if self.draft is not None and any(f.name == "draft" for f in dataclasses.fields(METHODS[method].Config)):
             options["draft"] = self.draft
         return options
 
@@ -210,7 +223,7 @@ class Engine:
             return list(METHODS)
         from ..diffusion.decoders import DECODERS, make_decoder  # noqa: F401
 
-        return ["plain", *DECODERS]
+        return ["auto", "plain", *DECODERS]
 
     def build(self, method: str, options: dict[str, Any]) -> Drafter:
         """The method's drafter (a diffusion LM: its decoder)."""

@@ -31,13 +31,14 @@ NonEmptyStr = Annotated[Str, Field(min_length=1)]
 
 
 class ParadecField(BaseModel):
-    """The extra body field ``"paradec": {"method": "lookahead", "options": {...}, "timeout": 30}``."""
+    """The extra body field ``"paradec": {"method": "lookahead", "options": {...}, "timeout": 30, "view": true}``."""
 
     model_config = ConfigDict(extra="forbid")
 
     method: NonEmptyStr | None = None
     options: dict[Str, Any] | None = None
     timeout: Annotated[Number, Field(gt=0)] | None = None  # seconds from arrival; then the answer ends
+    view: StrictBool | None = None  # keep the decoding view; the response names its URL
 
 
 class StreamOptions(BaseModel):
