@@ -10,7 +10,7 @@ import pytest
 
 import paradec
 from paradec.drafters import METHODS
-from paradec.methods import BUILTIN_METHODS
+from paradec.methods import BUILTIN_METHODS, DIFFUSION_DECODERS
 
 HEAVY = ("torch", "transformers", "tokenizers", "numpy")
 
@@ -45,7 +45,9 @@ def test_commands_without_a_model_import_no_heavy_package(argv):
 
 def test_methods_lists_every_registered_method():
     heavy, out = heavy_imports("methods")
-    assert sorted(line.split()[0] for line in out.splitlines()) == sorted(METHODS)
+    causal, diffusion = out.split("\n\n")
+    assert sorted(line.split()[0] for line in causal.splitlines()) == sorted(METHODS)
+    assert [line.split()[0] for line in diffusion.splitlines()[1:]] == list(DIFFUSION_DECODERS)
 
 
 def test_the_catalog_names_each_method_and_its_module():

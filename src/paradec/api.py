@@ -69,6 +69,9 @@ def prepare(
         raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     model = model if isinstance(model, Model) else load(model, DEFAULT_DTYPE)
+    if model.diffusion is not None:
+        raise ParadecError(f"'{model.name}' is a diffusion LM: it is decoded by paradec.stream / generate (a "
+                           "denoising loop), not stepped as a Sequence")
     drafter = method if isinstance(method, Drafter) else make_drafter(method, model, **(method_options or {}))
     prompt_ids = encode_prompt(model, prompt, chat)
     check_fits(model, prompt_ids)
@@ -91,7 +94,60 @@ def stream(model: Model | str, prompt: Prompt, method: str | Drafter = "auto", *
     arguments as ``prepare``). ``interrupt``: asked between decoding steps; a reason it returns ends
     the generation (see ``decode``).
     """
+    model = model if isinstance(model, Model) else load(model, DEFAULT_DTYPE)
+    if model.diffusion is not None:
+        return Stream(prepare_denoising(model, prompt, method, **kwargs))
     return Stream(run(prepare(model, prompt, method, **kwargs)))
+
+
+def prepare_denoising(
+    model: Model,
+    prompt: Prompt,
+    method="plain",
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+    chat: bool = False,
+    method_options: dict | None = None,
+    interrupt: Callable[[], str | None] | None = None,
+    on_step: Callable | None = None,
+) -> Iterator[str]:
+    """``prepare`` for a diffusion LM: check every argument now, return the denoising loop (text pieces,
+    then its ``Result``) to iterate. ``method`` names a diffusion decoder (``paradec.diffusion.decoders``)
+    or is one; "plain" (and a plain drafter) is the one-token-per-step baseline, "auto" the lossless
+    decoder (its output, in fewer forwards) when greedy and the baseline when sampling. ``on_step`` (the decoding view of
+    autoregressive steps) is not offered for diffusion LMs."""
+    from .diffusion.decoders import Decoder, make_decoder
+    from .diffusion.loop import denoise, layout
+
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if on_step is not None:
+        raise ParadecError(f"'{model.name}' is a diffusion LM: step hooks (on_step, decoding views) are not offered for it")
+    if isinstance(method, Decoder):
+        decoder = method
+    elif isinstance(method, str) or getattr(method, "name", None) == "plain":
+        decoder = make_decoder(method if isinstance(method, str) else "plain", model, **(method_options or {}))
+    else:
+        raise ParadecError(f"'{model.name}' is a diffusion LM; method '{method.name}' drafts for causal LMs "
+                           "(see `paradec methods` for the diffusion decoders)")
+    if decoder.greedy_only and not params.greedy and decoder.from_auto:
+        decoder = make_decoder("plain", model, block_length=decoder.config.block_length, cache=decoder.config.cache)
+    if decoder.greedy_only and not params.greedy:
+        raise ParadecError(f"method '{decoder.name}' reproduces greedy decoding; use temperature 0")
+    prompt_ids = encode_prompt(model, prompt, chat)
+    block, blocks = layout(model, decoder, max_new_tokens)
+    if len(prompt_ids) + block * blocks > model.max_length:
+        raise ContextOverflowError(
+            f"the prompt has {len(prompt_ids)} tokens and the generation needs {block * blocks} positions, but the "
+            f"model's context window is {model.max_length} tokens"
+        )
+    return denoise(model, decoder, prompt_ids, params, max_new_tokens, stop, interrupt)
 
 
 def generate(model: Model | str, prompt: Prompt, method: str | Drafter = "auto", **kwargs) -> Result:

@@ -127,11 +127,14 @@ def print_branches(args: argparse.Namespace, model, prompt, kwargs: dict) -> int
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from .methods import BUILTIN_METHODS
+    from .methods import BUILTIN_METHODS, DIFFUSION_DECODERS
 
-    width = max(len(n) for n in BUILTIN_METHODS)
+    width = max(len(n) for n in [*BUILTIN_METHODS, *DIFFUSION_DECODERS])
     for name in sorted(BUILTIN_METHODS):
         print(f"{name:<{width}}  {BUILTIN_METHODS[name].summary}")
+    print("\ndiffusion LMs (e.g. --model dllm-demo; docs/diffusion.md):")
+    for name, summary in DIFFUSION_DECODERS.items():
+        print(f"{name:<{width}}  {summary}")
     return 0
 
 

@@ -38,3 +38,16 @@ BUILTIN_METHODS: dict[str, BuiltinMethod] = {
     "medusa": BuiltinMethod("medusa", "Medusa: trained residual heads on the last hidden state guess several tokens "
                                       "ahead, a tree of their top tokens (the simpler baseline of eagle)"),
 }
+
+# The decoders of diffusion LMs (``paradec.diffusion``): with a diffusion model, ``--method`` names one of
+# these ("plain" = low_confidence, one token per step).
+DIFFUSION_DECODERS: dict[str, str] = {
+    "low_confidence": "LLaDA low-confidence remasking on a fixed schedule; default one token per step (the baseline)",
+    "threshold": "Fast-dLLM confidence threshold: commit every position with confidence >= threshold (at least one)",
+    "factor": "Fast-dLLM factor rule: the n most confident positions while (n + 1)(1 - confidence) < factor",
+    "localleap": "LocalLeap: anchors above a high threshold, their neighbours within a radius above a relaxed one",
+    "credit": "CreditDecoding: threshold rule on logits fused with trace credits accumulated over the steps",
+    "early_commit": "early commit (Prophet): fixed schedule until the mean top-1/top-2 logit gap is wide, then all at once",
+    "lossless": "draft-and-verify (FreeDave-style): the one-token-per-step greedy output in fewer forwards (greedy only)",
+    "learned": "Learn2PD-style learned commit filter: a tiny model trained on the dLLM's own traces picks final tokens",
+}

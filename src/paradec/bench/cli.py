@@ -23,6 +23,8 @@ PEERS = ("hf-generate", "hf-prompt-lookup", "hf-early-exit", "hf-assisted", "lla
 # hf-early-exit (~0.2x plain, a third of a default run's time) runs when asked: --peers all or by name
 DEFAULT_PEERS = ("hf-generate", "hf-prompt-lookup", "llamacpp", "llamacpp-lookup", "lade")
 DEFAULT_MAX_NEW_TOKENS = 48
+PARALLEL_LIMIT, PARALLEL_GEN_LENGTH, PARALLEL_BLOCK_LENGTH = 25, 32, 16
+DEFAULT_MODEL, DEFAULT_DLLM = "smollm2-135m", "dllm-demo"
 DEFAULT_DTYPE = "bfloat16"  # with --quant auto: the embedded model's own 4-bit weights, paradec's fastest
 
 EPILOG = """\
@@ -65,8 +67,13 @@ def add_parser(subparsers) -> None:
         description="Benchmark paradec's decoding methods against plain decoding and against peers "
                     "(transformers generate, prompt lookup, assisted generation, ...), on prompts built from real data.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m",
-                   help="built-in name, Hugging Face model directory or .gguf file (default: %(default)s)")
+    p.add_argument("--suite", default="specbench", choices=["specbench", "parallel"],
+                   help="'specbench': timed speedups on real data (below); 'parallel': a diffusion LM's decoders on the "
+                        "synthetic ParallelBench-like tasks, exact match against positions decided per forward "
+                        "(paradec.diffusion.suite; docs/diffusion.md) (default: %(default)s)")
+    p.add_argument("--model",
+                   help=f"built-in name, Hugging Face model directory or .gguf file (default: {DEFAULT_MODEL}; "
+                        f"--suite parallel: {DEFAULT_DLLM}, a diffusion LM)")
     p.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16", "float64"],
                    help="weights and compute dtype (default: %(default)s). On the native runtime every lossless method "
                         "matches plain decoding token for token in every dtype and --quant (a row's logits do not depend "
@@ -84,14 +91,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--categories", default=DEFAULT_CATEGORIES, metavar="A,B",
                    help="task categories (default: %(default)s)")
     p.add_argument("--limit", type=int, metavar="N",
-                   help=f"prompts per category, a fixed seeded subset (default: {DEFAULT_LIMIT}; with --questions: all)")
+                   help=f"prompts per category, a fixed seeded subset (default: {DEFAULT_LIMIT}; with --questions: all; "
+                        f"--suite parallel: examples per task, default {PARALLEL_LIMIT})")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset (default: %(default)s)")
     p.add_argument("--questions", metavar="PATH",
                    help="your own prompts in Spec-Bench's question.jsonl format "
                         '({"question_id", "category", "turns": [...]}) '
                         "instead of the built-in data; --categories (if given) and --limit filter them")
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
-                   help="tokens generated per turn, the same for every contender (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N",
+                   help=f"tokens generated per turn, the same for every contender (default: {DEFAULT_MAX_NEW_TOKENS}; "
+                        f"--suite parallel: the generation length, default {PARALLEL_GEN_LENGTH})")
+    p.add_argument("--block-length", type=int, default=PARALLEL_BLOCK_LENGTH, metavar="B",
+                   help="--suite parallel: the diffusion decoders' block length (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=1, metavar="R",
                    help="timed runs of every turn; medians are reported and the interval resamples the repeats too; "
                         "more prompts (--limit) narrow it faster (default: %(default)s)")
@@ -112,8 +123,8 @@ def add_parser(subparsers) -> None:
     _DEFAULTS.update({dest: p.get_default(dest) for dest in _OPTIONS})
 
 
-_OPTIONS = ("model", "dtype", "runtime", "quant", "methods", "method_options", "draft", "categories", "limit", "seed", "questions",
-            "max_new_tokens", "repeats", "threads", "peers", "no_peers", "llamacpp", "output")
+_OPTIONS = ("suite", "model", "dtype", "runtime", "quant", "methods", "method_options", "draft", "categories", "limit", "seed",
+            "questions", "max_new_tokens", "block_length", "repeats", "threads", "peers", "no_peers", "llamacpp", "output")
 _DEFAULTS: dict = {}
 
 
@@ -129,7 +140,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    for name in ("limit", "max_new_tokens", "repeats", "threads"):
+    for name in ("limit", "max_new_tokens", "block_length", "repeats", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ParadecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     peer_names(args)
@@ -191,6 +202,10 @@ def load_warnings(meta: dict) -> list[str]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _validate(args)
+    if args.suite == "parallel":
+        return cmd_parallel(args)
+    args.model = args.model or DEFAULT_MODEL
+    args.max_new_tokens = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     import torch
     from rich.console import Console
 
@@ -270,5 +285,64 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   f"{meta['wall_seconds']} s")
     for w in meta["warnings"]:
         console.print(f"[bold red]warning:[/bold red] {w}")
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_parallel(args: argparse.Namespace) -> int:
+    """``--suite parallel``: the diffusion decoders on the synthetic tasks (``paradec.diffusion.suite``)."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from .. import load
+    from ..diffusion import suite, tasks
+    from .runner import machine_info
+
+    console = Console(stderr=True)
+    torch.set_num_threads(args.threads)
+    options = json.loads(args.method_options) if args.method_options else {}
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ParadecError('--method-options must be a JSON object of objects, e.g. {"threshold-0.9": {"threshold": 0.8}}')
+    contenders = suite.resolve(args.methods, options)
+    names = list(tasks.TASKS)
+    if args.categories != DEFAULT_CATEGORIES:
+        names = [c.strip() for c in args.categories.split(",") if c.strip()]
+        unknown = set(names) - set(tasks.TASKS)
+        if unknown:
+            raise ParadecError(f"unknown task(s) {', '.join(sorted(unknown))}; the tasks: {', '.join(tasks.TASKS)}")
+    model_name = args.model or DEFAULT_DLLM
+    per_task, gen_length = args.limit or PARALLEL_LIMIT, args.max_new_tokens or PARALLEL_GEN_LENGTH
+    console.print(f"loading {model_name} ({args.dtype}, runtime {args.runtime}, quant {args.quant}); "
+                  f"{per_task} examples x {len(names)} tasks x {len(contenders)} contenders")
+    model = load(model_name, args.dtype, args.runtime, args.quant)
+    if model.diffusion is None:
+        raise ParadecError(f"'{model_name}' is not a diffusion LM; --suite parallel benchmarks diffusion decoders "
+                           f"(the built-in one: {DEFAULT_DLLM})")
+    progress = RichProgress(console)
+    start = time.perf_counter()
+    with progress.bar:
+        records, unavailable = suite.run(model, contenders, per_task, args.seed, gen_length, args.block_length, names,
+                                         progress)
+    labels = [c.label for c in contenders if c.label not in unavailable]
+    meta = {"command": command_line(args), "model": model_name, "dtype": args.dtype,
+            "runtime": model.runtime.description, "quant": args.quant, "per_task": per_task, "seed": args.seed,
+            "gen_length": gen_length, "block_length": args.block_length, "tasks": names,
+            "contenders": {c.label: {"decoder": c.decoder, **suite.decoder_options(c, args.block_length)} for c in contenders},
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "wall_seconds": round(time.perf_counter() - start, 1), **machine_info(args.threads)}
+    summary = suite.summarize(records, labels)
+    paths = suite.write_all(Path(args.output), records, summary, names, meta, unavailable)
+    table = Table(title=f"{model_name}: exact match / x fewer forwards than one-per-step")
+    table.add_column("contender")
+    for t in names + ["overall"]:
+        table.add_column(t + ("*" if t in tasks.DEPENDENT else ""), justify="right")
+    for label, per in summary.items():
+        table.add_row(label, *[f"{per[t]['exact']:.2f} / {per[t]['forward_ratio']:.1f}x" for t in names + ["overall"]])
+    stdout = Console() if Console().is_terminal else Console(width=200)
+    stdout.print(table)
+    console.print("* dependent tasks (several valid answers); details and where quality is lost: " + str(paths["md"]))
+    for name, why in unavailable.items():
+        console.print(f"[yellow]{name}: unavailable: {why}[/yellow]")
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -33,6 +33,7 @@ class Model:
     directory: Path | None = None  # the transformers directory (config, tokenizer, safetensors)
     eos_ids: tuple[int, ...] = ()  # from the generation config
     _hf: object = field(default=None, repr=False)
+    diffusion: object = None  # a diffusion LM's DiffusionSpec (paradec.diffusion.formats); None for a causal LM
 
     @classmethod
     def from_hf(cls, hf_model, tokenizer, runtime: str = DEFAULT_RUNTIME, quant: str = "none", name: str = "model") -> "Model":
@@ -89,6 +90,7 @@ def _ids(value) -> tuple[int, ...]:
 def load(spec: str | Model = DEFAULT_MODEL, dtype: str | torch.dtype = DEFAULT_DTYPE, runtime: str = DEFAULT_RUNTIME,
          quant: str = DEFAULT_QUANT) -> Model:
     """Load a built-in name (``smollm2-135m``), a Hugging Face model directory or a ``.gguf`` file.
+    A diffusion LM directory (LLaDA, Dream, Fast-dLLM v2 formats) gives a ``Model`` with ``diffusion`` set.
 
     ``dtype``: ``float32``, ``bfloat16`` or ``float64``; ``runtime``: ``native`` or ``hf``;
     ``quant``: ``auto`` (in bfloat16, a GGUF file's own 4-/8-bit blocks where the native kernels read
@@ -102,6 +104,11 @@ def load(spec: str | Model = DEFAULT_MODEL, dtype: str | torch.dtype = DEFAULT_D
 
         raise ParadecError(f"unknown runtime '{runtime}'; choose one of: {', '.join(RUNTIMES)}")
     path = resolve(spec)
+    if path.is_dir():
+        from ..diffusion import formats
+
+        if formats.detect(path):  # LLaDA / Dream / Fast-dLLM v2: mapped onto the same runtimes, denoised by diffusion/
+            return formats.load(path, torch_dtype, runtime, quant, name=spec)
     gguf = path if path.suffix == ".gguf" else None
     directory = gguf_as_directory(path) if gguf else path
     tokenizer = load_tokenizer(directory)

