@@ -129,7 +129,7 @@ class TableTarget:
         self.length = len(self.seq)
         return self.logits_of[tuple(self.seq)]
 
-    def forward(self, tokens, offsets, mask, last_only=False):
+    def forward(self, tokens, offsets, mask, last_only=False, hidden=False):
         self.block = list(tokens)
         rows = [tuple(self.seq + [t for t, seen in zip(tokens, mask[i].tolist()) if seen]) for i in range(len(tokens))]
         return torch.stack([self.logits_of[r] for r in rows])  # (block, vocab)

@@ -232,6 +232,9 @@ def test_every_registered_method_can_be_chosen_per_request(tiny, http):
             )
             if r.status_code == 400 and r.json()["error"]["param"] == "paradec.method":
                 break  # this method needs a draft model from the operator; test_serve_guards.py covers it
+            if r.status_code == 400 and "no trained" in r.json()["error"]["message"]:
+                assert method in ("eagle", "medusa")  # no head ships for the tiny model; tests/test_trained_heads.py
+                break
             assert r.status_code == 200, (method, r.text)
             body = r.json()
             assert body["paradec"]["method"] == body["paradec"]["stats"]["method"] == method

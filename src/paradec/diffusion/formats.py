@@ -242,8 +242,9 @@ def transformers_config(fmt: Format, cfg: dict, dtype: torch.dtype):
 def load(directory: Path, dtype: torch.dtype, runtime: str, quant: str, name: str):
     """A diffusion checkpoint as a ``Model`` whose ``diffusion`` field holds its ``DiffusionSpec``."""
     from ..model import Model
-    from ..runtime.loading import Layout, SafetensorsSource, load_weights
+    from ..runtime.loading import Layout, SafetensorsSource, load_weights, resolve_quant
 
+    quant = resolve_quant(quant, dtype, None)  # auto: float weights (these checkpoints are safetensors)
     fmt = FORMATS[detect(directory)]
     cfg = read_json(directory / "config.json")
     config = transformers_config(fmt, cfg, dtype)
