@@ -17,6 +17,7 @@ from conftest import tiny_model
 from serve_helpers import LiveServer, wait_until
 
 import paradec
+from paradec.bench.serving import parse_metrics
 from paradec.serve.app import ServeConfig
 
 TIMEOUT = 60.0
@@ -175,14 +176,6 @@ def test_shared_drafters_never_serve_two_requests_at_once(tiny):
             drafters = [id(s.drafter) for s in seqs]
             assert len(drafters) == len(set(drafters))
 
-
-def parse_metrics(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 def test_metrics_in_prometheus_format(tiny, server):
