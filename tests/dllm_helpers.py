@@ -134,10 +134,15 @@ def dream_tokenizer_files(directory: Path) -> None:
 
 
 def reference_logits(weights: dict, d: int, layers: int, heads: int, kv: int, theta: float, eps: float,
-                     ids: list[int], head_scale: float = 1.0) -> torch.Tensor:
+                     ids: list[int], head_scale: float = 1.0, stale: tuple[list[int], list[int]] | None = None
+                     ) -> torch.Tensor:
     """The LLaDA / Dream forward written from their modelling code, float64 (RMSNorm and the rotary
     tables in float32, as there), bidirectional over ``ids``: RMSNorm, q/k/v (+ biases), RoPE
-    (rotate-half), grouped attention without a causal mask, SiLU-gated MLP."""
+    (rotate-half), grouped attention without a causal mask, SiLU-gated MLP.
+
+    ``stale`` = (old ids, positions): Fast-dLLM's cache semantics written out. In every layer the keys
+    and values at those positions are the ones a forward over the old ids computed there (what a cache
+    filled then holds); the other positions' are fresh."""
     hd = d // heads
     n = len(ids)
 
@@ -153,17 +158,30 @@ def reference_logits(weights: dict, d: int, layers: int, heads: int, kv: int, th
         x1, x2 = t[..., : hd // 2], t[..., hd // 2 :]
         return t * cos + torch.cat([-x2, x1], -1) * sin
 
-    x = weights["embed"][torch.tensor(ids)]
-    for i in range(layers):
+    def qkv(x, i):
         h = rms(x, weights[("attn_norm", i)])
         q, k, v = (h @ weights[(p, i)].T + weights.get((p + "_bias", i), 0) for p in ("q", "k", "v"))
         q = rope(q.view(n, heads, hd).transpose(0, 1))
         k = rope(k.view(n, kv, hd).transpose(0, 1)).repeat_interleave(heads // kv, 0)
         v = v.view(n, kv, hd).transpose(0, 1).repeat_interleave(heads // kv, 0)
+        return q, k, v
+
+    def layer(x, i, q, k, v):
         att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(hd), -1) @ v  # (h, n, hd)
         x = x + att.transpose(0, 1).reshape(n, d) @ weights[("o", i)].T
         h = rms(x, weights[("mlp_norm", i)])
-        x = x + (torch.nn.functional.silu(h @ weights[("gate", i)].T) * (h @ weights[("up", i)].T)) @ weights[("down", i)].T
+        return x + (torch.nn.functional.silu(h @ weights[("gate", i)].T) * (h @ weights[("up", i)].T)) @ weights[("down", i)].T
+
+    x = weights["embed"][torch.tensor(ids)]
+    old = weights["embed"][torch.tensor(stale[0])] if stale else None
+    for i in range(layers):
+        q, k, v = qkv(x, i)
+        if stale:
+            q_old, k_old, v_old = qkv(old, i)
+            at = torch.tensor(stale[1], dtype=torch.long)
+            k[:, at], v[:, at] = k_old[:, at], v_old[:, at]
+            old = layer(old, i, q_old, k_old, v_old)
+        x = layer(x, i, q, k, v)
     head = weights.get("head", weights["embed"])
     return rms(x, weights["norm"]) @ head.T * head_scale
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import paradec
-from dllm_helpers import EOS, MASK, tiny_dream, tiny_llada
+from dllm_helpers import EOS, MASK, reference_logits, tiny_dream, tiny_llada
 from paradec.diffusion.decoders import DECODERS, Decoder, DecoderConfig, Selection, make_decoder
 from paradec.diffusion.loop import denoise
 from paradec.sampling import SamplingParams
@@ -78,6 +78,38 @@ def test_later_steps_of_a_cached_block_read_the_cache(models):
         steps[cache] = out
     assert torch.equal(steps["none"][0], steps["dual"][0])
     assert not torch.equal(steps["none"][1], steps["prefix"][1]) and not torch.equal(steps["prefix"][1], steps["dual"][1])
+
+
+@pytest.mark.parametrize("runtime", ["native", "hf"])
+@pytest.mark.parametrize("maker", [tiny_llada, tiny_dream])
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cached_steps_compute_fast_dllm_stale_cache_exactly(tmp_path, runtime, maker, cache):
+    """Every step of a cached block equals the written-out cache semantics (``reference_logits``'s
+    ``stale``): keys and values of the cached positions as the block's first forward computed them, the
+    rest fresh. So what prefix / dual lose against no cache is the approximation, not the mechanics."""
+    directory, w = maker(tmp_path / "m", seed=4)
+    model = paradec.load(str(directory), dtype="float64", runtime=runtime)
+    w = {k: v.float().double() for k, v in w.items()}  # as the float32 checkpoint stores them
+    llada = maker is tiny_llada
+    theta, eps = (500000.0, 1e-5) if llada else (1000000.0, 1e-6)
+    shift = 1 if model.diffusion.shifted else 0
+    first, checked = {}, []
+
+    def trace(canvas, b, view, selection):
+        start, end = canvas.block_range(b)
+        now = list(canvas.tokens)
+        for p in selection.positions:
+            now[start + p] = MASK
+        if view.step == 0:
+            first[b] = now
+            return
+        lo, n = start - shift, len(now)
+        cached = list(range(lo)) + (list(range(end, n)) if cache == "dual" else [])
+        ref = reference_logits(w, 32, 2, 4, 2, theta, eps, now, stale=(first[b], cached))
+        checked.append(torch.allclose(view.logits, ref[start - shift : end - shift], rtol=0, atol=1e-10))
+
+    run(model, "plain", PROMPTS[0], max_new_tokens=12, trace=trace, block_length=4, cache=cache)
+    assert len(checked) >= 3 and all(checked), checked
 
 
 def test_block_diffusion_reads_blocks_causally(models):
