@@ -65,9 +65,7 @@ def prepare(
     ``stream`` runs alone and ``paradec.parallel`` runs in a batch. ``method`` defaults to ``auto``,
     the fastest lossless method for the text on this machine. ``on_step``: called with every decoding
     ``Step`` (``paradec.viz.Trace`` records them for the view)."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    params = checked_params(max_new_tokens, temperature, top_k, top_p, seed)
     model = model if isinstance(model, Model) else load(model, DEFAULT_DTYPE)
     if model.diffusion is not None:
         raise ParadecError(f"'{model.name}' is a diffusion LM: it is decoded by paradec.stream / generate (a "
@@ -76,6 +74,13 @@ def prepare(
     prompt_ids = encode_prompt(model, prompt, chat)
     check_fits(model, prompt_ids)
     return Sequence(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt, on_step=on_step)
+
+
+def checked_params(max_new_tokens, temperature, top_k, top_p, seed) -> SamplingParams:
+    """The checks both loops (``prepare``, ``prepare_denoising``) make of their common arguments."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
 
 def check_fits(model: Model, prompt_ids: list[int]) -> None:
@@ -124,9 +129,7 @@ def prepare_denoising(
     from .diffusion.decoders import Decoder, make_decoder
     from .diffusion.loop import denoise, layout
 
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ParadecError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    params = checked_params(max_new_tokens, temperature, top_k, top_p, seed)
     if on_step is not None:
         raise ParadecError(f"'{model.name}' is a diffusion LM: step hooks (on_step, decoding views) are not offered for it")
     if isinstance(method, Decoder):

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ParadecError
 
 DEFAULT_CLIENTS = "1,2,4,8,16"
@@ -46,13 +48,8 @@ class Reply:
 
 
 def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between the closest ranks (numpy's default); nan for no values."""
-    if not values:
-        return math.nan
-    xs = sorted(values)
-    pos = q * (len(xs) - 1)
-    lo = math.floor(pos)
-    return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
+    """numpy's quantile (linear between the closest ranks); nan for no values."""
+    return float(np.quantile(values, q)) if values else math.nan
 
 
 def parse_metrics(text: str) -> dict[str, float]:
