@@ -35,6 +35,30 @@ def test_tasks_are_seeded_and_every_check_accepts_its_reference():
         assert tok.unk_token_id not in ids, x  # the tokenizer covers every task word
 
 
+def test_benchmark_examples_are_never_trained_on():
+    """The benchmark reads held-out prompts only; training batches and filter traces never do."""
+    test = tasks.sample_examples(160, seed=0)
+    assert all(tasks.held_out(e.prompt) for e in test) and {e.task for e in test} == set(tasks.TASKS)
+    train_split = tasks.sample_examples(800, seed=0, split="train")
+    assert not any(tasks.held_out(e.prompt) for e in train_split)
+    rng = random.Random(2)
+    share = sum(tasks.held_out(tasks.copy(rng).prompt) for _ in range(4000)) / 4000
+    assert abs(share - 1 / tasks.HELD_OUT) < 0.02  # one prompt in HELD_OUT
+    tok = train.build_tokenizer()
+    batches = train.Batches(TINY, tok, random.Random(0))
+    answer = tok.convert_tokens_to_ids(tasks.ANSWER)
+    seen = 0
+    for step in range(4):
+        for row in batches.next(step)[0].tolist():
+            prompt = tok.decode(row[: row.index(answer)])
+            assert prompt.split()[0] in {"copy", "reverse", "sort", "shuffle", "line", "fill", "latin"}, prompt
+            assert not tasks.held_out(prompt), prompt
+            seen += 1
+    assert seen == 2 * TINY.batch + 2 * TINY.long_batch
+    with pytest.raises(ValueError, match="split"):
+        tasks.draw("copy", random.Random(0), "dev")
+
+
 def test_dependent_tasks_accept_every_valid_answer():
     rng = random.Random(0)
     shuffled = tasks.shuffle(rng)
@@ -56,7 +80,7 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "dllm"
     summary = train.train(TINY, out, eval_every=1000, checkpoint_every=1000, command="test", eval_per_task=1)
     model = paradec.load(str(out), dtype="float32")
-    x, y = learned.collect(model, [encode_prompt(model, e.prompt) for e in tasks.sample_examples(4, 1)], 8, 8)
+    x, y = learned.collect(model, [encode_prompt(model, e.prompt) for e in tasks.sample_examples(4, 1, split="train")], 8, 8)
     learned.train_filter(x, y, epochs=3).save(out / learned.FILENAME, {"test": True})
     train.write_manifest(out)
     return out, summary
@@ -122,6 +146,9 @@ def test_parallel_suite_counts_and_reports(demo, tmp_path):
     base = sum(r["forwards"] for r in records if r["contender"] == "one-per-step")
     fast = sum(r["forwards"] for r in records if r["contender"] == "threshold-0.5")
     assert summary["threshold-0.5"]["overall"]["forward_ratio"] == pytest.approx(base / fast)
+    base_s = sum(r["seconds"] for r in records if r["contender"] == "one-per-step")
+    fast_s = sum(r["seconds"] for r in records if r["contender"] == "threshold-0.5")
+    assert summary["threshold-0.5"]["overall"]["time_ratio"] == pytest.approx(base_s / fast_s)
     paths = suite.write_all(tmp_path, records, summary, ["copy", "shuffle"], {"model": "m", "command": "c",
                             "per_task": 1, "gen_length": 8, "block_length": 8}, unavailable)
     assert "shuffle*" in paths["md"].read_text()
@@ -141,6 +168,7 @@ def test_bench_suite_parallel_command(demo, tmp_path):
     data = json.loads((tmp_path / "parallel.json").read_text())
     assert list(data["summary"]) == ["one-per-step", "threshold-0.9", "lossless"]
     assert data["meta"]["command"].startswith("paradec bench --suite parallel")
+    assert len(data["meta"]["load_before"]) == 3 and "load average" in (tmp_path / "parallel.md").read_text()
 
 
 def test_server_serves_a_diffusion_lm(demo):

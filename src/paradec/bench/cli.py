@@ -297,7 +297,7 @@ def cmd_parallel(args: argparse.Namespace) -> int:
 
     from .. import load
     from ..diffusion import suite, tasks
-    from .runner import machine_info
+    from .runner import load_average, machine_info
 
     console = Console(stderr=True)
     torch.set_num_threads(args.threads)
@@ -320,7 +320,7 @@ def cmd_parallel(args: argparse.Namespace) -> int:
         raise ParadecError(f"'{model_name}' is not a diffusion LM; --suite parallel benchmarks diffusion decoders "
                            f"(the built-in one: {DEFAULT_DLLM})")
     progress = RichProgress(console)
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), load_average()
     with progress.bar:
         records, unavailable = suite.run(model, contenders, per_task, args.seed, gen_length, args.block_length, names,
                                          progress)
@@ -330,15 +330,19 @@ def cmd_parallel(args: argparse.Namespace) -> int:
             "gen_length": gen_length, "block_length": args.block_length, "tasks": names,
             "contenders": {c.label: {"decoder": c.decoder, **suite.decoder_options(c, args.block_length)} for c in contenders},
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "wall_seconds": round(time.perf_counter() - start, 1), **machine_info(args.threads)}
+            "wall_seconds": round(time.perf_counter() - start, 1), "load_before": load_before,
+            "load_after": load_average(), **machine_info(args.threads)}
     summary = suite.summarize(records, labels)
     paths = suite.write_all(Path(args.output), records, summary, names, meta, unavailable)
     table = Table(title=f"{model_name}: exact match / x fewer forwards than one-per-step")
     table.add_column("contender")
     for t in names + ["overall"]:
         table.add_column(t + ("*" if t in tasks.DEPENDENT else ""), justify="right")
+    table.add_column("wall time", justify="right")
     for label, per in summary.items():
-        table.add_row(label, *[f"{per[t]['exact']:.2f} / {per[t]['forward_ratio']:.1f}x" for t in names + ["overall"]])
+        o = per["overall"]
+        table.add_row(label, *[f"{per[t]['exact']:.2f} / {per[t]['forward_ratio']:.1f}x" for t in names + ["overall"]],
+                      f"{o['seconds']:.1f} s / {o['time_ratio']:.1f}x")
     stdout = Console() if Console().is_terminal else Console(width=200)
     stdout.print(table)
     console.print("* dependent tasks (several valid answers); details and where quality is lost: " + str(paths["md"]))

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from .tasks import sample_examples
 
-        texts = [ex.prompt for ex in sample_examples(args.count, seed=args.seed + 10_000)]
+        texts = [ex.prompt for ex in sample_examples(args.count, seed=args.seed + 10_000, split="train")]
     x, y = collect(model, [encode_prompt(model, t) for t in texts], args.gen_length, args.block_length)
     net = train_filter(x, y, seed=args.seed)
     with torch.no_grad():

@@ -42,6 +42,7 @@ CONTENDERS = (  # the default set, in report order; options on top of the run's 
     Contender("threshold-0.9", "threshold", {"threshold": 0.9}),
     Contender("threshold-0.7", "threshold", {"threshold": 0.7}),
     Contender("threshold-0.5", "threshold", {"threshold": 0.5}),
+    Contender("threshold-0.9-prefix", "threshold", {"threshold": 0.9, "cache": "prefix"}),
     Contender("threshold-0.9-dual", "threshold", {"threshold": 0.9, "cache": "dual"}),
     Contender("factor-1", "factor", {"factor": 1.0}),
     Contender("localleap", "localleap"),
@@ -140,8 +141,9 @@ def drain(loop):
 
 
 def summarize(records: list[dict], labels: list[str]) -> dict:
-    """label → task (and 'overall') → exact match, forwards, positions per forward, forward ratio vs the
-    baseline, and (lossless) equality with the baseline's tokens. Recomputed from the records alone."""
+    """label → task (and 'overall') → exact match, forwards, positions per forward, forward ratio and
+    wall-time ratio vs the baseline (how many times fewer / faster), and equality with the baseline's
+    tokens. Recomputed from the records alone."""
     base = {r["example"]: r for r in records if r["contender"] == BASELINE_LABEL}
     out: dict = {}
     for label in labels:
@@ -154,13 +156,14 @@ def summarize(records: list[dict], labels: list[str]) -> dict:
         for task, rs in groups.items():
             forwards = sum(r["forwards"] for r in rs)
             base_forwards = sum(base[r["example"]]["forwards"] for r in rs)
+            seconds, base_seconds = sum(r["seconds"] for r in rs), sum(base[r["example"]]["seconds"] for r in rs)
             out[label][task] = {
                 "examples": len(rs), "exact": sum(r["correct"] for r in rs) / len(rs),
                 "forwards": forwards, "positions_per_forward": sum(r["decided"] for r in rs) / max(forwards, 1),
                 "forward_ratio": base_forwards / max(forwards, 1),
                 "rows_per_forward": sum(r["rows"] for r in rs) / max(forwards, 1),
                 "same_as_baseline": sum(r["token_ids"] == base[r["example"]]["token_ids"] for r in rs) / len(rs),
-                "seconds": sum(r["seconds"] for r in rs),
+                "seconds": seconds, "time_ratio": base_seconds / seconds if seconds else 0.0,
             }
     return out
 
@@ -170,6 +173,10 @@ def markdown(summary: dict, task_names: list[str], meta: dict, unavailable: dict
              f"{meta['per_task']} examples per task, generation length {meta['gen_length']}, block length "
              f"{meta['block_length']}, greedy. Cells: exact match / forward ratio against one-per-step "
              "(x times fewer forwards). Dependent tasks (several valid answers) are marked *.", ""]
+    if "threads" in meta:  # a timed run: wall times are only comparable within it
+        lines[-1:-1] = [f"Wall times: {meta['threads']} thread(s), {meta.get('cpu_count')} CPUs, load average "
+                        f"{meta.get('load_before')} before / {meta.get('load_after')} after; contenders interleaved "
+                        "per example.", ""]
     cols = task_names + ["overall"]
     lines.append("| contender | " + " | ".join(t + ("*" if t in tasks.DEPENDENT else "") for t in cols) + " |")
     lines.append("|---" * (len(cols) + 1) + "|")
@@ -180,7 +187,8 @@ def markdown(summary: dict, task_names: list[str], meta: dict, unavailable: dict
     for label, per in summary.items():
         o = per["overall"]
         lines.append(f"- {label}: {o['positions_per_forward']:.2f} positions/forward, {o['forwards']} forwards "
-                     f"of {o['rows_per_forward']:.0f} rows on average, "
+                     f"of {o['rows_per_forward']:.0f} rows on average, {o['seconds']:.2f} s "
+                     f"({o['time_ratio']:.2f}x one-per-step's speed), "
                      f"same tokens as one-per-step on {o['same_as_baseline']:.0%} of the examples")
     lines += ["", "Where parallel decoding loses quality (exact match more than 2 points below one-per-step):", ""]
     losses, base = [], summary[BASELINE_LABEL]

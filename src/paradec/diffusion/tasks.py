@@ -20,6 +20,7 @@ measures; ``check`` scores any answer, not one reference.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import Callable
@@ -152,8 +153,28 @@ TASKS: dict[str, Callable[[random.Random], Example]] = {
 DEPENDENT = {"shuffle", "line_anywhere", "latin"}  # many valid answers: positions depend on each other
 
 
-def sample_examples(count: int, seed: int, tasks: list[str] | None = None) -> list[Example]:
-    """``count`` examples drawn round-robin over ``tasks`` (default: all), deterministic in ``seed``."""
+HELD_OUT = 8  # one prompt in 8, chosen by a hash of its text, is never trained on: the benchmark's share
+
+
+def held_out(prompt: str) -> bool:
+    """Whether ``prompt`` is in the held-out share of the task space. The spaces are small (a copy
+    prompt is one of 5,040), so training would otherwise see every benchmark example."""
+    return hashlib.sha256(prompt.encode()).digest()[0] % HELD_OUT == 0
+
+
+def draw(task: str, rng: random.Random, split: str) -> Example:
+    """One example of ``task`` from the ``split``: "train" (never held out) or "test" (held out)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    while True:
+        ex = TASKS[task](rng)
+        if held_out(ex.prompt) == (split == "test"):
+            return ex
+
+
+def sample_examples(count: int, seed: int, tasks: list[str] | None = None, split: str = "test") -> list[Example]:
+    """``count`` examples of the ``split`` drawn round-robin over ``tasks`` (default: all), deterministic
+    in ``seed``. The benchmark reads "test", training and the commit filter's traces "train"."""
     rng = random.Random(seed)
     names = tasks or list(TASKS)
-    return [TASKS[names[i % len(names)]](rng) for i in range(count)]
+    return [draw(names[i % len(names)], rng, split) for i in range(count)]

@@ -41,14 +41,14 @@ class TrainConfig:
     n_layers: int = 3
     n_heads: int = 4
     mlp_hidden: int = 192
-    max_length: int = 256
-    steps: int = 4000
+    max_length: int = 320  # a prompt and a generation of 256
+    steps: int = 12000
     batch: int = 32
     lr: float = 3e-3
     warmup: int = 200
     weight_decay: float = 0.01
     short_canvas: int = 16  # most batches: answer + EOS padding up to this many positions
-    long_canvas: int = 160  # every long_every-th batch: up to this many (so long generations end in EOS too)
+    long_canvas: int = 256  # every long_every-th batch: up to this many (so long generations end in EOS too)
     long_every: int = 8
     long_batch: int = 8
     seed: int = 0
@@ -104,7 +104,7 @@ class Batches:
         long = step % c.long_every == c.long_every - 1
         rows = []
         for _ in range(c.long_batch if long else c.batch):
-            ex = tasks.TASKS[rng.choice(self.names)](rng)
+            ex = tasks.draw(rng.choice(self.names), rng, "train")
             prompt, answer = self.encode(ex.prompt, True), self.encode(ex.answer, False)
             low = len(answer) + 1
             canvas = rng.randint(max(low, c.short_canvas + 1), c.long_canvas) if long else rng.randint(low, max(low, c.short_canvas))
@@ -152,7 +152,8 @@ def as_paradec(hf, tok):
 
 
 def evaluate(hf, tok, per_task: int = 8, seed: int = 12345) -> dict[str, float]:
-    """Exact-match (``Example.check``) accuracy per task of one-token-per-step greedy decoding."""
+    """Exact-match (``Example.check``) accuracy per task of one-token-per-step greedy decoding, on
+    held-out prompts (never trained on)."""
     from ..api import generate
 
     model = as_paradec(hf.eval(), tok)
@@ -195,7 +196,7 @@ def lr_at(step: int, c: TrainConfig) -> float:
     return c.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(c: TrainConfig, out: Path, eval_every: int, checkpoint_every: int, command: str, eval_per_task: int = 8) -> dict:
+def train(c: TrainConfig, out: Path, eval_every: int, checkpoint_every: int, command: str, eval_per_task: int = 16) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import LlamaForCausalLM
 
