@@ -339,6 +339,20 @@ def test_hidden_states_are_what_the_lm_head_reads(runtime):
     assert torch.allclose(logits, head, atol=1e-10)
 
 
+@pytest.mark.parametrize("runtime", ["native", "hf"])
+def test_prefill_gives_every_prompt_rows_hidden_states(runtime):
+    """``prefill(ids, hidden=True)``: prefill's logits and every row's features, as a full forward gives them."""
+    model = tiny_model("llama", seed=2, runtime=runtime)
+    ids = [5, 17, 3, 88, 41, 7]
+    logits, states = model.target().prefill(ids, hidden=True)
+    assert torch.equal(logits, model.target().prefill(ids))
+    full_logits, full_states = model.target().forward(ids, list(range(len(ids))), hidden=True)
+    assert states.shape == (len(ids), 32) and torch.allclose(states, full_states, rtol=0, atol=1e-12)
+    assert torch.allclose(logits, full_logits[-1], rtol=0, atol=1e-12)
+    early_logits, early_states = model.target(layers=1).prefill(ids, hidden=True)
+    assert early_states.shape == (len(ids), 32) and early_logits.shape == (model.vocab_size,)
+
+
 @pytest.mark.parametrize("fmt", ["q8", "q4"])
 def test_embedding_rows_of_quantized_tables_match_dequantize(k, fmt):
     torch.manual_seed(5)

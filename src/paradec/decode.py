@@ -189,25 +189,14 @@ def run(seq: Sequence) -> Iterator[str]:
     return seq.result
 
 
-PREFILL_CHUNK = 128  # prompt rows per forward when the drafter reads features (bounds the logits kept)
-
-
 def prefill(target: Target, prompt_ids: list[int], drafter: Drafter) -> torch.Tensor:
     """Read the prompt; returns the logits after its last token, (vocab,). A drafter that reads
-    features gets every prompt row's hidden states: the prompt is read as chunks of forwards with
-    ``hidden=True`` (on the native runtime a row's results do not depend on its block, so this gives
-    prefill's bits). TODO(runtime): a ``Target.prefill(ids, hidden=True)`` would spare the LM head
-    over every prompt row."""
+    features gets every prompt row's hidden states (the LM head still runs on the last row only)."""
     if not drafter.reads_features or not prompt_ids:
         return target.prefill(prompt_ids)
-    target.check_room(len(prompt_ids))
-    target.reset()
-    for at in range(0, len(prompt_ids), PREFILL_CHUNK):
-        chunk = prompt_ids[at : at + PREFILL_CHUNK]
-        logits, hidden = target.forward(chunk, list(range(len(chunk))), hidden=True)
-        target.commit(list(range(len(chunk))))
-        drafter.observe_features(hidden)
-    return logits[-1]
+    logits, hidden = target.prefill(prompt_ids, hidden=True)
+    drafter.observe_features(hidden)
+    return logits
 
 
 def decode(

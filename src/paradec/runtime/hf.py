@@ -76,13 +76,12 @@ class HFTarget(Target):
                 out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask_arg, cache=self.cache,
                                  use_cache=True, logits_to_keep=1 if last_only else 0, output_hidden_states=hidden)
                 logits, states = out.logits[0], (out.hidden_states[-1][0] if hidden else None)
-                states = None if states is None else (states[-1:] if last_only else states)
             else:
                 logits, states = self._truncated(ids, pos, masks, last_only)
         self.pending += rows
         self.pending_positions += positions
         logits = logits[-1:] if last_only else logits[:n]
-        return (logits, states[: len(logits)]) if hidden else logits
+        return (logits, states[:n]) if hidden else logits
 
     def fork(self) -> "HFTarget":
         twin = HFTarget(HFRuntime(self.model), self.layers, self.exit_head)
@@ -153,6 +152,6 @@ class HFTarget(Target):
             mask = masks[types[i]] if types else masks["full_attention"]
             hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=pos, cache=self.cache,
                            use_cache=True)
-        hidden = base.norm(hidden[0, -1:] if last_only else hidden[0])
+        hidden = base.norm(hidden[0])
         head = self.exit_head if self.exit_head is not None else self.model.get_output_embeddings()
-        return head(hidden), hidden
+        return head(hidden[-1:] if last_only else hidden), hidden

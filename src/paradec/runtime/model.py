@@ -72,7 +72,7 @@ def forward(w: Weights, ops, rope, rows: Rows, caches: list[torch.Tensor], logit
     logits_rows: which rows get logits (None: all); exit_head: maps the final-normed hidden states
     (n, hidden) to logits instead of the LM head (a trained early-exit head).
     returns: (n, vocab) float32 (float64 on the float64 path); with ``hidden``, also the final-normed
-    hidden states of those rows (n, hidden) — the features the LM head reads
+    hidden states of every row (M, hidden) — the features the LM head reads
     """
     a = w.arch
     scale = a.head_dim ** -0.5
@@ -86,7 +86,8 @@ def forward(w: Weights, ops, rope, rows: Rows, caches: list[torch.Tensor], logit
         x = ops.add_rmsnorm(h, ops.linear(att.view(att.shape[0], -1), layer.o), layer.mlp_norm, a.eps)
         nxt = todo[i + 1].attn_norm if i + 1 < len(todo) else w.norm
         x = ops.add_rmsnorm(h, ops.linear(ops.silu_mul(ops.linear(x, layer.gate_up)), layer.down), nxt, a.eps)
+    states = x
     if logits_rows is not None:
         x = x[logits_rows].contiguous()
     logits = exit_head(x) if exit_head is not None else ops.linear(x, w.lm_head)
-    return (logits, x) if hidden else logits
+    return (logits, states) if hidden else logits

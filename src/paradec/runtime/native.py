@@ -74,7 +74,7 @@ class NativeRuntime:
     def forward_many(self, targets: list["NativeTarget"], blocks: list[Block], hidden: bool = False) -> list:
         """One forward over the rows of several sequences: the weights are read once for all of them,
         and each row attends to its own sequence's cache only. Rows are invariant, so every sequence gets
-        the bits it would get alone. Returns per block its logits (and hidden states with ``hidden``)."""
+        the bits it would get alone. Returns per block its logits (and every row's hidden states with ``hidden``)."""
         first = targets[0]
         if any(t.runtime is not self or (t.layers, t.exit_head) != (first.layers, first.exit_head) for t in targets):
             raise ValueError("forward_many needs targets of this runtime with the same layers and exit head")
@@ -95,8 +95,8 @@ class NativeRuntime:
                       first.exit_head, hidden)
         logits, states = out if hidden else (out, None)
         sizes = [hi - lo for lo, hi in bounds]
-        if hidden:
-            return list(zip(logits.split(sizes), states.split(sizes)))
+        if hidden:  # every row's hidden states, also for a last_only block
+            return list(zip(logits.split(sizes), states.split([len(b.tokens) for b in blocks])))
         return list(logits.split(sizes))
 
 

@@ -39,15 +39,17 @@ class Target:
         self.length = 0  # committed tokens
         self.pending = 0  # rows written since the last commit
 
-    def prefill(self, ids: list[int]) -> torch.Tensor:
-        """Reset, read ``ids``; returns the logits after the last one, shape (vocab,)."""
+    def prefill(self, ids: list[int], hidden: bool = False):
+        """Reset, read ``ids``; returns the logits after the last one, shape (vocab,); with ``hidden`` a
+        pair (those logits, every row's final-normed hidden states (n, d)): the LM head runs on the last
+        row only either way."""
         if not ids:
             raise ValueError("prefill needs at least one token")
         self.check_room(len(ids))
         self.reset()
-        logits = self._forward(list(ids), list(range(len(ids))), None, last_only=True)
+        out = self._forward(list(ids), list(range(len(ids))), None, last_only=True, hidden=hidden)
         self.commit(list(range(len(ids))))
-        return logits[-1]
+        return (out[0][-1], out[1]) if hidden else out[-1]
 
     def forward(self, tokens: list[int], offsets: list[int], mask: torch.Tensor | None = None,
                 last_only: bool = False, hidden: bool = False):
@@ -58,7 +60,8 @@ class Target:
         mask:    (n, pending + n) bool: which pending rows (earlier blocks first, then this block)
                  each row sees; None = a causal chain after all pending rows
         returns: (n, vocab) logits, or (1, vocab) for the last row when ``last_only``; with ``hidden``
-                 a pair (logits, final-normed hidden states (n, d)) — the features the LM head reads
+                 a pair (logits, final-normed hidden states of every row (n, d)) — the features the
+                 LM head reads
         """
         self.check_block(Block(tokens, offsets, mask, last_only))
         return self._forward(list(tokens), list(offsets), mask, last_only, hidden)
