@@ -122,7 +122,7 @@ def _smollm2() -> Path:
 
 
 DLLM_DEMO = Path(__file__).resolve().parent.parent / "diffusion" / "demo"
-DLLM_DEMO_MANIFEST_SHA256 = "35c6c307866bb768a2bab9fcaaade0c668483ede82105d2bd2b48331675bf3b0"  # its MANIFEST.json, which holds the SHA-256 of every other file
+DLLM_DEMO_MANIFEST_SHA256 = "7de201a4db67b90ef604d71af095f9c4c969eccd2f439175c1f81aeda99a844c"  # its MANIFEST.json, which holds the SHA-256 of every other file
 
 
 def verified_directory(directory: Path, manifest_sha256: str) -> Path:
