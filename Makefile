@@ -30,8 +30,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: setup
 	$(VENV)/bin/paradec bench
 
+# Test files are spread over one worker per core (pytest-xdist; a file stays in one worker, so its
+# module fixtures are built once): `make test TEST_WORKERS=0` runs them in this process.
+TEST_WORKERS ?= auto
+
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV)

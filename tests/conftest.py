@@ -107,6 +107,17 @@ def assert_lossless(model: Model, prompts, method, max_new_tokens: int, **option
 
 
 @pytest.fixture(scope="session", autouse=True)
+def share_the_cores():
+    """Under pytest-xdist (``make test``), each worker gets its share of the cores for torch and the
+    native runtime's pool (which follows torch's thread count): two workers with two threads each on
+    two cores would spin against each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def cost_cache(tmp_path_factory):
     """Cost curves that tests measure (tiny models only) go to a temporary directory, not the user's cache."""
     import paradec.costs

@@ -174,9 +174,9 @@ def markdown(summary: dict, task_names: list[str], meta: dict, unavailable: dict
              f"{meta['block_length']}, greedy. Cells: exact match / forward ratio against one-per-step "
              "(x times fewer forwards). Dependent tasks (several valid answers) are marked *.", ""]
     if "threads" in meta:  # a timed run: wall times are only comparable within it
-        lines[-1:-1] = [f"Wall times: {meta['threads']} thread(s), {meta.get('cpu_count')} CPUs, load average "
-                        f"{meta.get('load_before')} before / {meta.get('load_after')} after; contenders interleaved "
-                        "per example.", ""]
+        lines += [f"Wall times: {meta['threads']} thread(s), {meta.get('cpu_count')} CPUs, load average "
+                  f"{meta.get('load_before')} before / {meta.get('load_after')} after; contenders interleaved "
+                  "per example.", ""]
     cols = task_names + ["overall"]
     lines.append("| contender | " + " | ".join(t + ("*" if t in tasks.DEPENDENT else "") for t in cols) + " |")
     lines.append("|---" * (len(cols) + 1) + "|")
