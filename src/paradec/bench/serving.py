@@ -26,8 +26,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ParadecError
 
 DEFAULT_CLIENTS = "1,2,4,8,16"
@@ -49,6 +47,8 @@ class Reply:
 
 def percentile(values: list[float], q: float) -> float:
     """numpy's quantile (linear between the closest ranks); nan for no values."""
+    import numpy as np  # not at import: `paradec --help` builds this module's parser and stays light
+
     return float(np.quantile(values, q)) if values else math.nan
 
 

@@ -1,7 +1,7 @@
 """Train the embedded demo dLLM from scratch on the synthetic tasks (``tasks.py``) and write it as a
 LLaDA-format checkpoint (config.json, model.safetensors, tokenizer), the format ``formats.py`` reads.
 
-    taskset -c 1 python -m paradec.diffusion.train --out src/paradec/diffusion/demo   # 4000 steps, seed 0
+    taskset -c 1 python -m paradec.diffusion.train --out src/paradec/diffusion/demo   # 12,000 steps, seed 0
 
 Masked-diffusion SFT as LLaDA does it: the prompt stays visible; each sequence draws a mask ratio
 t ~ U(0, 1) and masks every answer position (the answer and the EOS padding after it, up to a random
