@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import random
 import shlex
 import sys
@@ -31,6 +30,7 @@ import torch
 
 from . import tasks
 from .formats import FORMATS, DiffusionSpec, llada_name, transformers_config
+from ..train.schedule import warmup_cosine
 
 MIN_MASK = 1e-3
 
@@ -190,10 +190,7 @@ def write_manifest(directory: Path, summary: dict | None = None) -> None:
 
 
 def lr_at(step: int, c: TrainConfig) -> float:
-    if step < c.warmup:
-        return c.lr * (step + 1) / c.warmup
-    progress = (step - c.warmup) / max(1, c.steps - c.warmup)
-    return c.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return warmup_cosine(step, c.steps, c.warmup, c.lr, floor=0.05)
 
 
 def train(c: TrainConfig, out: Path, eval_every: int, checkpoint_every: int, command: str, eval_per_task: int = 16) -> dict:

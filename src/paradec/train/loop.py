@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..drafters import target_parts
 from ..drafters.head_net import EagleHead, HeadConfig, MedusaHeads, build
+from .schedule import warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,7 @@ class Trainer:
         return out
 
     def lr(self, step: int) -> float:
-        c = self.config
-        if step < c.warmup:
-            return c.lr * (step + 1) / c.warmup
-        return c.lr * 0.5 * (1 + math.cos(math.pi * (step - c.warmup) / max(1, self.steps - c.warmup)))
+        return warmup_cosine(step, self.steps, self.config.warmup, self.config.lr)
 
     def run(self, on_step: Callable[[int, int, dict], None] | None = None) -> dict:
         """Train to the end (from the checkpoint's step); returns the validation metrics."""
