@@ -152,6 +152,7 @@ def test_parallel_suite_counts_and_reports(demo, tmp_path):
     paths = suite.write_all(tmp_path, records, summary, ["copy", "shuffle"], {"model": "m", "command": "c",
                             "per_task": 1, "gen_length": 8, "block_length": 8}, unavailable)
     assert "shuffle*" in paths["md"].read_text()
+    assert paths["png"].stat().st_size > 0 and paths["time_png"].stat().st_size > 0
     assert json.loads(paths["json"].read_text())["summary"]["lossless"]["overall"]["examples"] == 2
     with pytest.raises(ParadecError, match="unknown contender"):
         suite.resolve("nope", {})

@@ -203,8 +203,12 @@ def markdown(summary: dict, task_names: list[str], meta: dict, unavailable: dict
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict, task_names: list[str], path: Path) -> Path | None:
-    """Exact match against positions decided per forward, one panel per task (and overall)."""
+AXES = {"positions_per_forward": "positions decided per forward",
+        "time_ratio": "x one-per-step's speed (wall time)"}
+
+
+def plot(summary: dict, task_names: list[str], path: Path, x: str = "positions_per_forward") -> Path | None:
+    """Exact match against ``x`` (a summary field of ``AXES``), one panel per task (and overall)."""
     try:
         import matplotlib
 
@@ -220,19 +224,18 @@ def plot(summary: dict, task_names: list[str], path: Path) -> Path | None:
     for ax, task in zip(axes.flat, cols):
         for i, (label, per) in enumerate(summary.items()):
             if task in per:
-                ax.scatter(per[task]["positions_per_forward"], per[task]["exact"], marker=markers[i % len(markers)],
-                           label=label)
+                ax.scatter(per[task][x], per[task]["exact"], marker=markers[i % len(markers)], label=label)
         ax.set_title(task + (" (dependent)" if task in tasks.DEPENDENT else ""))
-        ax.set_xlabel("positions decided per forward")
+        ax.set_xlabel(AXES[x])
         ax.set_ylabel("exact match")
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(cols):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)  # beside the panels
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -244,7 +247,7 @@ def write_all(out: Path, records: list[dict], summary: dict, task_names: list[st
     paths["json"].write_text(json.dumps({"meta": meta, "summary": summary, "unavailable": unavailable,
                                          "records": records}, indent=1) + "\n")
     paths["md"].write_text(markdown(summary, task_names, meta, unavailable))
-    png = plot(summary, task_names, out / "parallel.png")
-    if png:
-        paths["png"] = png
+    if plot(summary, task_names, out / "parallel.png"):
+        paths["png"] = out / "parallel.png"
+        paths["time_png"] = plot(summary, task_names, out / "parallel-time.png", x="time_ratio")
     return paths
