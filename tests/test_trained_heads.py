@@ -193,15 +193,31 @@ def test_manifest_records_the_checksum(heads):
     assert manifest["sha256"] == head_file.sha256_of(path) and manifest["kind"] == "eagle"
 
 
-def test_batched_decoding_refuses_feature_drafters(model, heads):
-    """Batched decoding does not pass hidden states: a feature drafter is refused with a reason, not run blind."""
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_feature_drafters_in_a_batch_decode_as_alone(model, heads, runtime):
+    """EAGLE and Medusa in one batch with a plain and an n-gram sequence: every sequence's tokens and
+    steps are its own alone. Two branches share a prompt prefix (read once, forked), one goes on past
+    it: their drafters get the prefix's hidden states and then the rest's."""
     from paradec.decode import Sequence
-    from paradec.parallel.batch import Batch
+    from paradec.parallel.batch import Batch, decode_together
 
-    drafter = make_drafter("eagle", model, head=heads["eagle"], cost_aware=False)
-    seq = Sequence(model, drafter, [5, 9, 17], SamplingParams(temperature=0.0), 8)
-    with pytest.raises(ParadecError, match="hidden states.*batched"):
-        Batch().add(seq)
+    target = model if runtime == "native" else tiny_model("llama", seed=3, runtime="hf")
+    greedy = SamplingParams(temperature=0.0)
+    cases = [("eagle", [5, 9, 17, 33, 2]), ("medusa", [5, 9, 17, 33, 2, 40, 41]), ("plain", [7] * 6),
+             ("ngram", [40, 41, 42, 40, 41]), ("eagle", [60, 61, 62])]
+
+    def drafter(method):
+        return make_drafter(method, target, **({"head": heads[method], "cost_aware": False} if method in heads else {}))
+
+    alone = [paradec.generate(target, p, drafter(m), max_new_tokens=16) for m, p in cases]
+    batch = Batch()
+    seqs = [Sequence(target, drafter(m), p, greedy, 16) for m, p in cases]
+    results = decode_together([seqs[:2], *seqs[2:]], batch)  # the first two: one group sharing 5 tokens
+    for (method, _), ours, ref in zip(cases, results, alone):
+        assert ours.token_ids == ref.token_ids, method
+        assert ours.stats.forward_passes == ref.stats.forward_passes, method
+    assert sum(r.stats.accepted_tokens for r in results[:2]) > 0  # the heads' drafts were used
+    assert batch.counters.forwards < sum(r.stats.forward_passes + 1 for r in alone)
 
 
 @pytest.mark.parametrize("kind", ["eagle", "medusa"])

@@ -12,7 +12,9 @@ Sequences join between steps (``add``) and leave when they finish, so a server c
 they come. Branches of one prompt join as a group: their common prefix is read once and forked
 (``target.fork()``); a branch whose prompt goes on past it reads its own rest in the next step.
 On the native runtime a row's logits do not depend on the other rows of its forward, so every
-sequence decodes bit for bit as it would alone.
+sequence decodes bit for bit as it would alone. When a sequence's drafter reads the target's hidden
+states (EAGLE, Medusa), the forward also returns every row's: each such drafter gets its prompt's
+(the shared prefix, then its own rest) and its block's, as the one-sequence loop gives them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..decode import Sequence, rows_of
-from ..errors import ContextOverflowError, ParadecError
+from ..errors import ContextOverflowError
 from ..runtime.target import Block as Rows
 from ..runtime.target import forward_many
 from ..tree import Block
@@ -91,9 +93,6 @@ class Batch:
                                            f"window is {seq.target.max_length} tokens")
             if not seq.prompt_ids or seq.target.length or seq.target.pending:
                 raise ValueError("a sequence joins with a non-empty prompt and a fresh target")
-            if seq.features:  # TODO: forward_many(hidden=True) and every prompt row's features would do it
-                raise ParadecError(f"method '{seq.drafter.name}' reads the target's hidden states, which batched "
-                                   "decoding does not pass (yet): decode it one sequence at a time")
         if len(branches) > 1 and common_prefix([s.prompt_ids for s in branches]) == 0:
             self.groups.extend([s] for s in branches)  # nothing to share
         else:
@@ -128,9 +127,12 @@ class Batch:
                 + [self._rest(s) for s in reading] + [rows_of(b) for _, b in stepping])
         if not targets:
             return out
+        features = any(s.features for g in groups for s in g) or any(s.features for s in reading) or any(
+            s.features for s, _ in stepping)
         start = time.perf_counter()
         try:
-            logits = forward_many(targets, rows)
+            out_rows = forward_many(targets, rows, hidden=features)
+            logits, hidden = zip(*out_rows) if features else (out_rows, [None] * len(out_rows))
         except Exception as exc:  # cannot tell whose rows caused it: every sequence in the forward ends
             for seq in [s for g in groups for s in g] + reading + [s for s, _ in stepping]:
                 self._fail(seq, exc, out)
@@ -140,16 +142,20 @@ class Batch:
         c.forwards += 1
         c.rows += sum(len(r.tokens) for r in rows)
         c.sequence_steps += len(stepping)
-        for g, n, lg in zip(groups, prefixes, logits):
-            self._joined(g, n, lg[-1], elapsed, out)
-        for seq, lg in zip(reading, logits[len(groups):]):
+        for g, n, lg, hd in zip(groups, prefixes, logits, hidden):
+            self._joined(g, n, lg[-1], hd, elapsed, out)
+        at = len(groups)
+        for seq, lg, hd in zip(reading, logits[at:], hidden[at:]):
             seq.target.commit(list(range(seq.target.pending)))
             seq.stats.prefill_time += elapsed
+            if seq.features:
+                seq.drafter.observe_features(hd)
             self._started(seq, seq.start(lg[-1]), out)
-        for (seq, block), lg in zip(stepping, logits[len(groups) + len(reading):]):
+        at += len(reading)
+        for (seq, block), lg, hd in zip(stepping, logits[at:], hidden[at:]):
             before = len(seq.generated)
             try:
-                piece = seq.advance(block, lg)
+                piece = seq.advance(block, lg, hd)
             except Exception as exc:
                 self._fail(seq, exc, out)
                 continue
@@ -167,14 +173,18 @@ class Batch:
         rest = seq.prompt_ids[seq.target.length:]
         return Rows(rest, list(range(len(rest))), None, True)
 
-    def _joined(self, group: list[Sequence], n: int, logits: torch.Tensor, elapsed: float, out: StepOutcome) -> None:
-        """The group's common prefix of ``n`` tokens is in its first target: fork it for the others."""
+    def _joined(self, group: list[Sequence], n: int, logits: torch.Tensor, hidden: torch.Tensor | None,
+                elapsed: float, out: StepOutcome) -> None:
+        """The group's common prefix of ``n`` tokens is in its first target: fork it for the others.
+        ``hidden``: the prefix rows' hidden states (when some drafter reads them)."""
         first = group[0].target
         first.commit(list(range(n)))
         for i, seq in enumerate(group):
             if i:
                 seq.target = first.fork()
             seq.stats.prefill_time += elapsed
+            if seq.features:
+                seq.drafter.observe_features(hidden)
             if len(seq.prompt_ids) > n:
                 self.reading.append(seq)
             else:
