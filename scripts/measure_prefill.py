@@ -3,6 +3,9 @@ runtime (4-bit and bfloat16) and by transformers (bfloat16), and the same linear
 MKL's float32 GEMM (what handing a prefill's matmuls to torch would cost). Timing only: idle machine.
 
     python scripts/measure_prefill.py [--tokens 1000] [--threads 2]
+
+With llama-cpp-python installed, also llama.cpp's prefill of the same model requantized to Q4_0 (the
+benchmark's llama.cpp peer's file), on the same thread count.
 """
 
 from __future__ import annotations
@@ -38,6 +41,32 @@ def gemm_seconds(model, n: int) -> float:
     return total * len(model.runtime.weights.layers)
 
 
+def llamacpp_line(n: int, threads: int) -> str:
+    """llama.cpp reading the same ``n`` token ids (best of two after a warm-up), or why it cannot."""
+    from paradec.bench.llamacpp import unavailable_reason
+
+    model = paradec.load("smollm2-135m", "bfloat16")
+    if why := unavailable_reason(model):
+        return f"llama.cpp: {why}"
+    from llama_cpp import Llama
+
+    from paradec.bench.llamacpp import gguf_for
+
+    path = gguf_for(model, "Q4_0")
+    llm = Llama(model_path=str(path), n_ctx=max(2048, n + 8), n_threads=threads, n_threads_batch=threads,
+                n_batch=512, verbose=False)
+    ids = [1000 + i for i in range(n)]
+    llm.reset()
+    llm.eval(ids[:8])  # warm-up
+    best = float("inf")
+    for _ in range(2):
+        llm.reset()  # forget the cached prefix: the whole prompt is read again
+        start = time.perf_counter()
+        llm.eval(ids)
+        best = min(best, time.perf_counter() - start)
+    return f"llama.cpp ({path.name}, {threads} thread(s)): prefill of {n} tokens {best:.2f} s"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=1000)
@@ -49,6 +78,7 @@ def main() -> None:
         print(f"{model.runtime.description}: prefill of {args.tokens} tokens {prefill_seconds(model, args.tokens):.2f} s")
     print(f"MKL float32 GEMM, the decoder's linear layers over {args.tokens} rows: "
           f"{gemm_seconds(paradec.load('smollm2-135m', 'float32', 'native', 'none'), args.tokens):.2f} s")
+    print(llamacpp_line(args.tokens, args.threads))
 
 
 if __name__ == "__main__":
