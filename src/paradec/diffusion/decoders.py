@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from ..errors import ParadecError
+from ..options import build_config, check_int, check_number
 from ..sampling import SamplingParams
 from . import rules
 
@@ -86,20 +87,6 @@ class DecoderConfig:
             raise ValueError(f"cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
 
 
-def check_int(config, name: str, low: int, high: int, optional: bool = False) -> None:
-    value = getattr(config, name)
-    if optional and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}]{' or null' if optional else ''}, got {value!r}")
-
-
-def check_number(config, name: str, low: float, high: float) -> None:
-    value = getattr(config, name)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
-
-
 class Decoder:
     """Subclass, set ``name`` and ``Config``, decorate with ``@register``; its one-line summary goes in
     ``paradec.methods.DIFFUSION_DECODERS`` (listed without importing torch)."""
@@ -147,15 +134,7 @@ def make_decoder(name: str, model: "Model", **options) -> Decoder:
         cls = DECODERS[name]
     except KeyError:
         raise ParadecError(f"unknown method '{name}' for a diffusion LM; choose one of: {', '.join(sorted(DECODERS))}") from None
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = set(options) - fields
-    if unknown:
-        raise ParadecError(f"method '{name}' has no option(s) {', '.join(sorted(unknown))}; its options: {', '.join(sorted(fields))}")
-    try:
-        config = cls.Config(**options)
-    except (TypeError, ValueError) as exc:
-        raise ParadecError(f"bad option for method '{name}': {exc}") from exc
-    decoder = cls(model, config)
+    decoder = cls(model, build_config(cls.Config, name, options))
     decoder.from_auto = auto
     return decoder
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from ..errors import ParadecError
+from ..options import check_number
 from . import rules
-from .decoders import Decoder, DecoderConfig, Selection, StepView, check_number, register
+from .decoders import Decoder, DecoderConfig, Selection, StepView, register
 
 FEATURES = ("confidence", "second", "gap", "entropy", "position", "progress", "left_decided", "right_decided",
             "left_confidence", "right_confidence", "left_run")

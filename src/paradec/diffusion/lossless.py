@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..options import check_int
 from . import rules
-from .decoders import MAX_BLOCK, Decoder, DecoderConfig, Selection, StepView, check_int, register
+from .decoders import MAX_BLOCK, Decoder, DecoderConfig, Selection, StepView, register
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,10 @@ import torch
 
 from ..costs import CostCurve, cost_curve
 from ..model import Model
+from ..options import check_int
 from ..tree import Block, Draft
 from ..verify import Verdict
-from .base import MAX_NODES, Drafter, DrafterConfig, StepContext, check_int, make_drafter, register
+from .base import MAX_NODES, Drafter, DrafterConfig, StepContext, make_drafter, register
 
 DEFAULT_METHODS = ("ngram", "recycling", "lookahead", "jacobi")
 CANDIDATES = DEFAULT_METHODS + ("draft", "layerskip")  # the lossless methods; the last two need a model

@@ -7,13 +7,13 @@ the benchmark.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from ..errors import ParadecError
+from ..options import build_config
 from ..sampling import SamplingParams
 from ..tree import AuxRows, Block, Draft
 from .defaults import with_defaults
@@ -48,37 +48,7 @@ MAX_DEPTH = 32  # tokens along one draft path (for an LM drafter: its forwards p
 @dataclass(frozen=True)
 class DrafterConfig:
     """Base of every method's frozen config; subclasses validate their fields in ``__post_init__``
-    with the ``check_*`` helpers below, each field between a lower and an upper bound."""
-
-
-def check_int(config: DrafterConfig, name: str, low: int, high: int, *, optional: bool = False) -> None:
-    """Raise a ValueError naming the option unless it is an integer in [low, high] (or None if optional)."""
-    value = getattr(config, name)
-    if optional and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        default = " (or null for the default)" if optional else ""
-        raise ValueError(f"{name} must be an integer in [{low}, {high}]{default}, got {value!r}")
-
-
-def check_number(config: DrafterConfig, name: str, low: float, high: float, *, optional: bool = False,
-                 below_high: bool = False) -> None:
-    """Raise a ValueError naming the option unless it is a number in [low, high] ([low, high) if
-    ``below_high``; None allowed if optional)."""
-    value = getattr(config, name)
-    if optional and value is None:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
-    if not ok or (below_high and value == high):
-        default = " (or null for the default)" if optional else ""
-        end = ")" if below_high else "]"
-        raise ValueError(f"{name} must be a number in [{low}, {high}{end}{default}, got {value!r}")
-
-
-def check_bool(config: DrafterConfig, name: str) -> None:
-    value = getattr(config, name)
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+    with the ``check_*`` helpers (``paradec.options``), each field between a lower and an upper bound."""
 
 
 class Drafter:
@@ -145,13 +115,4 @@ def make_drafter(method: str, model: "Model", **options) -> Drafter:
         cls = METHODS[method]
     except KeyError:
         raise ParadecError(f"unknown method '{method}'; choose one of: {', '.join(sorted(METHODS))}") from None
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = set(options) - fields
-    if unknown:
-        allowed = ", ".join(sorted(fields)) or "none"
-        raise ParadecError(f"method '{method}' has no option(s) {', '.join(sorted(unknown))}; its options: {allowed}")
-    try:
-        config = cls.Config(**options)
-    except (TypeError, ValueError) as exc:
-        raise ParadecError(f"bad option for method '{method}': {exc}") from exc
-    return cls(model, config)
+    return cls(model, build_config(cls.Config, method, options))

@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..options import check_bool, check_int, check_number
 from ..sampling import SamplingParams, target_probs
 from ..tree import Block, Draft, depths
-from .base import MAX_DEPTH, MAX_NODES, Drafter, DrafterConfig, StepContext, check_bool, check_int, check_number
+from .base import MAX_DEPTH, MAX_NODES, Drafter, DrafterConfig, StepContext
 from .budget import MAX_ROWS, StepCost, measured_curve
 from .draft_runner import DraftRunner
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import MAX_DEPTH, DrafterConfig, check_int, check_number
+from ..options import check_int, check_number
+from .base import MAX_DEPTH, DrafterConfig
 
 MAX_PROBE_EVERY = 1024
 

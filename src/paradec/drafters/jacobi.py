@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..options import check_int
 from ..sampling import sample, target_probs
 from ..tree import Block, Draft
-from .base import Drafter, StepContext, check_int, register
+from .base import Drafter, StepContext, register
 from .gate import CostGate, GatedConfig
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ParadecError
-from .base import check_int, register
+from ..options import check_int
+from .base import register
 from .draft_runner import DraftRunner
 from .draft_tree import DraftTreeConfig, TreeDrafter
 

@@ -31,8 +31,9 @@ from functools import lru_cache
 
 import torch
 
+from ..options import check_bool, check_int
 from ..tree import AuxRows, Block, Draft
-from .base import MAX_NODES, Drafter, StepContext, check_bool, check_int, register
+from .base import MAX_NODES, Drafter, StepContext, register
 from .gate import CostGate, GatedConfig
 from .ngram_store import NgramStore
 from .trie import TokenTrie

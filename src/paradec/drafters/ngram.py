@@ -21,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..options import check_bool, check_int
 from ..tree import Block, Draft, depths
-from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, check_bool, check_int, register
+from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, register
 from .defaults import default
 from .gate import CostGate, GatedConfig
 from .ngram_store import NgramIndex, lookup

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..options import check_bool, check_int
 from ..tree import Block, Draft
-from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, check_bool, check_int, register
+from .base import MAX_DEPTH, MAX_NODES, Drafter, StepContext, register
 from .gate import CostGate, GatedConfig
 from .ngram_store import NgramIndex, lookup
 from .trie import TokenTrie
