@@ -98,7 +98,7 @@ class Canvas:
             window = range(n)
         else:
             window = range(lo, n if self.cache == "prefix" else end)
-        segments = [Segment([self._state(d, b)[p] for p in window], list(window), [i]) for i, d in enumerate(states)]
+        segments = [Segment(self._state(d, b)[window.start : window.stop], list(window), [i]) for i, d in enumerate(states)]
         keep = []
         if first and self.cache != "none":  # cache what later forwards will not read
             keep = list(range(lo)) + (list(range(end, n)) if self.cache == "dual" else [])
