@@ -127,14 +127,14 @@ class Batch:
                 + [self._rest(s) for s in reading] + [rows_of(b) for _, b in stepping])
         if not targets:
             return out
-        features = any(s.features for g in groups for s in g) or any(s.features for s in reading) or any(
-            s.features for s, _ in stepping)
+        involved = [s for g in groups for s in g] + reading + [s for s, _ in stepping]
+        features = any(s.features for s in involved)  # then every row's hidden states come back
         start = time.perf_counter()
         try:
             out_rows = forward_many(targets, rows, hidden=features)
             logits, hidden = zip(*out_rows) if features else (out_rows, [None] * len(out_rows))
         except Exception as exc:  # cannot tell whose rows caused it: every sequence in the forward ends
-            for seq in [s for g in groups for s in g] + reading + [s for s, _ in stepping]:
+            for seq in involved:
                 self._fail(seq, exc, out)
             return out
         elapsed = time.perf_counter() - start
