@@ -159,3 +159,25 @@ def test_answers_on_disk_are_reused_without_loading_a_model(tmp_path):
     cfg = DataConfig(tokens=64, chunk=8, answers=3, answer_tokens=5, code_share=0.0, val_fraction=0.0)
     tokens, meta = build_chunks(model, no_model, cfg, folder, Quiet(), roots)
     assert sum(m["group"] == "answers" for m in meta) == 3  # 3 answers of 8 tokens + EOS: three chunks of 8
+
+
+def test_train_drafter_defaults_are_the_configs_defaults():
+    """`paradec train-drafter`'s argparse defaults repeat DataConfig's and TrainConfig's (the parser must
+    not import torch for --help): they must stay equal."""
+    import argparse
+    import dataclasses
+
+    from paradec.train import cli
+    from paradec.train.loop import TrainConfig
+    from paradec.train.pipeline import DataConfig
+
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["train-drafter", "--out", "x"])
+    checked = 0
+    for config in (DataConfig(), TrainConfig()):
+        for f in dataclasses.fields(config):
+            if hasattr(args, f.name):
+                assert getattr(args, f.name) == getattr(config, f.name), f.name
+                checked += 1
+    assert checked >= 12
