@@ -2,13 +2,13 @@
 
 A ``Layout`` says which format each kind of tensor gets (from ``--dtype`` and ``--quant``). Float
 weights come from the model directory's safetensors files (no transformers model is built). With a
-GGUF source, tensors whose block format the kernels read natively (Q4_0, Q4_1 → q4; Q8_0 → q8) are
-taken block for block (Q4_0 rewritten as the equivalent Q4_1), so the weights are exactly the file's:
-no second rounding.
+GGUF source, tensors whose block format the kernels read (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) are
+taken block for block, so the weights are exactly the file's: no second rounding.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,27 +19,36 @@ from ..errors import ParadecError
 from .arch import Arch
 from .model import LayerWeights, Weights
 from . import QUANTS
-from .weights import FLOAT_FORMATS, QK, Linear, from_blocks, quantize, to_blocks
+from . import tiles
+from .weights import FLOAT_FORMATS, QK, Linear, Part, float_part, ggml_part, stack
 
-QUANTIZED = ("q4", "q8")
+log = logging.getLogger(__name__)
 FLOAT_FMT = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float64: "f64"}
+FILE = "file"  # a Layout entry: the GGUF file's own blocks where the kernels read them
+RESOLVED = ("none", "int8", "int4", "gguf")  # what --quant resolves to (model.quant)
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Formats per tensor kind. ``act`` is the activation (and norm) dtype, ``kv`` the cache dtype."""
+    """Formats per tensor kind. ``act`` is the activation (and norm) dtype, ``kv`` the cache dtype.
+    A format is a weights.py format, or ``file`` (the GGUF file's own blocks where the kernels read
+    them, the float weights in ``float_fmt`` otherwise); ``accept`` lists the file block formats a
+    quantised entry takes as they are instead of quantising anew."""
 
     linear: str
     head: str  # lm_head
     embed: str
     act: torch.dtype
     kv: torch.dtype
+    float_fmt: str = "bf16"
+    accept: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, dtype: torch.dtype, quant: str) -> "Layout":
-        """none: every weight in ``dtype``; int8: q8 everywhere; int4: q4 in the decoder layers with the
-        embeddings and the LM head in q8 (the output layer is the most sensitive to rounding)."""
-        if quant not in QUANTS:
+        """none: every weight in ``dtype``; int8: q8_0 everywhere; int4: 4-bit blocks (a file's Q4_0, Q4_1
+        or Q4_K as they are, else q4_1) in the decoder layers with the embeddings and the LM head in q8_0
+        (the output layer is the most sensitive to rounding); gguf: a GGUF file's own blocks everywhere."""
+        if quant not in QUANTS and quant != "gguf":
             raise ParadecError(f"unknown quantization '{quant}'; choose one of: {', '.join(QUANTS)}")
         act = torch.float64 if dtype == torch.float64 else torch.float32
         if quant != "none" and dtype == torch.float64:
@@ -47,23 +56,23 @@ class Layout:
         kv = {torch.float64: torch.float64, torch.bfloat16: torch.bfloat16}.get(dtype, torch.float32)
         plain = FLOAT_FMT[dtype]
         if quant == "none":
-            return cls(plain, plain, plain, act, kv)
-        return cls("q8" if quant == "int8" else "q4", "q8", "q8", act, kv)
+            return cls(plain, plain, plain, act, kv, plain)
+        if quant == "gguf":
+            return cls(FILE, FILE, FILE, act, kv, plain)
+        if quant == "int8":
+            return cls("q8_0", "q8_0", "q8_0", act, kv, plain, ("q8_0",))
+        return cls("q4_1", "q8_0", "q8_0", act, kv, plain, ("q4_0", "q4_1", "q4_k", "q8_0"))
 
 
 def resolve_quant(quant: str, dtype: torch.dtype, gguf_file: Path | None) -> str:
-    """``auto`` in bfloat16 (the fast default) → the block format a GGUF file's decoder layers already have,
-    when the kernels read it (Q4_0/Q4_1 → int4, Q8_0 → int8: the file's own weights, no second rounding);
-    else ``none`` (asking for float32/float64 asks for float weights)."""
+    """``auto`` in bfloat16 (the fast default) → ``gguf`` for a GGUF file (its own blocks, every block
+    type the kernels read, no second rounding), else ``none`` (asking for float32/float64 asks for
+    float weights). ``gguf`` without a file is ``none``."""
+    if quant == "gguf" and gguf_file is None:
+        return "none"
     if quant != "auto":
         return quant
-    if gguf_file is None or dtype != torch.bfloat16:
-        return "none"
-    import gguf
-
-    kinds = [t.tensor_type.name for t in gguf.GGUFReader(str(gguf_file)).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
-    top = max(set(kinds), key=kinds.count) if kinds else ""
-    return {"Q4_0": "int4", "Q4_1": "int4", "Q8_0": "int8"}.get(top, "none")
+    return "gguf" if gguf_file is not None and dtype == torch.bfloat16 else "none"
 
 
 def _hf_names(i: int) -> dict[str, str]:
@@ -89,6 +98,12 @@ class SafetensorsSource:
     def has(self, name: str) -> bool:
         return name in self._where
 
+    def shape(self, name: str) -> list[int]:
+        try:
+            return self._where[name].get_slice(name).get_shape()
+        except KeyError:
+            raise ParadecError(f"the weights have no tensor '{name}'") from None
+
     def get(self, name: str) -> torch.Tensor:
         try:
             return self._where[name].get_tensor(name)
@@ -105,6 +120,9 @@ class StateDictSource:
     def has(self, name: str) -> bool:
         return name in self.state
 
+    def shape(self, name: str) -> list[int]:
+        return list(self.get(name).shape)
+
     def get(self, name: str) -> torch.Tensor:
         try:
             return self.state[name].detach()
@@ -113,19 +131,22 @@ class StateDictSource:
 
 
 class GGUFBlocks:
-    """The block-quantized tensors of a GGUF file that map onto q4 / q8 directly, by transformers name."""
+    """The block-quantized tensors of a GGUF file, by transformers name, as ``(format, blocks)``."""
+
+    GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+                  "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
 
     def __init__(self, path: Path, arch: Arch):
         import gguf
 
-        self.arch = arch
-        self.types = gguf.GGMLQuantizationType
-        reader = gguf.GGUFReader(str(path))
+        self.path, self.arch = path, arch
+        try:
+            reader = gguf.GGUFReader(str(path))
+        except Exception as exc:  # a truncated or malformed file: numpy/struct errors of every kind
+            raise ParadecError(f"cannot read the GGUF file {path}: {exc} (truncated or not a GGUF file?)") from None
         self.tensors = {t.name: t for t in reader.tensors}
         self.permute_qk = arch.family == "llama"  # llama.cpp's converter interleaves llama's q/k rows
-
-    GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-                  "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+        self.noticed: set[str] = set()
 
     def _gguf_name(self, hf: str) -> str:
         if hf == "model.embed_tokens":
@@ -135,54 +156,64 @@ class GGUFBlocks:
         layer, kind = hf.split(".")[2], hf.split(".")[-1]
         return f"blk.{layer}.{self.GGUF_NAMES[kind]}.weight"
 
-    def blocks(self, hf: str, fmt: str) -> torch.Tensor | None:
-        """GGML blocks (rows, row bytes) of ``fmt`` if the file holds the tensor in a block format that maps
-        onto it, else None."""
+    def blocks(self, hf: str, K: int) -> tuple[str, np.ndarray] | None:
+        """(format, GGML blocks (rows, row bytes)) of the tensor if the kernels read its block type, else
+        None (a float tensor, or a block type dequantised with a one-line notice)."""
         t = self.tensors.get(self._gguf_name(hf))
         if t is None:
             return None
-        raw = torch.from_numpy(np.array(t.data))  # (rows, row bytes) uint8, copied out of the memory map
-        n = raw.shape[0]
-        if fmt == "q4" and t.tensor_type == self.types.Q4_1:
-            w = raw
-        elif fmt == "q4" and t.tensor_type == self.types.Q4_0:  # d, q → d, m = -8 d, q: w = d (q - 8) = d q + m
-            blocks = raw.view(n, -1, 18)
-            m = (blocks[..., 0:2].contiguous().view(torch.float16) * -8).view(torch.uint8)  # exact: a power of two
-            w = torch.cat([blocks[..., 0:2], m, blocks[..., 2:]], dim=-1).reshape(n, -1)
-        elif fmt == "q8" and t.tensor_type == self.types.Q8_0:
-            w = raw
-        else:
+        kind = t.tensor_type.name
+        fmt = tiles.GGML_TYPES.get(kind)
+        if fmt is None:
+            if kind not in ("F32", "F16", "BF16") and kind not in self.noticed:
+                self.noticed.add(kind)
+                log.warning("paradec: the kernels do not read %s blocks (%s); those tensors are dequantised", kind, self.path.name)
             return None
-        kind = hf.split(".")[-1]
-        if self.permute_qk and kind in ("q_proj", "k_proj"):
-            heads = self.arch.heads if kind == "q_proj" else self.arch.kv_heads
-            w = w[torch.arange(n).view(heads, self.arch.head_dim // 2, 2).transpose(1, 2).reshape(-1)]
-        return w
+        try:
+            raw = np.array(t.data)  # (rows, row bytes), copied out of the memory map
+            raw = raw.reshape(int(t.shape[1]) if len(t.shape) > 1 else 1, -1)
+        except Exception as exc:
+            raise ParadecError(f"the GGUF file {self.path} has a malformed tensor {t.name}: {exc}") from None
+        rows = raw.shape[0]
+        expected = K // tiles.BLOCK[fmt][0] * tiles.BLOCK[fmt][1]
+        if K % tiles.BLOCK[fmt][0] or raw.shape[1] != expected:
+            raise ParadecError(f"the GGUF file {self.path} has a malformed tensor {t.name}: {kind} rows of "
+                               f"{raw.shape[1]} bytes for {K} inputs (expected {expected})")
+        kind_hf = hf.split(".")[-1]
+        if self.permute_qk and kind_hf in ("q_proj", "k_proj"):
+            heads = self.arch.heads if kind_hf == "q_proj" else self.arch.kv_heads
+            raw = raw[np.arange(rows).reshape(heads, self.arch.head_dim // 2, 2).transpose(0, 2, 1).reshape(-1)]
+        return fmt, raw
 
 
 def load_weights(src: SafetensorsSource | StateDictSource, arch: Arch, layout: Layout, gguf_file: Path | None = None) -> Weights:
     """Read and pack every weight; ``gguf_file``, when given, supplies block-quantized tensors as they are."""
-    gguf = GGUFBlocks(gguf_file, arch) if gguf_file is not None and layout.linear in QUANTIZED else None
+    quantised = {layout.linear, layout.head, layout.embed} - set(FLOAT_FORMATS)
+    gguf = GGUFBlocks(gguf_file, arch) if gguf_file is not None and quantised else None
 
-    def part(hf: str, fmt: str) -> tuple[str, torch.Tensor, torch.Tensor | None]:
-        """(format, float matrix or GGML blocks, bias) of one transformers linear layer."""
-        bias = src.get(hf + ".bias").float() if src.has(hf + ".bias") else None
-        if fmt in QUANTIZED and gguf is not None:
-            blocks = gguf.blocks(hf, fmt)
-            if blocks is not None:
-                return fmt, blocks, bias
+    def part(hf: str, fmt: str) -> Part:
+        """One transformers linear layer in ``fmt`` (see Layout)."""
+        weight = None
+        if fmt not in FLOAT_FORMATS and gguf is not None:
+            K = _width(src, hf)
+            found = gguf.blocks(hf, K)
+            if found is not None and (fmt == FILE or found[0] in layout.accept):
+                return ggml_part(found[1], found[0], K)
+        if fmt == FILE:
+            fmt = layout.float_fmt
         weight = src.get(hf + ".weight")
-        if fmt in QUANTIZED and weight.shape[1] % QK:  # the kernels need K % 32 == 0
-            fmt = FLOAT_FMT[layout.act] if layout.act == torch.float64 else "bf16"
-        return fmt, (to_blocks(weight, fmt).flatten(1) if fmt in QUANTIZED else weight), bias
+        if fmt not in FLOAT_FORMATS and weight.shape[1] % QK:  # the kernels need K % 32 == 0
+            fmt = layout.float_fmt
+        if fmt in FLOAT_FORMATS:
+            return float_part(weight, fmt)
+        return ggml_part(tiles.encode(weight, fmt), fmt, weight.shape[1])
 
     def linear(fmt: str, *names: str) -> Linear:
         """The layers ``names`` stacked along their outputs (q|k|v, gate|up: one kernel call for all)."""
         parts = [part(name, fmt) for name in names]
-        fmt = parts[0][0]
-        data = torch.cat([p[1] for p in parts])
-        bias = None if parts[0][2] is None else torch.cat([p[2] for p in parts])
-        return from_blocks(data, fmt, bias) if fmt in QUANTIZED else quantize(data, fmt, bias)
+        biases = [src.get(n + ".bias").float() if src.has(n + ".bias") else None for n in names]
+        bias = None if biases[0] is None else torch.cat(biases).to(layout.act)
+        return stack(parts, _width(src, names[0]), bias)
 
     def norm(name: str) -> torch.Tensor:
         return src.get(name).to(layout.act).contiguous()
@@ -206,4 +237,9 @@ def load_weights(src: SafetensorsSource | StateDictSource, arch: Arch, layout: L
                    act=layout.act, kv=layout.kv)
 
 
-__all__ = ["FLOAT_FORMATS", "Layout", "QUANTS", "SafetensorsSource", "StateDictSource", "load_weights"]
+def _width(src, hf: str) -> int:
+    """K of a linear layer, read from its float weight's shape without loading it where possible."""
+    return int(src.shape(hf + ".weight")[1])
+
+
+__all__ = ["FLOAT_FORMATS", "Layout", "QUANTS", "RESOLVED", "SafetensorsSource", "StateDictSource", "load_weights"]

@@ -1,7 +1,7 @@
 """The decoder as one plain function over flat weights: embed → layers → norm → LM head.
 
-Every layer is the same six calls into ``ops`` (see ops.py); a block of M rows goes through
-together, each row attending to what its ``Rows`` entry says, so the same function serves a
+Every layer is the same six operations of ``ops`` (see ops.py; the kernels run the whole stack
+in one call); a block of M rows goes through together, each row attending to what its ``Rows`` entry says, so the same function serves a
 prompt (a causal chain), a draft tree, a bidirectional diffusion block, or rows of several
 sequences at once.
 """
@@ -74,11 +74,23 @@ def forward(w: Weights, ops, rope, rows: Rows, caches: list[torch.Tensor], logit
     returns: (n, vocab) float32 (float64 on the float64 path); with ``hidden``, also the final-normed
     hidden states of every row (M, hidden) — the features the LM head reads
     """
+    h = ops.embed(w.embed, rows.tokens).contiguous()  # (M, hidden): the residual stream
+    states = ops.decoder(w, rope, rows, caches, layers if layers is not None else w.arch.layers, h)
+    x = states if logits_rows is None else states[logits_rows].contiguous()
+    logits = exit_head(x) if exit_head is not None else ops.linear(x, w.lm_head)
+    return (logits, states) if hidden else logits
+
+
+def decoder_layers(w: Weights, ops, rope, rows: Rows, caches: list[torch.Tensor], layers: int, h: torch.Tensor) -> torch.Tensor:
+    """The first ``layers`` layers, one operation at a time (``TorchOps``; the kernels do the same in one
+    call): h (M, hidden) is the residual stream, updated in place; returns the states after the norm
+    that follows the last layer (the final norm after the model's last layer)."""
     a = w.arch
     scale = a.head_dim ** -0.5
-    h = ops.embed(w.embed, rows.tokens).contiguous()  # (M, hidden): the residual stream
-    todo = w.layers[: layers if layers is not None else a.layers]
-    x = ops.rmsnorm(h, todo[0].attn_norm, a.eps) if todo else h
+    todo = w.layers[:layers]
+    if not todo:
+        return h.clone()
+    x = ops.rmsnorm(h, todo[0].attn_norm, a.eps)
     for i, layer in enumerate(todo):
         qkv = ops.linear(x, layer.qkv)  # (M, qkv_rows)
         q = ops.rope_store(qkv, a.heads, a.kv_heads, rope.cos, rope.sin, rows.positions, caches, rows.store, i)
@@ -86,8 +98,4 @@ def forward(w: Weights, ops, rope, rows: Rows, caches: list[torch.Tensor], logit
         x = ops.add_rmsnorm(h, ops.linear(att.view(att.shape[0], -1), layer.o), layer.mlp_norm, a.eps)
         nxt = todo[i + 1].attn_norm if i + 1 < len(todo) else w.norm
         x = ops.add_rmsnorm(h, ops.linear(ops.silu_mul(ops.linear(x, layer.gate_up)), layer.down), nxt, a.eps)
-    states = x
-    if logits_rows is not None:
-        x = x[logits_rows].contiguous()
-    logits = exit_head(x) if exit_head is not None else ops.linear(x, w.lm_head)
-    return (logits, states) if hidden else logits
+    return x

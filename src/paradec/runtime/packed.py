@@ -20,11 +20,11 @@ import torch
 
 from .arch import Arch
 from .model import LayerWeights, Weights
-from .weights import Linear
+from .weights import Linear, Part
 
 log = logging.getLogger(__name__)
 LINEARS = ("qkv", "o", "gate_up", "down")
-LAYOUT_CODE = [Path(__file__).with_name(n) for n in ("weights.py", "loading.py", "packed.py")]
+LAYOUT_CODE = [Path(__file__).with_name(n) for n in ("weights.py", "tiles.py", "loading.py", "packed.py")]
 
 
 def key(sources: list[Path], dtype: torch.dtype, quant: str) -> str:
@@ -53,10 +53,11 @@ def save(path: Path, weights: Weights, quant: str) -> None:
                                "tied": weights.lm_head is weights.embed, "linears": {}}
 
     def put(name: str, lin: Linear) -> None:
-        tensors[f"{name}.w"] = lin.w
+        for i, p in enumerate(lin.parts):
+            tensors[f"{name}.p{i}"] = p.w
         if lin.bias is not None:
             tensors[f"{name}.bias"] = lin.bias
-        meta["linears"][name] = [lin.fmt, list(lin.shape)]
+        meta["linears"][name] = [lin.K, [[p.fmt, p.N] for p in lin.parts]]
 
     put("embed", weights.embed)
     if weights.lm_head is not weights.embed:
@@ -91,8 +92,8 @@ def load(path: Path, arch: Arch) -> tuple[Weights, str] | None:
         return None
 
     def lin(name: str) -> Linear:
-        fmt, shape = meta["linears"][name]
-        return Linear(fmt, t[f"{name}.w"], tuple(shape), t.get(f"{name}.bias"))
+        K, parts = meta["linears"][name]
+        return Linear(tuple(Part(fmt, t[f"{name}.p{i}"], N) for i, (fmt, N) in enumerate(parts)), K, t.get(f"{name}.bias"))
 
     layers = [LayerWeights(attn_norm=t[f"layers.{i}.attn_norm"], qkv=lin(f"layers.{i}.qkv"), o=lin(f"layers.{i}.o"),
                            mlp_norm=t[f"layers.{i}.mlp_norm"], gate_up=lin(f"layers.{i}.gate_up"),

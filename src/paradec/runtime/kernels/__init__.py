@@ -1,111 +1,118 @@
-"""Build (once) and load the C++ kernels in this folder (``common.h`` says what is where).
+"""The C++ kernels of the native runtime, loaded through ctypes (``common.h`` says what is where).
 
-The kernels are compiled on first use with this machine's C++ compiler and ``-march=native`` (the
-same SIMD code then fits whatever CPU runs it), and cached under ``$PARADEC_CACHE/kernels/`` keyed by
-the source, torch's version and the CPU's features, so later runs load the built library in
-milliseconds. Building needs a C++ compiler (gcc/clang) and ``ninja``; without them the native runtime
-falls back to plain torch operations, with a message saying why and how to fix it.
+``kernels()`` gives the library built for this machine (``build.py`` builds and caches it);
+``kernels(variant)`` a narrower instruction-set path this CPU can also run (the tests check each).
+``Kernels`` mirrors the C interface of ``api.h``: the structures and the calls; ``runtime/ops.py``
+fills the structures from packed weights.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.machinery
-import importlib.util
+import ctypes
 import logging
-import os
-import platform
-import shutil
-import time
 from functools import lru_cache
-from pathlib import Path
 
-from ...errors import ParadecError
-
-HERE = Path(__file__).parent
-SOURCES = sorted(HERE.glob("*.cpp"))  # compiled together with common.h
-STALE_LOCK_SECONDS = 20 * 60  # a build lock this old was left by a killed build (builds take ~1-8 min)
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-ffp-contract=off"]  # FMAs only where written
+from .build import KernelsUnavailable, build_key, library, missing_tools, runnable_variants
 
 log = logging.getLogger(__name__)
+ABI = 3  # api.cpp's pd_abi()
+MAX_PARTS = 4
+FMT_CODES = {"f32": 0, "bf16": 1, "bf16-tiled": 2, "q8_0": 10, "q4_0": 11, "q4_1": 12, "q4_k": 13, "q5_k": 14, "q6_k": 15}
+
+i64p = ctypes.POINTER(ctypes.c_int64)
+f32p = ctypes.POINTER(ctypes.c_float)
 
 
-class KernelsUnavailable(ParadecError):
-    """The C++ kernels cannot be built or loaded here (the message says why and what to install)."""
+class Part(ctypes.Structure):
+    _fields_ = [("fmt", ctypes.c_int32), ("pad", ctypes.c_int32), ("N", ctypes.c_int64), ("w", ctypes.c_void_p)]
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
+class LinearC(ctypes.Structure):
+    _fields_ = [("N", ctypes.c_int64), ("K", ctypes.c_int64), ("nparts", ctypes.c_int32), ("pad", ctypes.c_int32),
+                ("bias", ctypes.c_void_p), ("parts", Part * MAX_PARTS)]
 
 
-def build_key() -> str:
-    import torch
-
-    h = hashlib.sha256()
-    code = [p.read_bytes() for p in SOURCES + [HERE / "common.h"]]
-    for part in (*code, torch.__version__.encode(), " ".join(CFLAGS).encode(), _cpu_flags().encode(),
-                 platform.machine().encode()):
-        h.update(part)
-    return h.hexdigest()[:16]
+class LayerC(ctypes.Structure):
+    _fields_ = [("qkv", LinearC), ("o", LinearC), ("gate_up", LinearC), ("down", LinearC),
+                ("attn_norm", ctypes.c_void_p), ("mlp_norm", ctypes.c_void_p)]
 
 
-def missing_tools() -> list[str]:
-    """What building needs and this machine lacks."""
-    missing = []
-    if not (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
-        missing.append("a C++ compiler (e.g. apt-get install g++)")
-    try:
-        import ninja  # noqa: F401
-    except ImportError:
-        if not shutil.which("ninja"):
-            missing.append("ninja (pip install ninja)")
-    return missing
+class ModelC(ctypes.Structure):
+    _fields_ = [("layers", ctypes.c_int32), ("hidden", ctypes.c_int32), ("heads", ctypes.c_int32),
+                ("kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("inter", ctypes.c_int32),
+                ("eps", ctypes.c_float), ("kv_bf16", ctypes.c_int32), ("layer", ctypes.POINTER(LayerC)),
+                ("norm", ctypes.c_void_p)]
 
 
-@lru_cache(maxsize=1)
-def kernels():
-    """The compiled kernel module; raises ``KernelsUnavailable`` with the reason if it cannot be had."""
-    from ...model.builtins import cache_root
-
-    missing = missing_tools()
-    if missing:
-        raise KernelsUnavailable(f"building paradec's CPU kernels needs {' and '.join(missing)}")
-    from torch.utils import cpp_extension
-
-    key = build_key()
-    directory = cache_root() / "kernels" / key
-    directory.mkdir(parents=True, exist_ok=True)
-    name = f"paradec_kernels_{key}"
-    built = directory / f"{name}.so"
-    if built.is_file():  # load the library as it is: no build step, whichever checkout asks
-        return _import(name, built)
-    log.warning("building paradec's CPU kernels for this machine (once, ~1 min)")
-    lock = directory / "lock"
-    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
-        lock.unlink(missing_ok=True)  # torch's build lock waits forever on a lock its killed owner left
-    sources = directory / "src"  # copies, so the build files name paths that do not depend on the checkout
-    sources.mkdir(exist_ok=True)
-    for path in SOURCES + [HERE / "common.h"]:
-        shutil.copyfile(path, sources / path.name)
-    try:
-        return cpp_extension.load(name=name, sources=[str(sources / p.name) for p in SOURCES], extra_cflags=CFLAGS,
-                                  extra_ldflags=["-fopenmp"], build_directory=str(directory), verbose=False)
-    except Exception as exc:  # compiler errors, a broken toolchain, an unloadable library
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KernelsUnavailable(f"building paradec's CPU kernels failed: {first} (build folder: {directory})") from exc
+class RowsC(ctypes.Structure):
+    _fields_ = [("M", ctypes.c_int64), ("positions", ctypes.c_void_p), ("store", ctypes.c_void_p), ("seq", ctypes.c_void_p),
+                ("start", ctypes.POINTER(ctypes.c_void_p)), ("prefix", ctypes.c_void_p), ("extra", ctypes.c_void_p),
+                ("E", ctypes.c_int64), ("caches", ctypes.POINTER(ctypes.c_void_p)), ("caps", ctypes.c_void_p),
+                ("sequences", ctypes.c_int64), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p), ("P", ctypes.c_int64)]
 
 
-def _import(name: str, path: Path):
-    """The built extension module at ``path`` (torch is imported first: the library links against it)."""
-    import torch  # noqa: F401
+class KernelError(RuntimeError):
+    """A kernel refused its input (the message says why)."""
 
-    spec = importlib.util.spec_from_file_location(name, path, loader=importlib.machinery.ExtensionFileLoader(name, str(path)))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
+class Kernels:
+    """One built kernel library: its calls, with errors raised as ``KernelError``."""
+
+    def __init__(self, path, variant: str):
+        self.path, self.variant = path, variant
+        try:
+            lib = ctypes.CDLL(str(path))
+            abi = lib.pd_abi()
+        except (OSError, AttributeError) as exc:  # a library that does not load or is not ours
+            raise KernelsUnavailable(f"paradec's CPU kernels at {path} do not load: {exc}") from None
+        if abi != ABI:
+            raise KernelsUnavailable(f"paradec's CPU kernels at {path} have interface {abi}, expected {ABI}")
+        lib.pd_isa.restype = ctypes.c_char_p
+        lib.pd_last_error.restype = ctypes.c_char_p
+        lib.pd_tile_bytes.restype = ctypes.c_int64
+        lib.pd_tile_bytes.argtypes = [ctypes.c_int32, ctypes.c_int64]
+        lib.pd_set_threads.argtypes = [ctypes.c_int]
+        lib.pd_use_own_pool.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+        lib.pd_matmul.argtypes = [ctypes.POINTER(LinearC), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+        lib.pd_embed.argtypes = [ctypes.POINTER(LinearC), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+        lib.pd_layers.argtypes = [ctypes.POINTER(ModelC), ctypes.c_int64, ctypes.POINTER(RowsC), ctypes.c_void_p, ctypes.c_void_p]
+        self.lib = lib
+        self.isa = lib.pd_isa().decode()
+        self._threads = None
+
+    def _check(self, status: int) -> None:
+        if status != 0:
+            raise KernelError(self.lib.pd_last_error().decode())
+
+    def set_threads(self, threads: int) -> None:
+        """Size of the shared thread pool (the caller takes part); a no-op when unchanged."""
+        if threads != self._threads:
+            self._check(self.lib.pd_set_threads(int(threads)))
+            self._threads = threads
+
+    def use_own_pool(self, threads: int, cpus: list[int] | None = None) -> None:
+        """Give the calling thread its own pool of ``threads`` threads pinned to ``cpus`` (0: the shared pool)."""
+        cpus = list(cpus or [])
+        arr = (ctypes.c_int * max(1, len(cpus)))(*cpus)
+        self._check(self.lib.pd_use_own_pool(int(threads), arr, len(cpus)))
+
+    def tile_bytes(self, fmt: str, K: int) -> int:
+        return int(self.lib.pd_tile_bytes(FMT_CODES[fmt], K))
+
+    def matmul(self, lin: LinearC, M: int, x_ptr: int, y_ptr: int) -> None:
+        self._check(self.lib.pd_matmul(ctypes.byref(lin), M, x_ptr, y_ptr))
+
+    def embed(self, lin: LinearC, idx_ptr: int, n: int, out_ptr: int) -> None:
+        self._check(self.lib.pd_embed(ctypes.byref(lin), idx_ptr, n, out_ptr))
+
+    def layers(self, model: ModelC, layers: int, rows: RowsC, h_ptr: int, out_ptr: int) -> None:
+        self._check(self.lib.pd_layers(ctypes.byref(model), layers, ctypes.byref(rows), h_ptr, out_ptr))
+
+
+@lru_cache(maxsize=None)
+def kernels(variant: str = "native") -> Kernels:
+    """The kernel library of ``variant`` (built once per machine); raises ``KernelsUnavailable`` with the reason."""
+    return Kernels(library(variant), variant)
+
+
+__all__ = ["KernelError", "Kernels", "KernelsUnavailable", "build_key", "kernels", "missing_tools", "runnable_variants"]

@@ -1,37 +1,42 @@
-// Attention of each row over its visible keys.
-
-#include "common.h"
-
-namespace paradec {
-
-// ---------------------------------------------------------------------------------------------
-// attention over each row's visible keys
-// ---------------------------------------------------------------------------------------------
-// q: [M, H, D]; caches[seq]: [layers, 2, Hkv, cap, D]; seq: [M]; start, prefix: [M] (cache slots
-// start..prefix-1 visible; start > 0 only under a sliding window); extra: [M, E] more visible slots
-// in ascending order, -1 = none.
-// Keys are visited prefix first, then extra, whatever M is: the arithmetic for a row is that of
-// plain decoding of the same token.
+// Attention of each row over its visible keys, reading each cached key and value once per block.
+//
+// A row sees the cache slots start .. prefix-1 of its sequence and then its `extra` slots (its
+// tree ancestors among the pending rows); all ascending. The slots are cut into fixed chunks of CH
+// (by slot number, the same cut for every row and every block): per (row, head, chunk) a partial
+// softmax (max m, sum l, weighted values acc) over the row's visible keys of that chunk, in slot
+// order; then per (row, head) the chunks are combined in order. Nothing in a row's arithmetic
+// depends on the other rows, so the bits are those of plain decoding of the same token; and a work
+// item is (rows of one sequence, kv head, chunk): the chunk's keys and values are read from memory
+// once and serve every row and every query head of the group from the cache (GQA: the query heads
+// of one kv head share its keys).
+//
 // One key's score: 8-lane FMAs over D in order, then a fixed reduction tree
 // ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), the tree four keys reduced together also give,
 // so a key scores the same bits whether it is read alone or in a group of four.
-template <typename T>
-inline const float* as_float(const T* p, int64_t D, float* buf);
-template <>
-inline const float* as_float<float>(const float* p, int64_t, float*) { return p; }
-template <>
-inline const float* as_float<at::BFloat16>(const at::BFloat16* p, int64_t D, float* buf) {
-  for (int64_t i = 0; i < D; ++i) buf[i] = static_cast<float>(p[i]);
-  return buf;
-}
 
-#if PARADEC_AVX2
+#include "api.h"
+
+namespace paradec {
+
+namespace {
+
+constexpr int64_t CH = 128;  // keys per chunk
+constexpr int64_t RB = 64;   // rows per pass (bounds the partials' memory)
+
+template <typename T>
+inline float to_float(T v);
+template <>
+inline float to_float<float>(float v) { return v; }
+template <>
+inline float to_float<uint16_t>(uint16_t v) { return bf16_to_float(v); }
+
+#if PD_AVX2
 template <typename T>
 inline __m256 load8(const T* p);
 template <>
 inline __m256 load8<float>(const float* p) { return _mm256_loadu_ps(p); }
 template <>
-inline __m256 load8<at::BFloat16>(const at::BFloat16* p) { return load_bf16(reinterpret_cast<const uint16_t*>(p)); }
+inline __m256 load8<uint16_t>(const uint16_t* p) { return load_bf16(p); }
 
 inline __m256 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {  // lanes 0..3 of the result: the 4 sums
   const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
@@ -39,10 +44,11 @@ inline __m256 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {  // lanes 0.
 }
 #endif
 
+// out[j] = scale * q . K[slots[j]]
 template <typename T>
-static void key_scores(const float* q, const T* K, const int64_t* slots, int64_t n, int64_t D, float scale, float* out) {
+void key_scores(const float* q, const T* K, const int64_t* slots, int64_t n, int64_t D, float scale, float* out) {
   int64_t j = 0;
-#if PARADEC_AVX2
+#if PD_AVX2
   if (D % 8 == 0) {
     for (; j + 4 <= n; j += 4) {
       const T* k[4] = {K + slots[j] * D, K + slots[j + 1] * D, K + slots[j + 2] * D, K + slots[j + 3] * D};
@@ -65,20 +71,19 @@ static void key_scores(const float* q, const T* K, const int64_t* slots, int64_t
     return;
   }
 #endif
-  float buf[1024];
   for (; j < n; ++j) {
-    const float* k = as_float<T>(K + slots[j] * D, std::min<int64_t>(D, 1024), buf);
+    const T* k = K + slots[j] * D;
     float s = 0.f;
-    for (int64_t d = 0; d < D; ++d) s = std::fma(q[d], k[d], s);
+    for (int64_t d = 0; d < D; ++d) s = std::fma(q[d], to_float<T>(k[d]), s);
     out[j] = s * scale;
   }
 }
 
 // out[d] = sum_j p[j] v_j[d], keys in order, 64 dimensions at a time in registers.
 template <typename T>
-static void weighted_values(const float* p, const T* V, const int64_t* slots, int64_t n, int64_t D, float* out) {
+void weighted_values(const float* p, const T* V, const int64_t* slots, int64_t n, int64_t D, float* out) {
   int64_t d0 = 0;
-#if PARADEC_AVX2
+#if PD_AVX2
   for (; d0 + 64 <= D; d0 += 64) {
     __m256 acc[8];
     for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
@@ -92,71 +97,123 @@ static void weighted_values(const float* p, const T* V, const int64_t* slots, in
 #endif
   for (int64_t d = d0; d < D; ++d) {
     float s = 0.f;
-    for (int64_t j = 0; j < n; ++j) s = std::fma(p[j], static_cast<float>(V[slots[j] * D + d]), s);
+    for (int64_t j = 0; j < n; ++j) s = std::fma(p[j], to_float<T>(V[slots[j] * D + d]), s);
     out[d] = s;
   }
 }
 
+// The partial softmax of one query over keys `slots`: part = {m, l, acc[D]}.
 template <typename T>
-static void attend_one(const float* q, const T* K, const T* V, const int64_t* slots, int64_t n, int64_t D, float scale,
-                       float* out, std::vector<float>& p) {
-  p.resize(n);
-  key_scores<T>(q, K, slots, n, D, scale, p.data());
+void partial(const float* q, const T* K, const T* V, const int64_t* slots, int64_t n, int64_t D, float scale, float* p,
+             float* part) {
+  key_scores<T>(q, K, slots, n, D, scale, p);
   float mx = -INFINITY;
   for (int64_t j = 0; j < n; ++j) mx = std::max(mx, p[j]);
   for (int64_t j = 0; j < n; ++j) p[j] -= mx;
-  exp_inplace(p.data(), n);
+  exp_inplace(p, n);
   float sum = 0.f;
   for (int64_t j = 0; j < n; ++j) sum += p[j];
-  weighted_values<T>(p.data(), V, slots, n, D, out);
-  const float inv = 1.f / sum;
-  for (int64_t i = 0; i < D; ++i) out[i] *= inv;
+  part[0] = mx;
+  part[1] = sum;
+  weighted_values<T>(p, V, slots, n, D, part + 2);
 }
 
-at::Tensor attention(at::Tensor q, std::vector<at::Tensor> caches, at::Tensor seq, at::Tensor start,
-                        at::Tensor prefix, at::Tensor extra, int64_t layer, double scale) {
-  const int64_t M = q.size(0), H = q.size(1), D = q.size(2), E = extra.size(1);
-  TORCH_CHECK(q.is_contiguous() && q.scalar_type() == at::kFloat, "q must be contiguous float [M, H, D]");
-  auto out = at::empty_like(q);
-  const int64_t* sp = seq.data_ptr<int64_t>();
-  const int64_t* st = start.data_ptr<int64_t>();
-  const int64_t* pp = prefix.data_ptr<int64_t>();
-  const int64_t* ep = extra.data_ptr<int64_t>();
-  struct Seq {
-    const void* base;
-    bool f32;
-    int64_t Hkv, cap;
-  };
-  std::vector<Seq> seqs;
-  for (const auto& c : caches) seqs.push_back({c.data_ptr(), c.scalar_type() == at::kFloat, c.size(2), c.size(3)});
-  std::vector<std::vector<int64_t>> slots(M);  // each row's visible keys, shared by its heads
-  for (int64_t r = 0; r < M; ++r) {
-    for (int64_t j = st[r]; j < pp[r]; ++j) slots[r].push_back(j);
-    for (int64_t e = 0; e < E && ep[r * E + e] >= 0; ++e) slots[r].push_back(ep[r * E + e]);
+// Row r's visible slots in [lo, hi), ascending, into buf; returns how many.
+inline int64_t visible(const pd_rows& rows, const int64_t* start, int64_t r, int64_t lo, int64_t hi, int64_t* buf) {
+  int64_t n = 0;
+  for (int64_t j = std::max(lo, start[r]); j < std::min(hi, rows.prefix[r]); ++j) buf[n++] = j;
+  for (int64_t e = 0; e < rows.E; ++e) {
+    const int64_t j = rows.extra[r * rows.E + e];
+    if (j < 0) break;
+    if (j >= lo && j < hi) buf[n++] = j;
   }
-  const float* qbase = q.data_ptr<float>();
-  float* obase = out.data_ptr<float>();
-  py::gil_scoped_release no_gil;
-  parallel(M * H, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> p;
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r = t / H, h = t % H;
-      const Seq& c = seqs[sp[r]];
-      const int64_t g = h / (H / c.Hkv);
-      const int64_t koff = ((layer * 2 + 0) * c.Hkv + g) * c.cap * D, voff = ((layer * 2 + 1) * c.Hkv + g) * c.cap * D;
-      const float* qp = qbase + (r * H + h) * D;
-      float* op = obase + (r * H + h) * D;
-      const std::vector<int64_t>& sl = slots[r];
-      if (c.f32) {
-        const float* kv = static_cast<const float*>(c.base);
-        attend_one<float>(qp, kv + koff, kv + voff, sl.data(), sl.size(), D, float(scale), op, p);
-      } else {
-        const at::BFloat16* kv = static_cast<const at::BFloat16*>(c.base);
-        attend_one<at::BFloat16>(qp, kv + koff, kv + voff, sl.data(), sl.size(), D, float(scale), op, p);
+  return n;
+}
+
+template <typename T>
+void attend(const pd_model& m, int64_t layer, const pd_rows& rows, const float* q, float* out) {
+  const int64_t H = m.heads, Hkv = m.kv_heads, D = m.head_dim, rep = H / Hkv;
+  const float scale = 1.f / std::sqrt(float(D));
+  const int64_t* start = rows.start[layer];
+  std::vector<std::vector<int64_t>> by_seq(rows.sequences);  // each sequence's rows
+  for (int64_t r = 0; r < rows.M; ++r) {
+    check(rows.seq[r] >= 0 && rows.seq[r] < rows.sequences, "row of an unknown sequence");
+    by_seq[rows.seq[r]].push_back(r);
+  }
+  for (int64_t s = 0; s < rows.sequences; ++s) {
+    const std::vector<int64_t>& all = by_seq[s];
+    if (all.empty()) continue;
+    const int64_t cap = rows.caps[s];
+    const T* cache = static_cast<const T*>(rows.caches[s]);
+    for (size_t b0 = 0; b0 < all.size(); b0 += RB) {
+      const int64_t* rs = all.data() + b0;
+      const int64_t nr = std::min<int64_t>(RB, all.size() - b0);
+      int64_t lo = INT64_MAX, hi = 0;  // the slots any row of the pass sees
+      for (int64_t i = 0; i < nr; ++i) {
+        const int64_t r = rs[i];
+        check(start[r] >= 0 && rows.prefix[r] <= cap, "visible slots outside the cache");
+        lo = std::min(lo, start[r]);
+        hi = std::max(hi, rows.prefix[r]);
+        for (int64_t e = 0; e < rows.E && rows.extra[r * rows.E + e] >= 0; ++e) {
+          check(rows.extra[r * rows.E + e] < cap, "visible slots outside the cache");
+          hi = std::max(hi, rows.extra[r * rows.E + e] + 1);
+        }
       }
+      const int64_t c0 = lo / CH, nch = (hi + CH - 1) / CH - c0;
+      std::vector<float> parts(nr * H * nch * (D + 2));
+      auto part_of = [&](int64_t i, int64_t h, int64_t c) { return parts.data() + ((i * H + h) * nch + c) * (D + 2); };
+      parallel(Hkv * nch, 1, [&](int64_t t0, int64_t t1) {
+        std::vector<int64_t> slots(CH);
+        std::vector<float> p(CH);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t g = t / nch, c = t % nch, clo = (c0 + c) * CH;
+          const T* K = cache + ((layer * 2 + 0) * Hkv + g) * cap * D;
+          const T* V = cache + ((layer * 2 + 1) * Hkv + g) * cap * D;
+          for (int64_t i = 0; i < nr; ++i) {
+            const int64_t r = rs[i], n = visible(rows, start, r, clo, clo + CH, slots.data());
+            for (int64_t h = g * rep; h < (g + 1) * rep; ++h) {
+              float* part = part_of(i, h, c);
+              if (n == 0) {
+                part[0] = -INFINITY, part[1] = 0.f;
+                continue;
+              }
+              partial<T>(q + (r * H + h) * D, K, V, slots.data(), n, D, scale, p.data(), part);
+            }
+          }
+        }
+      });
+      // combine each (row, head)'s chunks in order
+      parallel(nr * H, 4, [&](int64_t t0, int64_t t1) {
+        std::vector<float> e(nch);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t i = t / H, h = t % H;
+          float mx = -INFINITY;
+          for (int64_t c = 0; c < nch; ++c) mx = std::max(mx, part_of(i, h, c)[0]);
+          for (int64_t c = 0; c < nch; ++c) e[c] = part_of(i, h, c)[1] > 0.f ? part_of(i, h, c)[0] - mx : 0.f;
+          exp_inplace(e.data(), nch);
+          float l = 0.f;
+          float* o = out + (rs[i] * H + h) * D;
+          for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
+          for (int64_t c = 0; c < nch; ++c) {
+            const float* part = part_of(i, h, c);
+            if (part[1] == 0.f) continue;  // no visible key in this chunk
+            l += e[c] * part[1];
+            for (int64_t d = 0; d < D; ++d) o[d] += e[c] * part[2 + d];
+          }
+          const float inv = 1.f / l;
+          for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+        }
+      });
     }
-  });
-  return out;
+  }
+}
+
+}  // namespace
+
+void attention(const pd_model& m, int64_t layer, const pd_rows& rows, const float* q, float* out) {
+  check(m.heads % m.kv_heads == 0, "heads must be a multiple of kv heads");
+  if (m.kv_bf16) attend<uint16_t>(m, layer, rows, q, out);
+  else attend<float>(m, layer, rows, q, out);
 }
 
 }  // namespace paradec
