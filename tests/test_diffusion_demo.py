@@ -188,6 +188,16 @@ def test_server_serves_a_diffusion_lm(demo):
         assert "".join(json.loads(c)["choices"][0]["text"] for c in chunks[:-1]) == want.text
         r = http.post("/v1/completions", json={**body, "paradec": {"method": "ngram"}})
         assert r.status_code == 400 and "lossless" in r.text  # its methods are the diffusion decoders
+    from paradec.serve.app import ServeConfig
+
+    messages = set()
+    with LiveServer(model, ServeConfig(request_options=frozenset({"all"}))) as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as http:  # Review II item 4: no file named by a request
+        for path in ("/etc/passwd", "/nonexistent", str(out / "commit_filter.safetensors")):
+            r = http.post("/v1/completions", json={**body, "paradec": {"method": "learned", "options": {"filter": path}}})
+            assert r.status_code == 400 and path not in r.text, r.text
+            messages.add(r.json()["error"]["message"])
+    assert len(messages) == 1 and "cannot name a file" in messages.pop()
 
 
 def test_every_decoder_is_listed_in_methods():

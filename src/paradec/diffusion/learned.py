@@ -17,13 +17,13 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import ParadecError
-from ..options import check_number
+from ..options import PATH, check_number
 from . import rules
 from .decoders import Decoder, DecoderConfig, Selection, StepView, register
 
@@ -96,7 +96,7 @@ class CommitFilter(torch.nn.Module):
 @dataclass(frozen=True)
 class LearnedConfig(DecoderConfig):
     threshold: float = 0.9  # commit where the filter's probability is at least this
-    filter: str | None = None  # path of the filter; default: commit_filter.safetensors in the model's directory
+    filter: str | None = field(default=None, metadata=PATH)  # path of the filter; default: commit_filter.safetensors in the model's directory
 
     def __post_init__(self) -> None:
         super().__post_init__()
