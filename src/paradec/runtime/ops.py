@@ -4,6 +4,8 @@
   row's result never depends on the other rows of the call (see kernels/kernels.cpp).
 - ``TorchOps``: the same operations in plain torch, in any float dtype. The reference for the
   kernels' tests, the float64 path of the exactness tests, and the fallback where no compiler exists.
+  NOT row-invariant (``F.linear`` may round a row differently with other rows beside it): where it
+  runs, the bit-identical guarantee holds only up to rounding (``--require-kernels`` refuses the fallback).
 
 Shared conventions: ``caches`` is a list of per-sequence KV tensors (layers, 2, Hkv, capacity, D);
 ``rows`` (M, 2) says which (sequence, slot) each row's key/value is written to; a row attends to the
