@@ -7,6 +7,7 @@ can show these defaults without loading torch.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,8 @@ class ServeConfig:
                         rebinding: a web page whose domain is re-pointed at 127.0.0.1 sends its own name
     max_views:          decoding views kept for requests that asked for one (``"paradec": {"view": true}``),
                         the oldest dropped first; 0 refuses such requests
+    views_dir:          keep the views in this folder instead of in memory, where every process of the
+                        server reads them (``--replicas`` sets it to a private folder of its own)
     max_batch:          sequences decoded together, one forward per step for all (a request with n
                         choices brings n); requests join and leave the batch between steps
     max_queue:          requests that may wait while the batch is full; more get 429
@@ -76,6 +79,7 @@ class ServeConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     max_views: int = MAX_VIEWS
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    views_dir: str | None = None
 
     def __post_init__(self) -> None:
         from ..drafters import METHODS
@@ -108,6 +112,8 @@ class ServeConfig:
             raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens!r}")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must not be empty")
+        if self.views_dir is not None and not (isinstance(self.views_dir, str) and os.path.isdir(self.views_dir)):
+            raise ValueError(f"views_dir must be an existing directory, got {self.views_dir!r}")
         if not isinstance(self.share_drafter_state, bool):
             raise ValueError(f"share_drafter_state must be true or false, got {self.share_drafter_state!r}")
 

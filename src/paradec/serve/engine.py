@@ -79,7 +79,7 @@ class Engine:
         measure = config.cost_curve == "measure" and model.diffusion is None  # diffusion LMs do not draft
         switch = DraftSwitch(cost_curve(model)) if measure else None
         self.worker = Worker(config.max_queue, config.max_batch, switch)
-        self.views = Views(config.max_views)
+        self.views = Views(config.max_views, config.views_dir)
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.served:
