@@ -291,8 +291,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     stdout = Console()
     if not stdout.is_terminal:
         stdout = Console(width=200)  # a file or pipe: do not wrap the table at 80 columns
-    stdout.print(report.rich_table(summary,
-                                      f"{args.model} {args.dtype}: speedup over plain decoding, same prompts, same run"))
+    stdout.print(f"{args.model} ({args.dtype}, quant {args.quant}, runtime {args.runtime})")
+    stdout.print(report.rich_table(summary, "speedup over plain decoding, same prompts, same run"))
     for name, why in outcome.unavailable.items():
         console.print(f"[yellow]{name}: unavailable: {why}[/yellow]")
     console.print(f"threads {args.threads}, load average before {meta['load_before']} (with this run's set-up), "

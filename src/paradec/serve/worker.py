@@ -293,14 +293,14 @@ class Worker:
             self._end(gen, ok=False, event=("error", exc))
 
     def _end(self, gen: "Generation", ok: bool, event: tuple[str, Any], started: bool = True) -> None:
-        gen._emit(*event)
         with self._lock:
             self._admitted -= 1
             self._running -= started
             self._jobs.discard(gen.job)
             self.completed += ok
             self.stopped += not ok
-        gen.job.end()
+        gen.job.end()  # before its client hears of the end: what it borrowed is back when the client asks again
+        gen._emit(*event)
 
 
 class Cancelled(Exception):
