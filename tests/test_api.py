@@ -131,3 +131,43 @@ def test_seeded_sampling_is_reproducible(tiny_llama):
         a = paradec.generate(tiny_llama, [4, 5], temperature=1.0, seed=11, max_new_tokens=10, method_options=options)
         b = paradec.generate(tiny_llama, [4, 5], temperature=1.0, seed=11, max_new_tokens=10, method_options=options)
         assert a.token_ids == b.token_ids and a.stats.methods == b.stats.methods
+
+
+def test_a_temperature_that_underflows_samples_the_argmax(tiny_llama):
+    """Review II item 1: logits / 1e-320 overflowed to inf and softmax gave NaN ("probability tensor
+    contains either inf, nan ..."). Such a temperature now samples its limit, the most probable token."""
+    from paradec.sampling import SamplingParams, target_probs
+
+    logits = torch.tensor([[3.0, 30.0, -2.0, 29.999], [-1.0, -1.0, -5.0, -9.0]], dtype=torch.float64)
+    probs = target_probs(logits, SamplingParams(temperature=1e-320))
+    assert torch.equal(probs, torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]], dtype=torch.float64))
+    greedy = paradec.generate(tiny_llama, [4, 5], "plain", max_new_tokens=12)
+    for method in ("plain", "ngram", "jacobi"):
+        tiny_t = paradec.generate(tiny_llama, [4, 5], method, max_new_tokens=12, temperature=1e-320, seed=3)
+        assert tiny_t.token_ids == greedy.token_ids, method
+
+
+@pytest.mark.parametrize("bad", [-5, -1, 96, 10**12])
+def test_token_ids_outside_the_vocabulary_are_refused_naming_them(tiny_llama, bad):
+    """Review II item 9: an id list is read as rows of the embedding table; 10**12 crashed the process
+    (SIGSEGV), -5 and vocab_size returned text read from outside it. Every API path that takes ids
+    refuses them with a ParadecError naming the id and the vocabulary size."""
+    from paradec.decode import Sequence
+    from paradec.drafters import make_drafter
+    from paradec.parallel.batch import Batch
+    from paradec.sampling import SamplingParams
+
+    assert tiny_llama.vocab_size == 96
+    prompt = [1, bad]
+    calls = [
+        lambda: paradec.generate(tiny_llama, prompt, "plain", max_new_tokens=4),
+        lambda: paradec.stream(tiny_llama, prompt, "ngram", max_new_tokens=4),
+        lambda: paradec.prepare(tiny_llama, prompt, "plain", max_new_tokens=4),
+        lambda: paradec.encode_prompt(tiny_llama, prompt),
+        lambda: paradec.generate_n(tiny_llama, prompt, n=2, method="plain", max_new_tokens=4),
+        lambda: Batch().add(Sequence(tiny_llama, make_drafter("plain", tiny_llama), prompt, SamplingParams(), 4)),
+    ]
+    for call in calls:
+        with pytest.raises(ParadecError, match=rf"token id {bad} .*vocabulary size 96"):
+            call()
+    assert paradec.generate(tiny_llama, [1, 95], "plain", max_new_tokens=2).token_ids  # the last id is fine

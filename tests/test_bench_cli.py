@@ -64,6 +64,7 @@ def test_bench_smoke_run_writes_consistent_files(tiny_dir, tmp_path, capsys):
     assert report.summarize(records, list(summary)) == json.loads(json.dumps(summary))
     meta = saved["meta"]
     assert meta["dtype"] == "float64" and meta["threads"] == 1 and len(meta["load_before"]) == 3
+    assert meta["others_before"] >= 0 and meta["others_during"] >= 0  # /proc/stat: read after set-up and over the run
     assert "--methods plain,ngram,auto" in meta["command"]
     md = (out / "report.md").read_text()
     assert "| ngram | " in md and meta["command"] in md
@@ -91,3 +92,21 @@ def test_bench_rejects_bad_options_before_loading(tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
     assert main(["bench", "--peers", "hf-generate,vllm"]) == 2
     assert "unknown peer(s) vllm" in capsys.readouterr().err
+
+
+def test_the_load_warning_reads_other_processes_after_set_up():
+    """Review II item 11: `make run` built the kernels, loaded the model and measured the cost curve, then
+    warned that "the machine was busy before the run": the 1-min load average counted its own set-up.
+    The warning reads how busy other processes kept the CPUs, in a quiet moment after set-up."""
+    from paradec.bench.cli import load_warnings
+    from paradec.bench.runner import others_busy
+
+    after_setup = {"cpu_count": 2, "threads": 2, "load_before": [3.4, 1.9, 0.8], "load_max_1min": 3.9,
+                   "others_before": 0.05, "others_during": 0.1}
+    assert load_warnings(after_setup) == []
+    busy = load_warnings({**after_setup, "others_before": 1.6, "others_during": 1.2})
+    assert len(busy) == 2 and "1.6 of 2 CPUs busy just before the run" in busy[0] and "after its set-up" in busy[0]
+    assert "1.2 of 2 CPUs" in busy[1]
+    assert others_busy((10.0, 100.0, 5.0), (12.0, 104.0, 7.0)) == 1.0  # 4 CPU-seconds in 2 s, 2 of them ours
+    assert others_busy((10.0, 100.0, 5.0), (12.0, 102.0, 7.0)) == 0.0
+    assert others_busy(None, (12.0, 102.0, 7.0)) is None

@@ -154,3 +154,29 @@ def test_method_lists_resolve_at_run_time():
     assert resolve_methods("default,plain") == names
     with pytest.raises(ParadecError, match="unknown method"):
         resolve_methods("plain,nope")
+
+
+@pytest.mark.parametrize("width", [80, 120, 160])
+def test_the_terminal_table_has_one_line_per_method_at_common_widths(width):
+    """Review II item 12: the exactness columns (with first differences) wrapped every row into five
+    lines at 80-160 columns. The terminal shows speedup, interval, tok/s, tokens per forward and
+    exact n/N, one line a method; first differences stay in report.md."""
+    from rich.console import Console
+
+    names = ["plain", "ngram", "hf-prompt-lookup", "recycling", "lookahead", "auto", "jacobi", "hf-generate"]
+    rs = [r for i, m in enumerate(names[1:]) for r in timed(m, 1.0 + 0.1 * i, 0.1, prompts=6, repeats=2)
+          if r["method"] == m or i == 0]  # plain's records once
+    for r in rs:  # two methods part from plain on every first repeat: long first-difference lists
+        if r["method"] in ("jacobi", "lookahead") and r["repeat"] == 0:
+            r["token_ids"] = [99] + r["token_ids"][1:]
+    summary = report.summarize(rs, names)
+    console = Console(width=width, record=True, color_system=None)
+    console.print(report.rich_table(summary, "smollm2-135m bfloat16: speedup over plain decoding, same prompts, same run"))
+    text = console.export_text()
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= width
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.split() and line.split()[0] in names}
+    assert list(rows) == names  # one line per method, in order
+    assert len(rows["jacobi"]) == 7 and rows["jacobi"][1].endswith("×") and rows["jacobi"][-2:] == ["8/16", "8/16"]
+    assert rows["plain"][1:3] == ["1.00×", "–"]
+    assert "@" not in text and "report.md" in text  # no prompt#turn@position
+    assert "first diff" in report.markdown(summary, ["qa", "code", "multi_turn"], {"model": "m"}, {})  # kept there

@@ -13,7 +13,10 @@ from serve_helpers import LiveServer
 
 import paradec
 from paradec.api import encode_prompt
-from paradec.diffusion import learned, suite, tasks, train
+from paradec.bench import diffusion as suite
+from paradec.diffusion import learned, tasks
+from paradec.train import commit_filter
+from paradec.train import dllm as train
 from paradec.diffusion.decoders import make_decoder
 from paradec.errors import ParadecError
 from paradec.model.builtins import DLLM_DEMO, DLLM_DEMO_MANIFEST_SHA256, verified_directory
@@ -80,8 +83,8 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "dllm"
     summary = train.train(TINY, out, eval_every=1000, checkpoint_every=1000, command="test", eval_per_task=1)
     model = paradec.load(str(out), dtype="float32")
-    x, y = learned.collect(model, [encode_prompt(model, e.prompt) for e in tasks.sample_examples(4, 1, split="train")], 8, 8)
-    learned.train_filter(x, y, epochs=3).save(out / learned.FILENAME, {"test": True})
+    x, y = commit_filter.collect(model, [encode_prompt(model, e.prompt) for e in tasks.sample_examples(4, 1, split="train")], 8, 8)
+    commit_filter.train_filter(x, y, epochs=3).save(out / learned.FILENAME, {"test": True})
     train.write_manifest(out)
     return out, summary
 
@@ -188,6 +191,16 @@ def test_server_serves_a_diffusion_lm(demo):
         assert "".join(json.loads(c)["choices"][0]["text"] for c in chunks[:-1]) == want.text
         r = http.post("/v1/completions", json={**body, "paradec": {"method": "ngram"}})
         assert r.status_code == 400 and "lossless" in r.text  # its methods are the diffusion decoders
+    from paradec.serve.app import ServeConfig
+
+    messages = set()
+    with LiveServer(model, ServeConfig(request_options=frozenset({"all"}))) as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as http:  # Review II item 4: no file named by a request
+        for path in ("/etc/passwd", "/nonexistent", str(out / "commit_filter.safetensors")):
+            r = http.post("/v1/completions", json={**body, "paradec": {"method": "learned", "options": {"filter": path}}})
+            assert r.status_code == 400 and path not in r.text, r.text
+            messages.add(r.json()["error"]["message"])
+    assert len(messages) == 1 and "cannot name a file" in messages.pop()
 
 
 def test_every_decoder_is_listed_in_methods():

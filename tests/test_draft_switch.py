@@ -10,7 +10,7 @@ from paradec.costs import CostCurve, cost_curve
 from paradec.decode import Sequence
 from paradec.drafters import make_drafter
 from paradec.parallel.batch import Batch
-from paradec.parallel.switch import DraftSwitch
+from paradec.serve.switch import DraftSwitch
 from paradec.sampling import SamplingParams
 from paradec.serve.config import ServeConfig
 from paradec.serve.engine import Engine
@@ -93,3 +93,29 @@ def test_the_server_switch_reads_the_one_cached_cost_curve(tiny_llama):
         assert engine.worker.batch.switch is None
     finally:
         engine.close()
+
+
+def test_seeded_samples_under_the_switch_are_the_samples_alone(tiny_llama):
+    """Review II item 3: the switch turned drafting off by batch size, and a drafted step draws other
+    random numbers than a plain one, so a seeded request got another text under load than alone. The
+    switch budgets greedy sequences only; sampling ones draft as alone (jacobi draws even at budget 0)."""
+    model = tiny_llama
+    prompts = [[4, 5, 6, 4, 5, 6], [7, 8], [9, 10, 11, 9, 10], [13, 14]]
+    methods = ["jacobi", "ngram", "recycling", "lookahead"]
+    steep = CostCurve.of({1: 1.0, 2: 2.0})  # every row costs as much as the first: drafting never pays
+    sampled = [Sequence(model, make_drafter(m, model), p, SamplingParams(temperature=1.0, seed=i), 24)
+               for i, (m, p) in enumerate(zip(methods, prompts))]
+    truth = paradec.generate(model, [20, 21], "plain", max_new_tokens=24).token_ids
+    greedy = Sequence(model, OracleDrafter(model, [(t + 1) % 90 + 3 for t in truth], 2, k=6), [20, 21],
+                      SamplingParams(), 24)  # drafts that always fail: the switch holds it to plain steps
+    batch = Batch(DraftSwitch(steep, probe_every=8))
+    for s in (*sampled, greedy):
+        batch.add(s)
+    while len(batch):
+        assert not batch.step().failed
+    for s, m, p, i in zip(sampled, methods, prompts, range(4)):
+        alone = paradec.generate(model, p, m, max_new_tokens=24, temperature=1.0, seed=i)
+        assert s.result.token_ids == alone.token_ids, m
+        assert s.result.stats.draft_nodes == alone.stats.draft_nodes, m
+    assert greedy.result.token_ids == truth
+    assert 0 < greedy.result.stats.draft_nodes <= 6 * 4  # the first step and the probes drafted

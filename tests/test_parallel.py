@@ -297,3 +297,25 @@ def test_smollm2_float32_batch_equals_each_sequence_alone(smollm2):
     for p, (m, sp), r in zip(prompts, jobs, together):
         alone = solo(smollm2, p, m, 24, temperature=sp.temperature, seed=sp.seed)
         assert r.token_ids == alone.token_ids and r.stats.forward_passes == alone.stats.forward_passes, m
+
+
+def test_a_sequence_whose_first_token_fails_ends_alone(tiny_llama):
+    """Review II item 1: ``Sequence.start`` ran outside the batch's per-sequence guards, so one
+    sequence's failure there raised out of ``Batch.step`` and took the whole batch (and the server's
+    worker) with it."""
+    bad = seq(tiny_llama, [4, 5], "plain", 20)
+    late = seq(tiny_llama, [4, 5, 6, 7], "plain", 20)  # its prompt goes on past the shared prefix
+    good = seq(tiny_llama, [6, 7], "ngram", 20)
+
+    def broken(logits):
+        raise RuntimeError("no first token")
+
+    bad.start = late.start = broken
+    batch = Batch()
+    batch.add(bad, late)  # a group: the second reads the rest of its prompt a step later
+    batch.add(good)
+    failed = []
+    while len(batch):
+        failed += batch.step().failed
+    assert sorted(str(e) for _, e in failed) == ["no first token"] * 2 and {s for s, _ in failed} == {bad, late}
+    assert good.result.token_ids == solo(tiny_llama, [6, 7], "ngram", 20).token_ids

@@ -495,7 +495,9 @@ def test_cli_defaults_loopback_and_key_from_environment(monkeypatch):
 @pytest.mark.slow
 def test_paradec_serve_command_with_the_default_model(serve_command):
     """`paradec serve --port 0` loads the embedded model, prints its address, answers /health and a completion."""
-    url = serve_command.url()
+    # a fresh checkout converts the embedded GGUF file first (~20 s alone, minutes beside the rest of the
+    # suite and Ray's replicas on two cores)
+    url = serve_command.url(timeout=360)
     assert url and url.startswith("http://127.0.0.1:"), "".join(serve_command.stderr)
     with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
         assert http.get("/health").json()["model"] == "smollm2-135m"

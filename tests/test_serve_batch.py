@@ -203,3 +203,65 @@ def test_metrics_need_the_api_key_when_one_is_set(tiny):
     with LiveServer(tiny, ServeConfig(api_key="k", cost_curve="off")) as srv, httpx.Client(base_url=srv.url) as http:
         assert http.get("/metrics").status_code == 401
         assert http.get("/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
+
+
+def test_a_tiny_temperature_neither_fails_nor_stops_the_worker(tiny, server):
+    """Review II item 1: ``"temperature": 1e-320`` made softmax NaN inside the batch's first-token draw,
+    outside its per-sequence guards: the worker thread died, /health said "stopped" and every later
+    request hung. Such a temperature samples its limit (the argmax), and the server goes on."""
+    with httpx.Client(base_url=server.url, timeout=20) as http:
+        r = http.post(C, json={"prompt": "w3 w4", "max_tokens": 8, "temperature": 1e-320, "seed": 1})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == reference(tiny, "w3 w4", 8).text
+        r = http.post(C, json={"prompt": "w5 w6", "max_tokens": 8, "temperature": 0})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == reference(tiny, "w5 w6", 8).text
+        assert http.get("/health").json()["status"] == "ok"
+
+
+def test_the_worker_outlives_a_step_that_raises(tiny):
+    """Review II item 1: whatever a step raises, the requests in it end with a 500 and the worker goes on."""
+    with LiveServer(tiny, ServeConfig(method="plain")) as srv, httpx.Client(base_url=srv.url, timeout=20) as http:
+        step, calls = srv.worker.batch.step, []
+
+        def fails_once():
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("a step fell over")
+            return step()
+
+        srv.worker.batch.step = fails_once
+        r = http.post(C, json={"prompt": "w3 w4", "max_tokens": 8, "temperature": 0})
+        assert r.status_code == 500 and "fell over" not in r.text
+        assert http.get("/health").json()["status"] == "ok"
+        r = http.post(C, json={"prompt": "w3 w4", "max_tokens": 8, "temperature": 0})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == reference(tiny, "w3 w4", 8).text
+        assert wait_until(lambda: srv.worker.running == 0 and srv.worker.queued == 0)
+
+
+def test_seeded_sampling_under_load_is_the_sampling_alone(tiny, monkeypatch):
+    """Review II item 3: six sampled requests (the default method, seeds 1000-1005) sent one at a time,
+    then all at once to a server whose draft switch finds drafting too dear at any batch size: each
+    answer is the same both times (the switch used to hold them all to plain steps under load)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from paradec.costs import CostCurve
+
+    monkeypatch.setattr("paradec.serve.engine.cost_curve", lambda model: CostCurve.of({1: 1.0, 2: 2.0}))
+    bodies = [{"prompt": f"w{i + 4} w9 w{i + 4} w9 w{i + 4}", "max_tokens": 16, "temperature": 0.8, "seed": 1000 + i}
+              for i in range(6)]
+    with LiveServer(tiny, ServeConfig()) as srv:
+        assert srv.worker.batch.switch is not None
+
+        def ask(body: dict) -> str:
+            with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+                r = http.post(C, json=body)
+                assert r.status_code == 200, r.text
+                return r.json()["choices"][0]["text"]
+
+        alone = [ask(b) for b in bodies]
+        log = StepLog(srv.worker)
+        with ThreadPoolExecutor(6) as pool:
+            together = list(pool.map(ask, bodies))
+        log.close()
+    assert max(len(s) for s in log.steps) > 1  # they did share forwards
+    assert together == alone

@@ -96,6 +96,38 @@ def test_shared_drafter_state_is_the_operators_choice(tiny):
     assert texts == {reference(tiny, "w5 w6", 12)}  # what it learnt changes drafts, never the text
 
 
+def test_a_kept_drafter_is_lent_to_one_request_at_a_time(tiny):
+    """Review II item 2: with --share-drafter-state, preparing a request began the kept drafter again
+    while an earlier request still ran with it (EAGLE lost its features, two threads wrote one table).
+    A kept drafter is lent: a request prepared while another holds it gets another drafter, and the
+    kept one serves the next request once its own has ended (so what it learnt carries over)."""
+    import asyncio
+
+    from paradec.serve.engine import Engine
+    from paradec.serve.schemas import CompletionRequest
+
+    engine = Engine(tiny, ServeConfig(share_drafter_state=True))
+    try:
+        def prepare(prompt: str):
+            req = CompletionRequest(prompt=prompt, max_tokens=6, temperature=0, paradec={"method": "recycling"})
+            return engine.prepare(req, prompt, False, None)
+
+        async def run(prepared) -> list[str]:
+            return await engine.start(prepared).texts()
+
+        first = prepare("w5 w6 w5 w6")
+        second = prepare("w7 w8")  # the first is still to run: its drafter is not free
+        assert first.seqs[0].drafter is not second.seqs[0].drafter
+        assert asyncio.run(run(first)) == [reference(tiny, "w5 w6 w5 w6", 6)]
+        third = prepare("w9 w10")  # the first has ended: its drafter, table and all, serves this one
+        assert third.seqs[0].drafter is first.seqs[0].drafter
+        assert asyncio.run(run(second)) == [reference(tiny, "w7 w8", 6)]
+        assert asyncio.run(run(third)) == [reference(tiny, "w9 w10", 6)]
+        assert wait_until(lambda: engine.shelf.lent() == 0)
+    finally:
+        engine.close()
+
+
 # ---------- item 8: method options only as the operator allows, bounded; bodies limited ----------
 
 
@@ -181,6 +213,37 @@ def test_requests_cannot_name_a_draft_model_and_learn_nothing_from_trying(open_s
                 assert path not in err["message"]
                 messages.add(err["message"])
     assert len(messages) == 1 and opened == []
+
+
+def test_requests_cannot_name_any_file_and_learn_nothing_from_trying(open_server, tmp_path, monkeypatch):
+    """Review II item 4: with --request-options all, eagle.head and medusa.head were open: "does not exist"
+    and "no manifest" told a client which files exist, and a present file was hashed whole. Every option
+    that names a file (a head, a draft model, a diffusion LM's commit filter) gets one message, and the
+    server opens nothing."""
+    import paradec.drafters.draft_model as draft_module
+    import paradec.drafters.head_file as head_file
+
+    opened = []
+    monkeypatch.setattr(head_file, "load", lambda *a, **k: opened.append(a))
+    monkeypatch.setattr(draft_module, "load", lambda *a, **k: opened.append(a))
+    (tmp_path / "head.safetensors").write_bytes(b"not a head")
+    (tmp_path / "head.json").write_text("{}")
+    paths = ["/etc/passwd", "/nonexistent/head.safetensors", str(tmp_path / "head.safetensors"), str(tmp_path), ""]
+    messages = set()
+    with client(open_server) as http:
+        for method, option in (("eagle", "head"), ("medusa", "head"), ("draft", "draft"), ("ngram", "head")):
+            for path in paths:
+                body = {"prompt": "w1", "max_tokens": 2, "paradec": {"method": method, "options": {option: path}}}
+                err = error_of(http.post(C, json=body), 400, "paradec.options", "unsupported_parameter")
+                assert path not in err["message"] or not path
+                messages.add(err["message"])
+    assert len(messages) == 1 and opened == []
+    from paradec.serve.config import file_options
+
+    assert {"draft", "head", "filter"} <= file_options()
+    for entry in ("eagle.head", "medusa.head", "draft.draft"):
+        with pytest.raises(ParadecError, match="never name a file"):
+            ServeConfig(request_options=frozenset({entry}))
 
 
 def test_the_draft_model_comes_from_the_operator(tiny, open_server):

@@ -1,6 +1,6 @@
 """``paradec serve --replicas 2``: two Ray Serve replicas of the same server on this machine, Ray on
-loopback only. Skipped (with the reason) where Ray Serve is not installed (``pip install 'paradec[ray]'``,
-not part of ``make setup``). Marked slow: Ray's start-up and two replicas loading take 1–2 minutes on
+loopback only, and a decoding view read from either replica. Skipped (with the reason) where Ray Serve
+is not installed (``pip install 'paradec[ray]'``, not part of ``make setup``; ``.ci/run`` installs it). Marked slow: Ray's start-up and two replicas loading take 1–2 minutes on
 one loaded core."""
 
 from __future__ import annotations
@@ -81,6 +81,23 @@ def test_two_replicas_answer_like_one_process_and_ray_listens_on_loopback_only(t
         for i, (text, _) in enumerate(answers):
             assert text == paradec.generate(model, prompts[i], methods[i % 4], max_new_tokens=10).text
         assert len({replica for _, replica in answers}) == 2  # both replicas served
+
+        # a decoding view is read from whichever replica the proxy picks (Review II item 5: half were 404)
+        with httpx.Client(base_url=url, timeout=120) as http:
+            r = http.post("/v1/completions", json={"prompt": prompts[0], "max_tokens": 6, "temperature": 0,
+                                                   "paradec": {"view": True}})
+            assert r.status_code == 200, r.text
+            view = r.json()["paradec"]["view"]
+
+        def read(_) -> str:
+            with httpx.Client(base_url=url, timeout=120) as http:
+                page = http.get(view)
+                assert page.status_code == 200, page.text
+                return page.headers["x-paradec-replica"]
+
+        with ThreadPoolExecutor(4) as pool:
+            readers = set(pool.map(read, range(16)))
+        assert len(readers) == 2
         with httpx.Client(base_url=url, timeout=60) as http:
             assert http.get("/health").json()["status"] == "ok"
             assert "paradec_running_sequences" in http.get("/metrics").text

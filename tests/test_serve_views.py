@@ -108,3 +108,26 @@ def test_view_refused_when_the_server_keeps_none(tiny):
         assert r.status_code == 400 and r.json()["error"]["param"] == "paradec.view"
         r = http.post(C, json={"prompt": "w1", "max_tokens": 2, "paradec": {"view": "yes"}})
         assert r.status_code == 400
+
+
+def test_views_answer_from_every_process_of_a_server(tiny, tmp_path):
+    """Review II item 5: under `paradec serve --replicas 2` a view lived in one replica's memory, and its
+    URL answered 404 about half the time. Replicas keep their views in one folder (``views_dir``,
+    which --replicas sets): here two servers stand for two replicas behind one address."""
+    config = ServeConfig(api_key="k", max_views=2, request_options=frozenset({"auto.costs"}), cost_curve="off",
+                         views_dir=str(tmp_path))
+    key = {"Authorization": "Bearer k"}
+    with LiveServer(tiny, config) as a, LiveServer(tiny, config) as b, \
+            httpx.Client(base_url=a.url, timeout=TIMEOUT) as at_a, httpx.Client(base_url=b.url, timeout=TIMEOUT) as at_b:
+        body = at_a.post(C, json=ASK, headers=key).json()
+        url = body["paradec"]["view"]
+        page = at_b.get(url, headers=key)  # made by a, read from b
+        assert page.status_code == 200, page.text
+        assert "".join(t["text"] for t in page_data(page.text)["tokens"]) == body["choices"][0]["text"]
+        assert at_b.get(url, headers={"Authorization": "Bearer other"}).status_code == 401
+        later = [at_b.post(C, json=ASK, headers=key).json()["paradec"]["view"] for _ in range(2)]
+        assert at_a.get(url, headers=key).status_code == 404  # the oldest of three, with room for two
+        assert all(at_a.get(u, headers=key).status_code == 200 for u in later)
+        for probe in ("../" + "0" * 30, "0" * 32, "x" * 32):
+            assert at_b.get("/v1/paradec/view/" + probe, headers=key).status_code == 404
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".view", ".view"]  # nothing else left behind

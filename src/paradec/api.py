@@ -28,6 +28,7 @@ def encode_prompt(model: Model, prompt: Prompt, chat: bool = False) -> list[int]
         ids = tok(text, add_special_tokens=False).input_ids
     else:
         ids = [int(t) for t in prompt]
+        model.check_ids(ids)
     if not ids:
         raise ParadecError("the prompt is empty")
     return ids

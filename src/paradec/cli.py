@@ -53,6 +53,9 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
                         "as they are; otherwise none), 'none' (in --dtype), 'int8' (8-bit blocks) or 'int4' (4-bit blocks; embeddings and "
                         "LM head 8-bit); 8/4-bit layers multiply with 8-bit activations, as llama.cpp does "
                         "(default: %(default)s)")
+    p.add_argument("--require-kernels", action="store_true",
+                   help="fail when the native runtime's C++ kernels cannot be built or loaded, instead of falling "
+                        "back to plain torch, whose rows are not bit-identical (also: PARADEC_REQUIRE_KERNELS=1)")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -198,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING, format="paradec: %(message)s")
     args = build_parser().parse_args(argv)
+    if getattr(args, "require_kernels", False):  # read where the runtime is built, here or in a server's replicas
+        os.environ["PARADEC_REQUIRE_KERNELS"] = "1"
     try:
         return args.func(args)
     except ParadecError as exc:

@@ -69,6 +69,7 @@ class Sequence:
                  generator: torch.Generator | None = None, on_step: Callable[[Step], None] | None = None):
         self.model, self.drafter, self.params = model, drafter, params
         self.on_step = on_step
+        model.check_ids(prompt_ids)  # a prompt of ids that no tokenizer made: the API's callers, the tests
         self.prompt_ids = list(prompt_ids)
         self.max_new_tokens, self.interrupt = max_new_tokens, interrupt
         self.target = target if target is not None else model.target()

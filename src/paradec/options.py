@@ -39,6 +39,15 @@ def check_bool(config, name: str) -> None:
         raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
+PATH = {"path": True}  # field metadata of an option that names a file or a model on this machine
+
+
+def path_options(config_cls) -> frozenset[str]:
+    """The options of a config that name a file or a model (fields with ``metadata=PATH``): a server
+    never takes them from a request, which could otherwise make it open (and tell about) any file."""
+    return frozenset(f.name for f in dataclasses.fields(config_cls) if f.metadata.get("path"))
+
+
 def build_config(config_cls, method: str, options: dict):
     """``config_cls(**options)``, with unknown options and failed checks as user errors naming ``method``."""
     fields = {f.name for f in dataclasses.fields(config_cls)}

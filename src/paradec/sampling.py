@@ -16,7 +16,12 @@ from .errors import ParadecError
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """``temperature == 0`` means greedy decoding (argmax); ``top_k=0`` and ``top_p=1`` disable those filters."""
+    """``temperature == 0`` means greedy decoding (argmax); ``top_k=0`` and ``top_p=1`` disable those filters.
+
+    Any temperature > 0 samples, however small: as it goes to 0 the distribution goes to the argmax,
+    and a temperature so small that the scaled logits leave float64's range (1e-320, say) gives that
+    limit exactly: the most probable token (exact ties share its mass). No floor is applied.
+    """
 
     temperature: float = 0.0
     top_k: int = 0
@@ -53,7 +58,10 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     logits = logits.to(torch.float64)
     if params.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(torch.float64)
-    logits = logits / params.temperature
+    # Shift by the row's maximum first (softmax does not change): the scaled logits are then <= 0,
+    # so a tiny temperature sends the others to -inf and keeps the maximum at 0 instead of making
+    # +inf - inf = NaN (which would end the sequence with "probability tensor contains ... nan").
+    logits = (logits - logits.amax(-1, keepdim=True)) / params.temperature
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)

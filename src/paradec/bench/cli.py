@@ -70,7 +70,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--suite", default="specbench", choices=["specbench", "parallel"],
                    help="'specbench': timed speedups on real data (below); 'parallel': a diffusion LM's decoders on the "
                         "synthetic ParallelBench-like tasks, exact match against positions decided per forward "
-                        "(paradec.diffusion.suite; docs/diffusion.md) (default: %(default)s)")
+                        "(paradec.bench.diffusion; docs/diffusion.md) (default: %(default)s)")
     p.add_argument("--model",
                    help=f"built-in name, Hugging Face model directory or .gguf file (default: {DEFAULT_MODEL}; "
                         f"--suite parallel: {DEFAULT_DLLM}, a diffusion LM)")
@@ -187,9 +187,23 @@ class RichProgress:
 
 
 def load_warnings(meta: dict) -> list[str]:
-    """Warn when other processes competed for the CPUs: timings on a shared machine swing 2–10×."""
+    """Warn when other processes competed for the CPUs: timings on a shared machine swing 2–10×.
+
+    Read from how busy *other* processes kept the CPUs (``others_before``: in a quiet moment after the
+    run's own set-up; ``others_during``: over the run), where the machine tells: the load average also
+    counts this process's set-up (model load, kernel build, cost curve), which is not competition."""
     cpus, threads = meta["cpu_count"] or 1, meta["threads"]
     out = []
+    others_before, others_during = meta.get("others_before"), meta.get("others_during")
+    if others_before is not None or others_during is not None:
+        if others_before is not None and others_before > 0.5 * cpus:
+            out.append(f"other processes kept {others_before} of {cpus} CPUs busy just before the run (measured after "
+                       "its set-up); absolute speeds are unreliable, ratios less so: rerun on an idle machine for "
+                       "final figures")
+        if others_during is not None and others_during > 0.5 * cpus:
+            out.append(f"other processes kept {others_during} of {cpus} CPUs busy on average during the run "
+                       f"({threads} threads of ours)")
+        return out
     before = meta["load_before"][0] if meta["load_before"] else None
     if before is not None and before > 0.5 * cpus:
         out.append(f"the machine was busy before the run (1-min load {before} on {cpus} CPUs); "
@@ -277,12 +291,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     stdout = Console()
     if not stdout.is_terminal:
         stdout = Console(width=200)  # a file or pipe: do not wrap the table at 80 columns
-    stdout.print(report.rich_table(summary, categories,
-                                      f"{args.model} {args.dtype}: speedup over plain decoding, same prompts, same run"))
+    stdout.print(f"{args.model} ({args.dtype}, quant {args.quant}, runtime {args.runtime})")
+    stdout.print(report.rich_table(summary, "speedup over plain decoding, same prompts, same run"))
     for name, why in outcome.unavailable.items():
         console.print(f"[yellow]{name}: unavailable: {why}[/yellow]")
-    console.print(f"threads {args.threads}, load average before {meta['load_before']}, after {meta['load_after']}; "
-                  f"{meta['wall_seconds']} s")
+    console.print(f"threads {args.threads}, load average before {meta['load_before']} (with this run's set-up), "
+                  f"after {meta['load_after']}; CPUs other processes kept busy: {meta.get('others_before')} after "
+                  f"set-up, {meta.get('others_during')} during the run; {meta['wall_seconds']} s")
     for w in meta["warnings"]:
         console.print(f"[bold red]warning:[/bold red] {w}")
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -290,13 +305,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_parallel(args: argparse.Namespace) -> int:
-    """``--suite parallel``: the diffusion decoders on the synthetic tasks (``paradec.diffusion.suite``)."""
+    """``--suite parallel``: the diffusion decoders on the synthetic tasks (``paradec.bench.diffusion``)."""
     import torch
     from rich.console import Console
     from rich.table import Table
 
     from .. import load
-    from ..diffusion import suite, tasks
+    from ..diffusion import tasks
+    from . import diffusion as suite
     from .runner import load_average, machine_info
 
     console = Console(stderr=True)

@@ -202,13 +202,41 @@ def table_rows(summary: dict, categories: list[str]) -> tuple[list[str], list[li
     return header, rows
 
 
-def rich_table(summary: dict, categories: list[str], title: str = ""):
+def _exact_count(s: dict, key: str) -> str:
+    e = s.get(f"exact_{key}")
+    return f"{e['checked'] - e['mismatches']}/{e['checked']}" if e else "–"
+
+
+def terminal_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """The terminal's table: one short line per method (overall figures), so that it fits 80 columns;
+    speedups per category and first differences are in report.md."""
+    header = ["method", "speedup", f"{CONFIDENCE:.0%} interval", "tok/s", "tok/fwd", "exact", "= hf"]
+    rows = []
+    for m, per in summary.items():
+        o = per[OVERALL]
+        has = o.get("turns") and o.get("speedup") is not None
+        speedup = f"{SIMILAR if similar_to_plain(o) else ''}{o['speedup']:.2f}×" if has else "–"
+        interval = f"{o['speedup_low']:.2f}–{o['speedup_high']:.2f}" if o.get("speedup_low") is not None else "–"
+        rows.append([m, speedup, interval, _fmt(o.get("tokens_per_second"), ".1f"), _fmt(o.get("tokens_per_forward")),
+                     _exact_count(o, "plain"), _exact_count(o, "hf")])
+    return header, rows
+
+
+TERMINAL_NOTE = (f"Overall figures. Speedup = total plain-decoding time / total method time on the same turns "
+                 f"(median over repeats), with its {CONFIDENCE:.0%} bootstrap interval over prompts and repeats; "
+                 f"{SIMILAR} marks a speedup whose interval includes 1.00. Exact = turns whose token ids equal plain "
+                 f"decoding's (= hf: transformers' generate's). Per category and first differences: report.md.")
+
+
+def rich_table(summary: dict, title: str = ""):
+    from rich import box
     from rich.table import Table
 
-    header, rows = table_rows(summary, categories)
-    table = Table(title=title or "speedup over plain decoding (same prompts, same run)", caption=LEGEND)
+    header, rows = terminal_rows(summary)
+    table = Table(title=title or "speedup over plain decoding (same prompts, same run)", caption=TERMINAL_NOTE,
+                  box=box.SIMPLE_HEAD, caption_justify="left")
     for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
         table.add_row(*row)
     return table
@@ -222,8 +250,10 @@ def markdown(summary: dict, categories: list[str], meta: dict, unavailable: dict
               f"max_new_tokens {meta.get('max_new_tokens')}, repeats {meta.get('repeats')}, greedy, batch 1",
               f"- {meta.get('threads')} threads on {meta.get('cpu_count')} CPUs ({meta.get('processor')}), "
               f"torch {meta.get('torch')}",
-              f"- load average (1/5/15 min) before {meta.get('load_before')}, after {meta.get('load_after')}, "
-              f"highest 1-min sample during the run {meta.get('load_max_1min')}"]
+              f"- load average (1/5/15 min) before {meta.get('load_before')} (with the run's own set-up), after "
+              f"{meta.get('load_after')}, highest 1-min sample during the run {meta.get('load_max_1min')}",
+              f"- CPUs other processes kept busy: {meta.get('others_before')} in a quiet moment after set-up, "
+              f"{meta.get('others_during')} on average during the run"]
     lines += [f"- **warning:** {w}" for w in meta.get("warnings", [])]
     lines += ["", LEGEND + " Exact = turns whose token ids equal the reference's "
               "(`prompt#turn@position` of the first difference otherwise).", ""]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -127,6 +128,29 @@ def load_average() -> list[float]:
         return []
 
 
+def cpu_times() -> tuple[float, float, float] | None:
+    """(wall seconds, CPU-seconds the whole machine has been busy, CPU-seconds of this process), now; None
+    where /proc/stat is not there. Two readings tell how busy *other* processes kept the CPUs between them."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+    own = os.times()
+    return time.monotonic(), (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def others_busy(start, end) -> float | None:
+    """CPUs other processes kept busy on average between two ``cpu_times`` readings (0.0 = none), or None."""
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    return round(max(0.0, (end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]), 2)
+
+
+QUIET_WINDOW = 0.5  # seconds idle after set-up, to read how busy other processes keep the machine
+
+
 @dataclass
 class Outcome:
     """Everything the report needs: per-turn records, contenders that could not run, and the run's context."""
@@ -170,11 +194,14 @@ def run_bench(
     outcome = outcome or Outcome()
     if not contenders or contenders[0].name != BASELINE:
         raise ParadecError("the first contender must be plain decoding (the baseline)")
-    load_before = load_average()
+    load_before = load_average()  # includes our own set-up (model load, kernel build, cost curve, warm-up)
     first = encode_prompt(model, [{"role": "user", "content": prompts[0].turns[0]}])
     contenders = [contenders[0]] + warm_up(contenders, first, outcome)[1:]
     if BASELINE in outcome.unavailable:
         raise ParadecError(f"plain decoding fails: {outcome.unavailable[BASELINE]}")
+    quiet = cpu_times()  # after set-up and warm-up (auto's cost curve is measured there): we idle a moment
+    time.sleep(QUIET_WINDOW)
+    begun = cpu_times()
     if progress:
         progress.start(sum(len(p.turns) for p in prompts) * repeats * len(contenders))
     load_samples = []
@@ -207,5 +234,6 @@ def run_bench(
                         progress.advance()
         load_samples.append(load_average()[:1])
     outcome.meta.update(load_before=load_before, load_after=load_average(),
-                        load_max_1min=max((s[0] for s in load_samples if s), default=None))
+                        load_max_1min=max((s[0] for s in load_samples if s), default=None),
+                        others_before=others_busy(quiet, begun), others_during=others_busy(begun, cpu_times()))
     return outcome

@@ -6,24 +6,23 @@ features (``features``) and whether its current candidate equals the token the r
 finally put there. The filter is a two-layer MLP over those features; decoding commits the
 positions it scores at or above ``threshold`` (and always the most confident one).
 
-Train one for any diffusion LM (prompts: a JSON-lines file of strings, or the synthetic tasks):
+Train one for any diffusion LM (prompts: a JSON-lines file of strings, or the synthetic tasks) with the
+trainer, ``paradec.train.commit_filter``:
 
-    python -m paradec.diffusion.learned --model DIR --out DIR/commit_filter.safetensors [--prompts FILE]
+    python -m paradec.train.commit_filter --model DIR --out DIR/commit_filter.safetensors [--prompts FILE]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import ParadecError
-from ..options import check_number
+from ..options import PATH, check_number
 from . import rules
 from .decoders import Decoder, DecoderConfig, Selection, StepView, register
 
@@ -96,7 +95,7 @@ class CommitFilter(torch.nn.Module):
 @dataclass(frozen=True)
 class LearnedConfig(DecoderConfig):
     threshold: float = 0.9  # commit where the filter's probability is at least this
-    filter: str | None = None  # path of the filter; default: commit_filter.safetensors in the model's directory
+    filter: str | None = field(default=None, metadata=PATH)  # path of the filter; default: commit_filter.safetensors in the model's directory
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,7 +114,7 @@ class Learned(Decoder):
         path = Path(config.filter) if config.filter else (Path(model.directory) / FILENAME if model.directory else None)
         if path is None or not path.is_file():
             raise ParadecError(f"no commit filter for '{model.name}' ({path or 'no model directory'}); train one with: "
-                               f"python -m paradec.diffusion.learned --model MODEL --out PATH")
+                               f"python -m paradec.train.commit_filter --model MODEL --out PATH")
         self.filter = CommitFilter.load(path)
 
     def select(self, view: StepView) -> Selection:
@@ -124,85 +123,3 @@ class Learned(Decoder):
         with torch.inference_mode():
             score = self.filter(features(view))
         return Selection.of(view, order[:1] + [i for i in order[1:] if score[i] >= self.config.threshold])
-
-
-# --- training from traces ----------------------------------------------------------------------------
-
-def collect(model, prompts: list[list[int]], gen_length: int, block_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode ``prompts`` one token per step; return features (m, F) of every masked position at every
-    step and labels (m,): 1 where the candidate equals the token finally decided there."""
-    from ..sampling import SamplingParams
-    from .decoders import make_decoder
-    from .loop import denoise
-
-    decoder = make_decoder("low_confidence", model, block_length=block_length)
-    xs, ys = [], []
-    for ids in prompts:
-        steps = []
-
-        def trace(canvas, b, view, selection):
-            start, _ = canvas.block_range(b)
-            steps.append((canvas, start, features(view), view.candidates()[0], view.masked.clone()))
-
-        gen = denoise(model, decoder, ids, SamplingParams(), gen_length, trace=trace)
-        for _ in gen:
-            pass
-        for canvas, start, feats, tokens, masked in steps:
-            final = torch.tensor(canvas.tokens[start : start + len(tokens)])
-            xs.append(feats[masked])
-            ys.append((tokens[masked] == final[masked]).float())
-    return torch.cat(xs), torch.cat(ys)
-
-
-def train_filter(x: torch.Tensor, y: torch.Tensor, epochs: int = 200, seed: int = 0) -> CommitFilter:
-    """Full-batch Adam on binary cross-entropy (the traces are small)."""
-    torch.manual_seed(seed)
-    net = CommitFilter()
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(epochs):
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-    return net.eval()
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .. import load
-    from ..api import encode_prompt
-
-    p = argparse.ArgumentParser(prog="python -m paradec.diffusion.learned", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="a diffusion LM (built-in name or directory)")
-    p.add_argument("--out", required=True, help="where to write the filter (.safetensors)")
-    p.add_argument("--prompts", help="JSON-lines file of prompt strings (default: the synthetic tasks' prompts)")
-    p.add_argument("--count", type=int, default=400, help="prompts to trace (default: %(default)s)")
-    p.add_argument("--gen-length", type=int, default=32)
-    p.add_argument("--block-length", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    model = load(args.model, "float32")
-    if args.prompts:
-        texts = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()][: args.count]
-    else:
-        from .tasks import sample_examples
-
-        texts = [ex.prompt for ex in sample_examples(args.count, seed=args.seed + 10_000, split="train")]
-    x, y = collect(model, [encode_prompt(model, t) for t in texts], args.gen_length, args.block_length)
-    net = train_filter(x, y, seed=args.seed)
-    with torch.no_grad():
-        pred = net(x) >= 0.9
-    precision = float(y[pred].mean()) if pred.any() else float("nan")
-    meta = {"model": args.model, "examples": int(len(y)), "final_fraction": round(float(y.mean()), 4),
-            "precision_at_0.9": round(precision, 4), "command": "python -m paradec.diffusion.learned " + " ".join(sys.argv[1:] if argv is None else argv)}
-    net.save(Path(args.out), meta)
-    if (Path(args.out).parent / "MANIFEST.json").is_file():  # a shipped model's directory: its checksums include the filter
-        from .train import write_manifest
-
-        write_manifest(Path(args.out).parent)
-    print(json.dumps(meta))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

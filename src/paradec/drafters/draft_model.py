@@ -10,13 +10,14 @@ between different tokenizers is not done here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
 
 from ..errors import ParadecError
 from ..model import Model, load
+from ..options import PATH
 from .base import register
 from .draft_runner import DraftRunner
 from .draft_tree import DraftTreeConfig, TreeDrafter
@@ -27,7 +28,7 @@ class DraftModelConfig(DraftTreeConfig):
     """draft: the draft model, as a model spec (built-in name, HF directory, .gguf) or a loaded ``Model``;
     it is loaded on the target's runtime, in its dtype and quantization."""
 
-    draft: str | Model = ""
+    draft: str | Model = field(default="", metadata=PATH)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -4,12 +4,13 @@ handing the target's features to their runner. The tree itself is ``draft_tree.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
 from ..errors import ParadecError
+from ..options import PATH
 from .draft_tree import DraftTreeConfig, TreeDrafter
 from . import head_file
 
@@ -22,7 +23,7 @@ class HeadDrafterConfig(DraftTreeConfig):
     dynamic tree of up to 32 nodes, 8 deep, up to 4 children per node, no adaptive depth (the cost
     rule already stops where drafting stops paying)."""
 
-    head: str = ""
+    head: str = field(default="", metadata=PATH)
     max_draft: int = 8
     adaptive: bool = False
     min_confidence: float = 0.0

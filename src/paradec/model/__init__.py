@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import ParadecError
 from ..runtime import DEFAULT_QUANT, DEFAULT_RUNTIME, QUANTS, RUNTIMES, load_runtime
 from .loading import (BUILTIN_MODELS, DEFAULT_DTYPE, DEFAULT_MODEL, DTYPES, gguf_as_directory, load_pretrained,
                       load_tokenizer, parse_dtype, resolve)
@@ -68,6 +69,15 @@ class Model:
         """Rows of the LM head: valid token ids and the width of every logits row."""
         return self.runtime.vocab_size
 
+    def check_ids(self, ids: list[int]) -> None:
+        """Raise a ParadecError naming the first id outside [0, vocab_size): read as a row of the
+        embedding table, it would read memory outside it (the kernels do not check every row)."""
+        vocab = self.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ParadecError(f"token id {bad} is not in the vocabulary of '{self.name}': ids go from 0 to "
+                               f"{vocab - 1} (vocabulary size {vocab})")
+
     @property
     def eos_token_ids(self) -> set[int]:
         ids = set(self.eos_ids)
@@ -100,8 +110,6 @@ def load(spec: str | Model = DEFAULT_MODEL, dtype: str | torch.dtype = DEFAULT_D
         return spec
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
     if runtime not in RUNTIMES:
-        from ..errors import ParadecError
-
         raise ParadecError(f"unknown runtime '{runtime}'; choose one of: {', '.join(RUNTIMES)}")
     path = resolve(spec)
     if path.is_dir():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -29,7 +30,6 @@ from ..errors import ContextOverflowError
 from ..runtime.target import Block as Rows
 from ..runtime.target import forward_many
 from ..tree import Block
-from .switch import DraftSwitch
 
 
 @dataclass
@@ -61,14 +61,27 @@ def common_prefix(prompts: list[list[int]]) -> int:
     return n
 
 
+class DraftPolicy(Protocol):
+    """Whether the batch's greedy sequences draft this step (the server's ``serve.switch.DraftSwitch``)."""
+
+    def max_rows(self, seqs: list[Sequence]) -> int | None:
+        """The draft budget of ``seqs`` this step: None (as they like) or a most rows after the root."""
+
+    def observe(self, seqs: list[Sequence]) -> None:
+        """After the step: ``seqs`` (those it budgeted) have stepped; ``seq.last_step`` tells how."""
+
+
 class Batch:
     """Sequences decoded together; ``add`` them, call ``step`` until ``len(batch) == 0``.
 
-    switch: decides per step whether the batch drafts (``DraftSwitch``); None = every sequence drafts
-    as its drafter likes, as it would alone.
+    switch: decides per step how much the batch's *greedy* sequences draft (a ``DraftPolicy``); None =
+    every sequence drafts as its drafter likes, as it would alone. A sampling sequence always drafts
+    as it would alone: a drafted step draws other random numbers than a plain one, so a budget set by
+    what else is in the batch would make a seeded sample depend on other sequences. A greedy
+    sequence's output is the same whatever it drafts.
     """
 
-    def __init__(self, switch: DraftSwitch | None = None):
+    def __init__(self, switch: DraftPolicy | None = None):
         self.switch = switch
         self.live: list[Sequence] = []  # prompt read: one block per step
         self.reading: list[Sequence] = []  # hold a prefix of their prompt: read the rest next step
@@ -107,11 +120,12 @@ class Batch:
     def step(self) -> StepOutcome:
         """One forward for every sequence; see the module docstring."""
         out = StepOutcome()
-        budget = self.switch.max_rows(self.live) if self.switch is not None else None
+        budgeted = [s for s in self.live if s.params.greedy] if self.switch is not None else []
+        budget = self.switch.max_rows(budgeted) if budgeted else None
         stepping: list[tuple[Sequence, Block]] = []
         for seq in list(self.live):
             try:
-                block = seq.next_block(budget)
+                block = seq.next_block(budget if seq.params.greedy else None)
             except Exception as exc:  # a drafter's failure ends its own sequence only
                 self._fail(seq, exc, out)
                 continue
@@ -146,11 +160,16 @@ class Batch:
             self._joined(g, n, lg[-1], hd, elapsed, out)
         at = len(groups)
         for seq, lg, hd in zip(reading, logits[at:], hidden[at:]):
-            seq.target.commit(list(range(seq.target.pending)))
-            seq.stats.prefill_time += elapsed
-            if seq.features:
-                seq.drafter.observe_features(hd)
-            self._started(seq, seq.start(lg[-1]), out)
+            try:
+                seq.target.commit(list(range(seq.target.pending)))
+                seq.stats.prefill_time += elapsed
+                if seq.features:
+                    seq.drafter.observe_features(hd)
+                piece = seq.start(lg[-1])
+            except Exception as exc:  # its first token or its drafter failed: it ends alone
+                self._fail(seq, exc, out)
+                continue
+            self._started(seq, piece, out)
         at += len(reading)
         for (seq, block), lg, hd in zip(stepping, logits[at:], hidden[at:]):
             before = len(seq.generated)
@@ -164,8 +183,8 @@ class Batch:
                 out.pieces.append((seq, piece))
             if seq.finished:  # leaves now, so that its result comes with this step
                 self._finish(seq, out)
-        if self.switch is not None:
-            self.switch.observe([s for s, _ in stepping])
+        if budgeted:
+            self.switch.observe([s for s, _ in stepping if s.params.greedy])
         return out
 
     def _rest(self, seq: Sequence) -> Rows:
@@ -180,15 +199,20 @@ class Batch:
         first = group[0].target
         first.commit(list(range(n)))
         for i, seq in enumerate(group):
-            if i:
-                seq.target = first.fork()
-            seq.stats.prefill_time += elapsed
-            if seq.features:
-                seq.drafter.observe_features(hidden)
-            if len(seq.prompt_ids) > n:
-                self.reading.append(seq)
-            else:
-                self._started(seq, seq.start(logits), out)
+            try:
+                if i:
+                    seq.target = first.fork()
+                seq.stats.prefill_time += elapsed
+                if seq.features:
+                    seq.drafter.observe_features(hidden)
+                if len(seq.prompt_ids) > n:
+                    self.reading.append(seq)
+                    continue
+                piece = seq.start(logits)
+            except Exception as exc:  # its first token or its drafter failed: it ends alone
+                self._fail(seq, exc, out)
+                continue
+            self._started(seq, piece, out)
 
     def _started(self, seq: Sequence, piece: str, out: StepOutcome) -> None:
         self.counters.tokens += len(seq.generated)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -100,16 +101,24 @@ class NativeRuntime:
         return list(logits.split(sizes))
 
 
+REQUIRE_KERNELS = "PARADEC_REQUIRE_KERNELS"  # set (not "0"): no fallback (``--require-kernels`` sets it)
+
+
 def choose_ops(act: torch.dtype, required: bool = False):
-    """The C++ kernels for float32 activations; plain torch for float64, or where they cannot be built."""
+    """The C++ kernels for float32 activations; plain torch for float64, or where they cannot be built.
+    Plain torch (``F.linear``) is not row-invariant, so the fallback loses the bit-identical guarantee:
+    ``required`` (or ``$PARADEC_REQUIRE_KERNELS``) makes it an error instead."""
     if act != torch.float32:
         return TorchOps(act)
     try:
         return NativeOps(kernels())
     except KernelsUnavailable as exc:
-        if required:
-            raise
-        log.warning("%s; the native runtime falls back to plain torch operations (slow)", exc)
+        if required or os.environ.get(REQUIRE_KERNELS, "") not in ("", "0"):
+            raise KernelsUnavailable(f"{exc}; the kernels are required (--require-kernels, {REQUIRE_KERNELS}): "
+                                     "paradec does not fall back to plain torch, whose rows are not "
+                                     "bit-identical") from exc
+        log.warning("%s; the native runtime falls back to plain torch operations (slow, and rows are not "
+                    "bit-identical: README, What is guaranteed; --require-kernels makes this an error)", exc)
         return TorchOps(act)
 
 

@@ -4,8 +4,9 @@
   row's result never depends on the other rows of the call (see kernels/common.h). A whole stack of
   layers is one call (``decoder``): per token the Python side only builds the rows' metadata.
 - ``TorchOps``: the same operations in plain torch, in any float dtype. The reference for the
-  kernels' tests, the float64 path of the exactness tests, and the fallback where no compiler exists
-  (without the row-invariance guarantee: ``F.linear`` may sum a row differently in a larger block).
+  kernels' tests, the float64 path of the exactness tests, and the fallback where no compiler exists.
+  NOT row-invariant (``F.linear`` may round a row differently with other rows beside it): where it
+  runs, the bit-identical guarantee holds only up to rounding (``--require-kernels`` refuses the fallback).
 
 Shared conventions: ``caches`` is a list of per-sequence KV tensors (layers, 2, Hkv, capacity, D);
 ``rows`` (M, 2) says which (sequence, slot) each row's key/value is written to; a row attends to the

@@ -7,6 +7,7 @@ can show these defaults without loading torch.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,13 +48,15 @@ class ServeConfig:
                         rebinding: a web page whose domain is re-pointed at 127.0.0.1 sends its own name
     max_views:          decoding views kept for requests that asked for one (``"paradec": {"view": true}``),
                         the oldest dropped first; 0 refuses such requests
+    views_dir:          keep the views in this folder instead of in memory, where every process of the
+                        server reads them (``--replicas`` sets it to a private folder of its own)
     max_batch:          sequences decoded together, one forward per step for all (a request with n
                         choices brings n); requests join and leave the batch between steps
     max_queue:          requests that may wait while the batch is full; more get 429
     cost_curve:         "measure": read the runtime's cost curve at start-up (``paradec.costs``: measured
                         once per machine, model, format and thread count, a few seconds, then cached)
                         and let the batch stop drafting while drafts cost more forward time than they
-                        save at its size (``paradec.parallel.switch``); "off": every request drafts as
+                        save at its size (``paradec.serve.switch``); "off": every request drafts as
                         its method decides (``auto`` still reads the curve, on its first request)
     default_max_tokens: cap for chat requests without max_tokens (default: the rest of the context)
     api_key:            required as ``Authorization: Bearer KEY`` on every route but /health
@@ -76,6 +79,7 @@ class ServeConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     max_views: int = MAX_VIEWS
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    views_dir: str | None = None
 
     def __post_init__(self) -> None:
         from ..drafters import METHODS
@@ -108,18 +112,31 @@ class ServeConfig:
             raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens!r}")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must not be empty")
+        if self.views_dir is not None and not (isinstance(self.views_dir, str) and os.path.isdir(self.views_dir)):
+            raise ValueError(f"views_dir must be an existing directory, got {self.views_dir!r}")
         if not isinstance(self.share_drafter_state, bool):
             raise ValueError(f"share_drafter_state must be true or false, got {self.share_drafter_state!r}")
 
     def allows(self, method: str, option: str) -> bool:
-        """Whether a request may set ``option`` of ``method`` (never ``draft``: that is a file path)."""
-        if option == "draft":
+        """Whether a request may set ``option`` of ``method`` (never one that names a file: ``file_options``)."""
+        if option in file_options():
             return False
         return "all" in self.request_options or f"{method}.{option}" in self.request_options
 
     @property
     def default_timeout(self) -> float | None:
         return self.timeout if self.timeout is not None else self.max_timeout
+
+
+def file_options() -> frozenset[str]:
+    """The option names that name a file or a model in any method or diffusion decoder (``draft``,
+    ``eagle.head``, ``learned.filter``, ...): requests never set them, whatever ``--request-options``."""
+    from ..diffusion import learned, lossless  # noqa: F401  (the decoders they define register themselves)
+    from ..diffusion.decoders import DECODERS
+    from ..drafters import METHODS
+    from ..options import path_options
+
+    return frozenset().union(*(path_options(cls.Config) for cls in (*METHODS.values(), *DECODERS.values())))
 
 
 def check_request_option(entry: str) -> None:
@@ -137,8 +154,9 @@ def check_request_option(entry: str) -> None:
             f"request option '{entry}': method '{method}' has no option '{option}'; "
             f"its options: {', '.join(options) or 'none'}"
         )
-    if option == "draft":
-        raise ParadecError("requests can never name the draft model (a path on this machine); give it with --draft")
+    if option in file_options():
+        raise ParadecError(f"request option '{entry}': requests can never name a file or a model on this machine; "
+                           "give it with --draft or --method-options")
 
 
 def is_number(value: Any) -> bool:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,16 +21,18 @@ from ..decode import Sequence
 from ..drafters import METHODS, Drafter, make_drafter
 from ..errors import ParadecError
 from ..model import Model, load
-from ..parallel.switch import DraftSwitch
+from .switch import DraftSwitch
 from . import schemas as s
-from .config import ServeConfig
+from .config import ServeConfig, file_options
 from .errors import APIError
+from .shelf import Shelf
 from .views import Recording, Views
 from .worker import Closed, Denoising, Generation, Job, QueueFull, Worker
 
 DIFFUSION_DEFAULT_TOKENS = 128  # a diffusion LM's canvas when a request sets no max_tokens (not the whole context)
-MAX_DRAFTERS = 8  # shared drafters kept for reuse, least recently used dropped first
-DRAFT_REFUSED = "requests cannot name a draft model; the server's operator chooses it (paradec serve --draft)"
+MAX_DRAFTERS = 8  # kinds (method, options) of shared drafters kept for reuse, least recently used dropped first
+FILE_REFUSED = ("requests cannot name a file or a model (such as a draft model, a trained head or a commit filter); "
+                "the server's operator chooses them (paradec serve --draft, --method-options)")
 
 
 def choice_seed(seed: int | None, i: int) -> int | None:
@@ -63,7 +63,8 @@ class Engine:
 
     By default every request gets a drafter of its own, so nothing learnt from one client's text
     (Token Recycling's table, for one) reaches another client's drafts or stats. With
-    ``share_drafter_state`` the drafters are kept and reused per (method, options) instead.
+    ``share_drafter_state`` the drafters are kept per (method, options) and lent to one request at a
+    time (``shelf.py``): what they learnt carries over, a running one is never begun again.
     """
 
     def __init__(self, model: Model, config: ServeConfig):
@@ -74,12 +75,11 @@ class Engine:
         # loaded once, by the operator, on the target's runtime and quantization
         self.draft = None if config.draft is None else load(config.draft, model.dtype, model.runtime.name, model.quant)
         self.build(config.method, self.operator_options(config.method))  # a bad default fails now
-        self._drafters: OrderedDict[tuple[str, str], Drafter] = OrderedDict()
-        self._drafters_lock = threading.Lock()
+        self.shelf = Shelf(MAX_DRAFTERS, config.max_batch)
         measure = config.cost_curve == "measure" and model.diffusion is None  # diffusion LMs do not draft
         switch = DraftSwitch(cost_curve(model)) if measure else None
         self.worker = Worker(config.max_queue, config.max_batch, switch)
-        self.views = Views(config.max_views)
+        self.views = Views(config.max_views, config.views_dir)
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.served:
@@ -93,7 +93,23 @@ class Engine:
     def prepare(self, req: s.GenerationRequest, prompt: Any, chat: bool, default_limit: int | None,
                 owner: str | None = None) -> Prepared:
         """Check a request and build its decoder (blocking work: call it from a thread pool). ``owner``:
-        who may read its decoding view (``views.owner_of`` the request's key; None without a key)."""
+        who may read its decoding view (``views.owner_of`` the request's key; None without a key).
+        Kept drafters it was lent go back to the shelf when its job ends (or now, if it is refused)."""
+        lent: list[Drafter] = []
+        try:
+            prepared = self._prepare(req, prompt, chat, default_limit, owner, lent)
+        except BaseException:
+            self.give_back(lent)
+            raise
+        prepared.job.when_ended(lambda: self.give_back(lent))
+        return prepared
+
+    def give_back(self, drafters: list[Drafter]) -> None:
+        for drafter in drafters:
+            self.shelf.give_back(drafter)
+
+    def _prepare(self, req: s.GenerationRequest, prompt: Any, chat: bool, default_limit: int | None,
+                 owner: str | None, drafters: list[Drafter]) -> Prepared:
         job = Job(self.deadline(req.paradec))
         self.check_model(req.model)
         problem = req.unsupported()
@@ -102,7 +118,8 @@ class Engine:
         n = req.n or 1
         if n > self.config.max_batch:
             raise APIError(400, f"n must be at most {self.config.max_batch} here (the server's batch size)", param="n")
-        drafters = [self.drafter(req.paradec, shared=i == 0) for i in range(n)]
+        for i in range(n):
+            drafters.append(self.drafter(req.paradec, shared=i == 0))
         ids = self.encode(prompt, chat)
         limit = self.token_budget(req, len(ids), default_limit, "messages" if chat else "prompt")
         if self.model.diffusion is not None and req.token_limit() is None:
@@ -139,8 +156,10 @@ class Engine:
             kind = Denoising if self.model.diffusion is not None else Generation
             return kind(self.worker, prepared.seqs, prepared.job)
         except QueueFull as exc:
+            prepared.job.end()  # it never runs: its kept drafters go back
             raise self.busy(str(exc)) from exc
         except Closed as exc:
+            prepared.job.end()
             raise shutting_down() from exc
 
     def check_capacity(self) -> None:
@@ -176,8 +195,9 @@ class Engine:
 
     def drafter(self, field: s.ParadecField | None, shared: bool = True) -> Drafter:
         """The request's method (or the server's) with the operator's options and the allowed ones of
-        the request, as a drafter; with ``share_drafter_state`` the kept one for them (unless ``shared``
-        is false: the further choices of a request with n > 1 need drafters of their own)."""
+        the request, as a drafter; with ``share_drafter_state`` an idle kept one for them, lent to this
+        request (unless ``shared`` is false: the further choices of a request with n > 1 get drafters of
+        their own)."""
         method = field.method if field and field.method else self.config.method
         methods = self.methods()
         if method not in methods:
@@ -190,8 +210,8 @@ class Engine:
         if method == "draft" and self.draft is None:
             raise APIError(400, "this server has no draft model (paradec serve --draft MODEL)", param="paradec.method")
         requested = dict(field.options or {}) if field else {}
-        if "draft" in requested:
-            raise APIError(400, DRAFT_REFUSED, param="paradec.options", code="unsupported_parameter")
+        if file_options() & set(requested):  # one message whatever the value: it tells nothing of the files
+            raise APIError(400, FILE_REFUSED, param="paradec.options", code="unsupported_parameter")
         refused = sorted(name for name in requested if not self.config.allows(method, name))
         if refused:
             allowed = ", ".join(sorted(self.config.request_options)) or "none (paradec serve --request-options)"
@@ -206,16 +226,8 @@ class Engine:
         if not (self.config.share_drafter_state and shared):
             return self.build(method, options)
         key = (method, json.dumps(requested, sort_keys=True))
-        with self._drafters_lock:
-            drafter = self._drafters.get(key)
-        if drafter is None:
-            drafter = self.build(method, options)  # outside the lock: other requests need not wait for it
-        with self._drafters_lock:
-            drafter = self._drafters.setdefault(key, drafter)
-            self._drafters.move_to_end(key)
-            if len(self._drafters) > MAX_DRAFTERS:
-                self._drafters.popitem(last=False)
-        return drafter
+        drafter = self.shelf.take(key)
+        return drafter if drafter is not None else self.shelf.lend(key, self.build(method, options))
 
     def methods(self) -> list[str]:
         """The method names requests may use: the drafters, or a diffusion LM's decoders (and "plain")."""

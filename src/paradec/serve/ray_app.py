@@ -16,10 +16,13 @@ Serve, then Ray, down in order.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from typing import Any
 
@@ -105,6 +108,9 @@ def run(args: argparse.Namespace, config: ServeConfig) -> int:
     port = args.port or free_port(args.host)
     threads = max(1, (os.cpu_count() or 1) // args.replicas)
     model = {"spec": args.model, "dtype": args.dtype, "runtime": args.runtime, "quant": args.quant}
+    # a view's URL may reach any replica: they keep their views in one private folder (mode 0700)
+    views = tempfile.mkdtemp(prefix="paradec-views-")
+    config = dataclasses.replace(config, views_dir=views)
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
              num_cpus=max(os.cpu_count() or 1, args.replicas))
     try:
@@ -122,4 +128,5 @@ def run(args: argparse.Namespace, config: ServeConfig) -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(views, ignore_errors=True)
     return 0

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..decode import Result, Sequence
 from ..parallel.batch import Batch
-from ..parallel.switch import DraftSwitch
+from .switch import DraftSwitch
 from .metrics import Meter
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,26 @@ class Job:
     def __init__(self, deadline: float | None = None):
         self.deadline = deadline  # time.monotonic() after which the job should stop, or None
         self.cancelled = threading.Event()  # read by the job between steps
-        self.finished = threading.Event()  # set by the worker once the job has ended
+        self.finished = threading.Event()  # set by the worker once the job has ended (``end``)
         self.last_step: float | None = None  # time.monotonic() of its start or last step
+        self._on_end: list[Callable[[], None]] = []
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def when_ended(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the job has ended, however it ended (e.g. to give back what it borrowed)."""
+        self._on_end.append(fn)
+
+    def end(self) -> None:
+        """The job has ended: set ``finished``, run the ``when_ended`` calls."""
+        self.finished.set()
+        for fn in self._on_end:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 (a clean-up call must not stop the worker)
+                log.exception("a job's end call failed")
+        self._on_end.clear()
 
     def interrupt(self) -> str | None:
         """Called between steps: note the progress; "cancelled" or "deadline" if the job must stop."""
@@ -74,8 +89,7 @@ class Worker:
 
     A request cancelled while it waits never runs (its generation ends as cancelled). A request's
     slot is freed only when all its sequences have left the batch, so "not busy" means the model
-    really is free. Requests whose drafters are shared (``share_drafter_state``) never run at the same
-    time as another request holding one of the same drafters: a drafter follows one sequence at a time.
+    really is free.
     """
 
     def __init__(self, max_queue: int = 32, max_batch: int = 8, switch: DraftSwitch | None = None):
@@ -171,9 +185,24 @@ class Worker:
             self._receive(block=not self._owner and not self._waiting)
             self._start_waiting()
             if self._owner:
-                self._step()
+                # the batch ends a failing sequence alone; this last guard keeps the thread alive whatever
+                try:  # a step raises (a request must never stop the worker)
+                    self._step()
+                except Exception as exc:  # noqa: BLE001
+                    self._abandon(exc)
             elif self._stopping and not self._waiting:
                 return
+
+    def _abandon(self, exc: Exception) -> None:
+        """A step failed outside the batch's per-sequence guards: whose fault it was is unknown, so every
+        running generation ends with the error (its clients get a 500), and the worker goes on."""
+        log.error("a batch step failed; its generations end", exc_info=exc)
+        for seq in self._owner:
+            self.batch.remove(seq)
+        gens = list(dict.fromkeys(self._owner.values()))
+        self._owner.clear()
+        for gen in gens:
+            self._end(gen, ok=False, event=("error", exc))
 
     def _receive(self, block: bool) -> None:
         """Move arrivals to the waiting line (waiting for one when there is nothing else to do)."""
@@ -200,10 +229,8 @@ class Worker:
                 self._waiting.popleft()
                 self._end(head, ok=False, event=("cancelled", None), started=False)
                 continue
-            size = len(head.seqs)
-            busy = {id(s.drafter) for s in self._owner}
-            if self._owner and (len(self._owner) + size > self.max_batch or busy & {id(s.drafter) for s in head.seqs}):
-                return  # the head waits for room (or for its shared drafter); those behind it wait too
+            if self._owner and len(self._owner) + len(head.seqs) > self.max_batch:
+                return  # the head waits for room; those behind it wait too
             self._waiting.popleft()
             try:
                 self.batch.add(*head.seqs)
@@ -235,7 +262,7 @@ class Worker:
             self._jobs.discard(job)
             self.completed += ok
             self.stopped += not ok
-        job.finished.set()
+        job.end()
 
     def _step(self) -> None:
         outcome = self.batch.step()
@@ -266,14 +293,14 @@ class Worker:
             self._end(gen, ok=False, event=("error", exc))
 
     def _end(self, gen: "Generation", ok: bool, event: tuple[str, Any], started: bool = True) -> None:
-        gen._emit(*event)
         with self._lock:
             self._admitted -= 1
             self._running -= started
             self._jobs.discard(gen.job)
             self.completed += ok
             self.stopped += not ok
-        gen.job.finished.set()
+        gen.job.end()  # before its client hears of the end: what it borrowed is back when the client asks again
+        gen._emit(*event)
 
 
 class Cancelled(Exception):

@@ -18,7 +18,10 @@ so the averages follow the text. Worked example, c(k) = 1 + 0.1 k ms, 8 sequence
 4 rows for 2 tokens: plain 8 / 1.8 = 4.4 tokens/ms, drafting 16 / 4.2 = 3.8 → plain steps.
 
 Off is a budget of 0 draft rows (``Sequence.next_block(max_rows=0)``): the drafters see no room
-and propose nothing, the output stays exactly what it would be (every step is still verified).
+and propose nothing, the output stays exactly what it would be (every step is still verified). The
+batch hands the switch its greedy sequences only (``paradec.parallel.batch.DraftPolicy``): a sampling
+sequence drafts as it would alone, since a drafted step draws other random numbers than a plain one
+and a seeded sample must not depend on what else runs. Server policy, so it lives in ``serve/``.
 """
 
 from __future__ import annotations

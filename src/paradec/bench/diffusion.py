@@ -1,5 +1,5 @@
 """``paradec bench --suite parallel``: quality against parallelism of the diffusion decoders on the
-synthetic ParallelBench-like tasks (``tasks.py``), per task and decoder.
+synthetic ParallelBench-like tasks (``diffusion/tasks.py``), per task and decoder.
 
 Every contender decodes the same seeded examples greedily. Per task and contender: exact match
 (``Example.check``: any valid answer counts), forwards, positions decided per forward, the forward
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ParadecError
-from . import tasks
-from .decoders import BASELINE
+from ..diffusion import tasks
+from ..diffusion.decoders import BASELINE
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ def resolve(methods: str, extra: dict[str, dict]) -> list[Contender]:
     """Contenders from ``--methods``: 'default' / 'all' (the set above), or comma-separated labels of
     it or decoder names (with their defaults); ``extra`` (``--method-options``) adds options by label
     or name. The baseline always runs first."""
-    from . import learned, lossless  # noqa: F401  (they register themselves)
-    from .decoders import DECODERS
+    from ..diffusion import learned, lossless  # noqa: F401  (they register themselves)
+    from ..diffusion.decoders import DECODERS
 
     by_label = {c.label: c for c in CONTENDERS}
     if methods in ("default", "all"):
@@ -96,8 +96,8 @@ def run(model, contenders: list[Contender], per_task: int, seed: int, gen_length
     contenders that could not run (label → why)."""
     from ..api import encode_prompt
     from ..sampling import SamplingParams
-    from .decoders import make_decoder
-    from .loop import denoise
+    from ..diffusion.decoders import make_decoder
+    from ..diffusion.loop import denoise
 
     names = task_names or list(tasks.TASKS)
     examples = tasks.sample_examples(per_task * len(names), seed, names)

@@ -1,7 +1,8 @@
-"""Train the embedded demo dLLM from scratch on the synthetic tasks (``tasks.py``) and write it as a
-LLaDA-format checkpoint (config.json, model.safetensors, tokenizer), the format ``formats.py`` reads.
+"""Train the embedded demo dLLM from scratch on the synthetic tasks (``diffusion/tasks.py``) and write it
+as a LLaDA-format checkpoint (config.json, model.safetensors, tokenizer), the format ``diffusion/formats.py``
+reads.
 
-    taskset -c 1 python -m paradec.diffusion.train --out src/paradec/diffusion/demo   # 12,000 steps, seed 0
+    taskset -c 1 python -m paradec.train.dllm --out src/paradec/diffusion/demo   # 12,000 steps, seed 0
 
 Masked-diffusion SFT as LLaDA does it: the prompt stays visible; each sequence draws a mask ratio
 t ~ U(0, 1) and masks every answer position (the answer and the EOS padding after it, up to a random
@@ -28,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from . import tasks
-from .formats import FORMATS, DiffusionSpec, llada_name, transformers_config
-from ..train.schedule import warmup_cosine
+from ..diffusion import tasks
+from ..diffusion.formats import FORMATS, DiffusionSpec, llada_name, transformers_config
+from .schedule import warmup_cosine
 
 MIN_MASK = 1e-3
 
@@ -256,7 +257,7 @@ def train(c: TrainConfig, out: Path, eval_every: int, checkpoint_every: int, com
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m paradec.diffusion.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m paradec.train.dllm", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="the checkpoint directory to write")
     defaults = TrainConfig()
     for name, value in asdict(defaults).items():
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=250)
     args = p.parse_args(argv)
     c = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
-    command = shlex.join(["python", "-m", "paradec.diffusion.train", *argv])
+    command = shlex.join(["python", "-m", "paradec.train.dllm", *argv])
     train(c, Path(args.out), args.eval_every, args.checkpoint_every, command)
     return 0
 
