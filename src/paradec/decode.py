@@ -108,8 +108,8 @@ class Sequence:
                 return True
             self.generated.append(token)
             self.tokens.append(token)
-            if self.guide is not None and self.guide.commit(token):  # complete: only EOS may follow
-                self.stats.stop_reason = "eos"
+            if self.guide is not None and (end := self.guide.commit(token)):  # complete (only EOS may follow)
+                self.stats.stop_reason = end
                 return True
             if len(self.generated) >= self.max_new_tokens:
                 self.stats.stop_reason = "length"

@@ -36,7 +36,7 @@ class Stats:
     methods: dict[str, int] = field(default_factory=dict)
     prefill_time: float = 0.0
     decode_time: float = 0.0
-    stop_reason: str = ""  # eos | length | stop | context
+    stop_reason: str = ""  # eos | length | stop | context | constraint (a grammar's dead end)
     constraint: str = ""  # complete | incomplete (with a constraint)
 
     def record_step(self, draft_depths: list[int], accepted_len: int, delivered: int, method: str) -> None:

@@ -35,27 +35,30 @@ from .spec import Grammar
 
 class Guide:
     def __init__(self, grammar: Grammar):
-        from llguidance import LLMatcher
-
         vocab = grammar.vocab
         self.grammar = grammar
         self.width, self.eos = vocab.width, vocab.eos
-        self.matcher = LLMatcher(vocab.tokenizer, grammar.text)
-        if self.matcher.is_error():  # compile_constraint validated it: this is the library failing
-            raise RuntimeError(f"the grammar matcher failed to start: {self.matcher.get_error()}")
+        self.committed: list[int] = []
+        self.matcher = self._start()
         self.path: tuple[int, ...] = ()  # tokens consumed past the committed state (while walking a tree)
         self._masks: dict[tuple[int, ...], tuple[np.ndarray, int]] = {}  # path -> (allowed (width,) bool, count)
 
     # ---- the committed state ----
 
-    def commit(self, token: int) -> bool:
-        """Consume a committed token (one the mask allowed); True when the grammar is then complete:
-        nothing but EOS may follow, so the generation ends here."""
+    def commit(self, token: int) -> str | None:
+        """Consume a committed token (one the mask allowed). Returns why the generation must end here, if
+        it must: "eos" when the match is complete and nothing but EOS may follow; "constraint" at a dead
+        end, where the grammar goes on but no token of the vocabulary spells a way on (a word-level
+        vocabulary after a token that is only a prefix of the words the grammar wants)."""
         self._goto(())
         if not self.matcher.consume_token(token):
             raise RuntimeError(f"the grammar refused committed token {token}: {self.matcher.get_error()}")
+        self.committed.append(token)
         self._masks.clear()
-        return self.matcher.is_stopped()
+        self.allowed()  # the next step's mask (the matcher finds a dead end only when it computes one)
+        if not self.matcher.is_stopped():
+            return None
+        return "eos" if self.matcher.is_accepting() else "constraint"
 
     @property
     def accepting(self) -> bool:
@@ -119,13 +122,23 @@ class Guide:
         self._goto(())
         return out
 
+    def _start(self):
+        from llguidance import LLMatcher
+
+        matcher = LLMatcher(self.grammar.vocab.tokenizer, self.grammar.text)
+        if matcher.is_error():  # compile_constraint validated the grammar: this is the library failing
+            raise RuntimeError(f"the grammar matcher failed to start: {matcher.get_error()}")
+        return matcher
+
     def _goto(self, path: tuple[int, ...]) -> None:
         """Move the matcher to the state after the committed tokens and ``path``."""
         common = 0
         while common < min(len(path), len(self.path)) and path[common] == self.path[common]:
             common += 1
-        if common < len(self.path):
-            self.matcher.rollback(len(self.path) - common)
+        if common < len(self.path) and not self.matcher.rollback(len(self.path) - common):
+            # a dead end stops the matcher for good (its rollback then fails): start again from the committed tokens
+            self.matcher = self._start()
+            self.matcher.consume_tokens(self.committed + list(path[:common]))
         for token in path[common:]:
             if not self.matcher.consume_token(token):
                 raise RuntimeError(f"the grammar refused token {token} on a path it allowed: {self.matcher.get_error()}")
