@@ -284,3 +284,40 @@ def test_a_dead_end_in_a_draft_leaves_the_guide_usable(words):
     assert set(torch.isfinite(masked[1]).nonzero().flatten().tolist()) <= {2}
     assert guide.commit(wid("w13")) is None
     assert set(torch.isfinite(guide.masked(torch.randn(words.vocab_size))).nonzero().flatten().tolist()) >= {wid("w5")}
+
+
+# ---- sampling: the masked distribution ------------------------------------------------------------
+
+SAMPLED_REGEX = r"( w[1-5]) w7( w[0-4])( w[0-9]+)*"  # t1 in w1..w5, t2 forced w7, t3 in w0..w4
+
+
+def test_constrained_sampling_draws_from_the_masked_distribution():
+    """p(t1, t3) = masked p(t1) x masked p(t3 | t1, w7), against many seeded generations of plain,
+    forced (w7 drafted) and a drafter of sampled trees (q, most of its tokens illegal, hung under w7)."""
+    from conftest import tiny_model
+    from test_sampling_distribution import RUNS, VOCAB, BadTreeDrafter, tv_threshold
+
+    from paradec.sampling import SamplingParams, target_probs
+
+    model = tiny_model("llama", seed=5, vocab=VOCAB, init_range=0.3)
+    params = SamplingParams(temperature=1.0)
+    prompt = [4, 9, 7]
+    first = torch.tensor([w in {wid(f"w{i}") for i in range(1, 6)} for w in range(VOCAB)])
+    third = torch.tensor([w in {wid(f"w{i}") for i in range(5)} for w in range(VOCAB)])
+    with torch.inference_mode():
+        hf = model.hf_model
+        p1 = target_probs(hf(torch.tensor([prompt])).logits[0, -1].masked_fill(~first, -float("inf")), params)
+        rows = torch.tensor([prompt + [t, wid("w7")] for t in range(VOCAB)])
+        p3 = target_probs(hf(rows).logits[:, -1].masked_fill(~third, -float("inf")), params)
+    exact = p1[:, None] * p3  # (VOCAB, VOCAB): t1, t3
+    c = compile_constraint(Constraint.regex(SAMPLED_REGEX), model)
+    for name, drafter in [("plain", lambda: "plain"), ("forced", lambda: "forced"),
+                          ("bad-tree", lambda: BadTreeDrafter(model))]:
+        counts = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
+        method = drafter()
+        for seed in range(RUNS):
+            r = paradec.generate(model, prompt, method, max_new_tokens=4, temperature=1.0, seed=seed, constraint=c)
+            assert r.token_ids[1] == wid("w7")
+            counts[r.token_ids[0], r.token_ids[2]] += 1
+        tv = 0.5 * (counts / RUNS - exact).abs().sum().item()
+        assert tv < tv_threshold(exact), f"{name}: TV {tv:.4f} vs threshold {tv_threshold(exact):.4f}"
