@@ -12,6 +12,7 @@ from .base import Drafter, StepContext, register
 @register
 class ForcedDrafter(Drafter):
     name = "forced"
+    needs_constraint = True  # without one it is plain: the unconstrained benchmark leaves it out
 
     def propose(self, ctx: StepContext) -> Draft:
         return Draft()
