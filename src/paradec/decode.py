@@ -21,7 +21,7 @@ from .runtime.target import Target
 from .sampling import SamplingParams, sample, target_probs
 from .stats import Stats
 from .text import TextStream
-from .tree import Block, block_mask, block_positions, depths
+from .tree import Block, Draft, block_mask, block_positions, depths
 from .verify import Verdict, verify
 
 
@@ -151,7 +151,9 @@ class Sequence:
         self.forced = len(forced)
         ctx = StepContext(self.tokens + forced, len(self.prompt_ids), room - len(forced), self.params, self.generator,
                           forced=len(forced))
-        draft = self.drafter.propose(ctx).to_depth(wanted - len(forced))
+        # a drafter that reads the target's hidden states has them for committed tokens only: not after forced ones
+        skip = forced and self.features
+        draft = Draft() if skip else self.drafter.propose(ctx).to_depth(wanted - len(forced))
         aux = self.drafter.aux_rows() if not forced else None  # aux rows attend to the root, not to a chain
         return Block(self.tokens[-1], graft(forced, draft), aux).fitted(room)
 
