@@ -98,7 +98,7 @@ class Guide:
             if legal and token not in self.eos:
                 keep[i + 1] = self._row(paths[-1])
         self._goto(())
-        return torch.cat([_where(keep, logits[: len(keep)]), logits[len(keep):]])
+        return _where(keep, logits)
 
     def _row(self, path: tuple[int, ...]) -> np.ndarray:
         """The tokens a row after ``path`` keeps: the allowed ones; all of them when the grammar allows
@@ -146,7 +146,9 @@ class Guide:
 
 
 def _where(keep: np.ndarray, logits: torch.Tensor) -> torch.Tensor:
-    """``logits`` (rows, width) with the entries ``keep`` (rows, width) refuses at -inf (bfloat16 rows
-    come back as float32, which numpy reads)."""
-    values = logits.float() if logits.dtype == torch.bfloat16 else logits
-    return torch.from_numpy(np.where(keep, values.numpy(), -np.inf).astype(values.numpy().dtype, copy=False))
+    """``logits`` (rows, width) with the entries ``keep`` (its first rows, width) refuses at -inf; rows past
+    ``keep`` (aux rows) as they are. bfloat16 rows come back as float32, which numpy reads."""
+    values = (logits.float() if logits.dtype == torch.bfloat16 else logits).numpy()
+    n = len(keep)
+    head = np.where(keep, values[:n], -np.inf).astype(values.dtype, copy=False)
+    return torch.from_numpy(head if n == len(values) else np.concatenate([head, values[n:]]))
