@@ -6,27 +6,19 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from paradec.bench.structured import SCHEMAS, TASKS, examples, valid
 from paradec.cli import main
 
-from test_constraints import bpe_tokenizer
+from test_constraints import bpe_model
 
 
 @pytest.fixture(scope="module")
 def bpe_dir(tmp_path_factory):
-    tok = bpe_tokenizer()
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-    torch.manual_seed(2)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         initializer_range=0.3, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    hf = LlamaForCausalLM(config).eval()
-    hf.generation_config.eos_token_id = tok.eos_token_id
+    model = bpe_model(seed=2, dtype=torch.float32, chat=True, max_positions=1024)
     path = tmp_path_factory.mktemp("tiny-bpe")
-    hf.save_pretrained(path)
-    tok.save_pretrained(path)
+    model.hf_model.save_pretrained(path)
+    model.tokenizer.save_pretrained(path)
     return path
 
 

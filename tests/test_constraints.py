@@ -71,17 +71,23 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>")
 
 
-@pytest.fixture(scope="module")
-def bpe():
-    """A tiny random model over the byte-level BPE: JSON it can spell."""
+def bpe_model(seed: int = 0, dtype: torch.dtype = torch.float64, chat: bool = False, max_positions: int = 256) -> Model:
+    """A tiny random model over the byte-level BPE: JSON it can spell (``chat``: with a chat template)."""
     tok = bpe_tokenizer()
-    torch.manual_seed(0)
+    if chat:
+        tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
                          initializer_range=0.3, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    hf = LlamaForCausalLM(config).to(torch.float64).eval()
+    hf = LlamaForCausalLM(config).to(dtype).eval()
     hf.generation_config.eos_token_id = tok.eos_token_id
     return Model.from_hf(hf, tok, runtime="native", name="tiny-bpe")
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return bpe_model()
 
 
 SCHEMA = {"type": "object", "properties": {

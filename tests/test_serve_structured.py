@@ -11,32 +11,21 @@ import jsonschema
 import openai
 import pydantic
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import paradec
 from paradec import Constraint
-from paradec.model import Model
 from paradec.serve.app import ServeConfig
 
 from serve_helpers import LiveServer
-from test_constraints import SCHEMA, bpe_tokenizer
+from test_constraints import SCHEMA, bpe_model
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
 def bpe_chat():
-    """The tiny byte-level BPE model of test_constraints, with a chat template and confident rows."""
-    tok = bpe_tokenizer()
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-    torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         initializer_range=0.3, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    hf = LlamaForCausalLM(config).to(torch.float64).eval()
-    hf.generation_config.eos_token_id = tok.eos_token_id
-    return Model.from_hf(hf, tok, runtime="native", name="tiny-bpe")
+    """The tiny byte-level BPE model of test_constraints, with a chat template."""
+    return bpe_model(seed=1, chat=True)
 
 
 @pytest.fixture(scope="module")
