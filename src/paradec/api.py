@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence as Items
 from typing import Callable, Iterator
 
+from .constraints import Constraint, Grammar, compile_constraint
 from .decode import Result, Sequence, Step, run
 from .drafters import Drafter, make_drafter
 from .errors import ContextOverflowError, ParadecError
@@ -61,20 +62,30 @@ def prepare(
     method_options: dict | None = None,
     interrupt: Callable[[], str | None] | None = None,
     on_step: Callable[[Step], None] | None = None,
+    constraint: Constraint | Grammar | None = None,
 ) -> Sequence:
     """Check every argument and build the generation's ``Sequence`` (nothing is decoded yet): what
     ``stream`` runs alone and ``paradec.parallel`` runs in a batch. ``method`` defaults to ``auto``,
     the fastest lossless method for the text on this machine. ``on_step``: called with every decoding
-    ``Step`` (``paradec.viz.Trace`` records them for the view)."""
+    ``Step`` (``paradec.viz.Trace`` records them for the view). ``constraint``: a ``paradec.Constraint``
+    (JSON schema, regex, grammar) the output must match; it is checked here, and the output ends where
+    the match is complete (``stats.constraint`` tells whether it got there)."""
     params = checked_params(max_new_tokens, temperature, top_k, top_p, seed)
     model = model if isinstance(model, Model) else load(model, DEFAULT_DTYPE)
     if model.diffusion is not None:
         raise ParadecError(f"'{model.name}' is a diffusion LM: it is decoded by paradec.stream / generate (a "
                            "denoising loop), not stepped as a Sequence")
+    grammar = None
+    if constraint is not None:
+        if stop:
+            raise ParadecError("stop strings cannot be combined with a constraint: the constraint decides where the "
+                               "output ends (a stop string would cut a match short)")
+        grammar = compile_constraint(constraint, model)
     drafter = method if isinstance(method, Drafter) else make_drafter(method, model, **(method_options or {}))
     prompt_ids = encode_prompt(model, prompt, chat)
     check_fits(model, prompt_ids)
-    return Sequence(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt, on_step=on_step)
+    return Sequence(model, drafter, prompt_ids, params, max_new_tokens, stop, interrupt, on_step=on_step,
+                    grammar=grammar)
 
 
 def checked_params(max_new_tokens, temperature, top_k, top_p, seed) -> SamplingParams:
@@ -121,6 +132,7 @@ def prepare_denoising(
     method_options: dict | None = None,
     interrupt: Callable[[], str | None] | None = None,
     on_step: Callable | None = None,
+    constraint: Constraint | None = None,
 ) -> Iterator[str]:
     """``prepare`` for a diffusion LM: check every argument now, return the denoising loop (text pieces,
     then its ``Result``) to iterate. ``method`` names a diffusion decoder (``paradec.diffusion.decoders``)
@@ -131,6 +143,8 @@ def prepare_denoising(
     from .diffusion.loop import denoise, layout
 
     params = checked_params(max_new_tokens, temperature, top_k, top_p, seed)
+    if constraint is not None:
+        raise ParadecError(f"'{model.name}' is a diffusion LM: constraints (structured output) are offered for causal LMs")
     if on_step is not None:
         raise ParadecError(f"'{model.name}' is a diffusion LM: step hooks (on_step, decoding views) are not offered for it")
     if isinstance(method, Decoder):
@@ -158,11 +172,13 @@ def generate(model: Model | str, prompt: Prompt, method: str | Drafter = "auto",
     """Generate a completion with a decoding method (a registered name or a ``Drafter``; by default
     ``auto``, the fastest lossless method for the text on this machine); keyword arguments:
     ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``, ``chat``,
-    ``method_options``, ``interrupt``, ``on_step`` (see ``prepare``).
+    ``method_options``, ``interrupt``, ``on_step``, ``constraint`` (see ``prepare``).
 
     >>> m = paradec.load("smollm2-135m", dtype="float32")
     >>> r = paradec.generate(m, "The capital of France is", max_new_tokens=8)
     >>> r.text, r.token_ids, r.stats.mean_accepted_length
+    >>> schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    >>> paradec.generate(m, "Where is the Louvre? JSON:", constraint=paradec.Constraint.json_schema(schema)).text
     """
     s = stream(model, prompt, method, **kwargs)
     for _ in s:

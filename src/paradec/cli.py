@@ -78,6 +78,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt_ids = encode_prompt(model, args.prompt if args.prompt is not None else EXAMPLE_PROMPT, chat)
     kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                   top_p=args.top_p, seed=args.seed, stop=args.stop, method_options=options)
+    if (constraint := constraint_of(args)) is not None:
+        from .constraints import compile_constraint
+
+        kwargs["constraint"] = compile_constraint(constraint, model)  # a bad one: exit 2 before decoding
     if args.n > 1 or args.first_finish:
         return print_branches(args, model, prompt_ids, kwargs)
     trace = None
@@ -103,7 +107,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if trace is not None:
             print(f"paradec: wrote the decoding view to {args.html}", file=sys.stderr)
         print(s.result.stats.summary(), file=sys.stderr)
+    if s.result.stats.constraint == "incomplete":
+        print(f"paradec: warning: the output does not complete the constraint (stop: {s.result.stats.stop_reason}); "
+              "raise --max-new-tokens", file=sys.stderr)
     return 0
+
+
+def constraint_of(args: argparse.Namespace):
+    """The ``paradec.Constraint`` of --json-schema FILE, --regex or --grammar FILE (None without one)."""
+    from .constraints import Constraint
+
+    def read(path: str) -> str:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except OSError as exc:
+            raise ParadecError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+    if args.json_schema:
+        return Constraint.json_schema(read(args.json_schema))
+    if args.regex is not None:
+        return Constraint.regex(args.regex)
+    if args.grammar:
+        return Constraint.grammar(read(args.grammar))
+    return None
 
 
 def print_branches(args: argparse.Namespace, model, prompt, kwargs: dict) -> int:
@@ -178,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: %(default)s)")
     g.add_argument("--first-finish", action="store_true",
                    help="First Finish Search: print only the first of the --n samples to end")
+    shape = g.add_mutually_exclusive_group()
+    shape.add_argument("--json-schema", metavar="FILE",
+                       help="structured output: the text is JSON that validates against this JSON Schema (written in one "
+                            "layout, keys' quotes and separators forced, so drafted for free)")
+    shape.add_argument("--regex", metavar="REGEX", help="structured output: the whole text matches this regular expression")
+    shape.add_argument("--grammar", metavar="FILE",
+                       help="structured output: the text is a sentence of this grammar, GBNF (llama.cpp) or Lark "
+                            "(llguidance). With any of the three, every method's greedy output equals plain decoding "
+                            "under the same constraint, and the tokens the grammar forces are drafted for free "
+                            "(needs pip install 'paradec[structured]')")
     g.add_argument("--html", metavar="PATH",
                    help="also write a page (one self-contained HTML file) showing each step's draft tree, accepted "
                         "path and bonus token, and the output coloured by how each token was produced")

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from .constraints.forced import graft, inner_step
 from .drafters.base import Drafter, StepContext
 from .model import Model
 from .runtime.target import Block as Rows
@@ -20,7 +21,7 @@ from .runtime.target import Target
 from .sampling import SamplingParams, sample, target_probs
 from .stats import Stats
 from .text import TextStream
-from .tree import Block, block_mask, block_positions, depths
+from .tree import Block, Draft, block_mask, block_positions, depths
 from .verify import Verdict, verify
 
 
@@ -60,13 +61,16 @@ class Sequence:
     ``interrupt`` is asked before every step; a reason it returns (e.g. "cancelled") ends the
     generation there, with that reason as ``stop_reason``. ``generator``: the random source of sampling
     (default: one seeded from ``params.seed``). ``on_step`` is called with every ``Step`` after its
-    forward (None: nothing is recorded).
+    forward (None: nothing is recorded). ``grammar``: a compiled constraint (``paradec.constraints``):
+    every row is masked by it before a token is chosen, a complete match ends the generation, and every
+    method but plain drafts the tokens it forces ahead of its own draft.
     """
 
     def __init__(self, model: Model, drafter: Drafter, prompt_ids: list[int], params: SamplingParams,
                  max_new_tokens: int, stop: list[str] | None = None,
                  interrupt: Callable[[], str | None] | None = None, target: Target | None = None,
-                 generator: torch.Generator | None = None, on_step: Callable[[Step], None] | None = None):
+                 generator: torch.Generator | None = None, on_step: Callable[[Step], None] | None = None,
+                 grammar=None):
         self.model, self.drafter, self.params = model, drafter, params
         self.on_step = on_step
         model.check_ids(prompt_ids)  # a prompt of ids that no tokenizer made: the API's callers, the tests
@@ -84,6 +88,13 @@ class Sequence:
         self.last_step = (0, 0)  # (block rows, tokens verified) of the latest step
         self.result: Result | None = None
         self._step_start = 0.0
+        self.guide = None
+        if grammar is not None:
+            from .constraints.guide import Guide
+
+            self.guide = Guide(grammar)
+        self.forced = 0  # tokens the grammar forced at the head of the current block's draft
+        self.drafts_forced = drafter.name != "plain"  # plain stays the one-token-per-forward baseline
         drafter.begin(list(prompt_ids), params)
 
     @property
@@ -98,6 +109,9 @@ class Sequence:
                 return True
             self.generated.append(token)
             self.tokens.append(token)
+            if self.guide is not None and (end := self.guide.commit(token)):  # complete (only EOS may follow)
+                self.stats.stop_reason = end
+                return True
             if len(self.generated) >= self.max_new_tokens:
                 self.stats.stop_reason = "length"
                 return True
@@ -107,6 +121,8 @@ class Sequence:
         """The prompt has been read: draw the first token from the logits after it, (vocab,).
         Returns the text that is now final."""
         p = self.params
+        if self.guide is not None:
+            logits = self.guide.masked(logits)
         first = int(logits.argmax()) if p.greedy else sample(target_probs(logits, p), self.generator)
         self.done = self.max_new_tokens <= 0 or self._accept([first])
         return self.text.push(self.generated, final=self.done)
@@ -129,16 +145,25 @@ class Sequence:
         if max_rows is not None:
             room = min(room, max_rows)
         self._step_start = time.perf_counter()
-        ctx = StepContext(self.tokens, len(self.prompt_ids), room, self.params, self.generator)
         # A step delivers at most its accepted path + the bonus token: no node deeper than the
         # tokens still wanted after the bonus is worth verifying.
-        draft = self.drafter.propose(ctx).to_depth(self.max_new_tokens - len(self.generated) - 1)
-        return Block(self.tokens[-1], draft, self.drafter.aux_rows()).fitted(room)
+        wanted = self.max_new_tokens - len(self.generated) - 1
+        forced = self.guide.forced(min(room, wanted)) if self.guide is not None and self.drafts_forced else []
+        self.forced = len(forced)
+        ctx = StepContext(self.tokens + forced, len(self.prompt_ids), room - len(forced), self.params, self.generator,
+                          forced=len(forced))
+        # a drafter that reads the target's hidden states has them for committed tokens only: not after forced ones
+        skip = forced and self.features
+        draft = Draft() if skip else self.drafter.propose(ctx).to_depth(wanted - len(forced))
+        aux = self.drafter.aux_rows() if not forced else None  # aux rows attend to the root, not to a chain
+        return Block(self.tokens[-1], graft(forced, draft), aux).fitted(room)
 
     def advance(self, block: Block, logits: torch.Tensor, hidden: torch.Tensor | None = None) -> str:
         """Verify ``block`` against its logits (len(block), vocab), commit the accepted path, learn,
         record; returns the text that is now final. ``hidden`` (len(block), d): the block's hidden
         states, needed when the drafter reads features (``self.features``)."""
+        if self.guide is not None:
+            logits = self.guide.masked_rows(block, logits)
         verdict = verify(block.draft, logits, self.params, self.generator)
         kept = [0] + [i + 1 for i in verdict.accepted]  # root + accepted path stay cached
         self.target.commit(kept)
@@ -146,7 +171,7 @@ class Sequence:
             if hidden is None:
                 raise ValueError(f"method '{self.drafter.name}' reads the target's hidden states: pass them to advance")
             self.drafter.observe_features(hidden[kept])
-        self.drafter.observe(block, logits, verdict)
+        self.drafter.observe(*inner_step(block, logits, verdict, self.forced))
         fresh = len(self.generated)
         self.done = self._accept(verdict.tokens)
         self.last_step = (len(block), len(verdict.tokens))
@@ -154,7 +179,10 @@ class Sequence:
         piece = self.text.push(self.generated[fresh:], final=self.done)
         # the caller gets the step's tokens up to EOS, the token limit or a stop string: count only those
         delivered, method = len(self.text.ids) - fresh, self.drafter.step_method()
+        if self.forced and len(block.draft) == self.forced:  # the grammar drafted this step alone
+            method = "forced"
         self.stats.record_step(depths(block.draft.parents), len(verdict.accepted), delivered, method)
+        self.stats.forced_tokens += min(self.forced, len(verdict.accepted), delivered)
         if self.on_step is not None:
             self.on_step(Step(block, verdict, delivered, method))
         return piece
@@ -164,6 +192,8 @@ class Sequence:
         tail = self.text.push([], final=True)  # when the context window or an interrupt ended the generation
         if self.text.stopped:
             self.stats.stop_reason = "stop"
+        if self.guide is not None:
+            self.stats.constraint = "complete" if self.guide.accepting else "incomplete"
         self.stats.new_tokens = len(self.text.ids)
         self.done = True
         self.result = Result(text=self.text.text, token_ids=list(self.text.ids), stats=self.stats)

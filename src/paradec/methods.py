@@ -20,6 +20,8 @@ BUILTIN_METHODS: dict[str, BuiltinMethod] = {
                                   "be fastest on this machine (measured cost curve) for this text (observed "
                                   "acceptance), or no draft where none pays"),
     "plain": BuiltinMethod("plain", "plain autoregressive decoding (no draft): the baseline, one token per forward pass"),
+    "forced": BuiltinMethod("forced", "only the tokens a constraint's grammar forces (--json-schema, --regex, --grammar), "
+                                      "drafted for free and verified; plain decoding without a constraint"),
     "jacobi": BuiltinMethod("jacobi", "Jacobi decoding: refine a window of guessed tokens each pass, accept the "
                                       "converged prefix (SJD acceptance when sampling)"),
     "lookahead": BuiltinMethod("lookahead", "Lookahead decoding: a W x N Jacobi window harvests n-grams, up to G "

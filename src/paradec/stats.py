@@ -18,6 +18,9 @@ class Stats:
     ``drafted[d]`` / ``accepted[d]``: steps whose draft had a node at depth d+1 / whose delivered
     accepted path reached depth d+1. ``methods``: forward passes per method that drafted them (one
     entry for a fixed method; ``auto`` lists what it picked, "plain" for its steps without a draft).
+    ``forced_tokens``: accepted tokens that a grammar forced (free drafts, ``paradec.constraints``), part of
+    ``accepted_tokens``; ``constraint``: with a constraint, "complete" when the output matches it whole,
+    "incomplete" when the generation ended before (the token limit, the context window), else "".
     Times exclude detokenisation.
     """
 
@@ -26,13 +29,15 @@ class Stats:
     new_tokens: int = 0
     forward_passes: int = 0
     accepted_tokens: int = 0  # accepted draft tokens the caller received, over all steps
+    forced_tokens: int = 0  # of those, the ones a grammar forced
     draft_nodes: int = 0  # draft nodes proposed over all steps (tree nodes, not aux rows)
     drafted: list[int] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)
     methods: dict[str, int] = field(default_factory=dict)
     prefill_time: float = 0.0
     decode_time: float = 0.0
-    stop_reason: str = ""  # eos | length | stop | context
+    stop_reason: str = ""  # eos | length | stop | context | constraint (a grammar's dead end)
+    constraint: str = ""  # complete | incomplete (with a constraint)
 
     def record_step(self, draft_depths: list[int], accepted_len: int, delivered: int, method: str) -> None:
         """One forward: the draft's node depths, the accepted path's length, how many of the step's
@@ -72,11 +77,14 @@ class Stats:
 
     def summary(self) -> str:
         picked = ""
+        forced = f" ({self.forced_tokens} forced by the grammar)" if self.forced_tokens else ""
+        incomplete = ", the output does not complete the constraint" if self.constraint == "incomplete" else ""
         if set(self.methods) - {self.method}:  # auto: what it picked, most used first
             used = sorted(self.methods.items(), key=lambda kv: (-kv[1], kv[0]))
             picked = " (" + ", ".join(f"{name} {steps}" for name, steps in used) + ")"
         return (
             f"[{self.method}] {self.new_tokens} tokens in {self.total_time:.2f}s "
             f"({self.tokens_per_second:.1f} tok/s), {self.forward_passes} forward passes{picked}, "
-            f"{self.mean_accepted_length:.2f} tokens/forward, prefill {self.prefill_time:.2f}s, stop: {self.stop_reason}"
+            f"{self.mean_accepted_length:.2f} tokens/forward{forced}, prefill {self.prefill_time:.2f}s, "
+            f"stop: {self.stop_reason}{incomplete}"
         )

@@ -67,10 +67,12 @@ def add_parser(subparsers) -> None:
         description="Benchmark paradec's decoding methods against plain decoding and against peers "
                     "(transformers generate, prompt lookup, assisted generation, ...), on prompts built from real data.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", default="specbench", choices=["specbench", "parallel"],
+    p.add_argument("--suite", default="specbench", choices=["specbench", "parallel", "structured"],
                    help="'specbench': timed speedups on real data (below); 'parallel': a diffusion LM's decoders on the "
                         "synthetic ParallelBench-like tasks, exact match against positions decided per forward "
-                        "(paradec.bench.diffusion; docs/diffusion.md) (default: %(default)s)")
+                        "(paradec.bench.diffusion; docs/diffusion.md); 'structured': JSON extraction with a schema per "
+                        "task (--categories ner,boolq,asdiv): validity, tokens per forward and speed of plain and each "
+                        "method, with and without the schema (paradec.bench.structured) (default: %(default)s)")
     p.add_argument("--model",
                    help=f"built-in name, Hugging Face model directory or .gguf file (default: {DEFAULT_MODEL}; "
                         f"--suite parallel: {DEFAULT_DLLM}, a diffusion LM)")
@@ -218,6 +220,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _validate(args)
     if args.suite == "parallel":
         return cmd_parallel(args)
+    if args.suite == "structured":
+        from .structured import cmd_structured
+
+        return cmd_structured(args)
     args.model = args.model or DEFAULT_MODEL
     args.max_new_tokens = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     import torch

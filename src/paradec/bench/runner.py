@@ -78,7 +78,8 @@ def needs_extra_model(cls: type[Drafter]) -> bool:
 
 def default_methods() -> list[str]:
     """Every registered lossless method that needs no extra model, plain first (resolved at run time)."""
-    names = [n for n, cls in sorted(METHODS.items()) if getattr(cls, "lossless", True) and not needs_extra_model(cls)]
+    names = [n for n, cls in sorted(METHODS.items()) if getattr(cls, "lossless", True) and not needs_extra_model(cls)
+             and not getattr(cls, "needs_constraint", False)]  # ``forced`` is plain without one (--suite structured)
     return [BASELINE] + [n for n in names if n != BASELINE]
 
 

@@ -17,6 +17,10 @@ costs per node (``Drafter.drafting_cost``: 0 without a drafting model). Plain de
 no method is expected to beat it, the step drafts nothing. Nothing here is timed while decoding, so
 the same text on the same cached curve makes the same choices (and a seeded sample repeats).
 
+Tokens a grammar forces (``StepContext.forced``: f of them, drafted ahead of any draft) are certain:
+they count in every option's tau and rows, so a draft must beat sending the forced chain alone,
+``(1 + f) / c(1 + f)``, rather than plain decoding.
+
 Exploration is optimism (a discounted upper confidence bound): each P_i is scored one standard
 error above its mean, so a method with few observations gets tried; counts fade by ``DECAY`` a step,
 so a method that lost is tried again later, once its failures weigh little (sooner where rows are
@@ -145,27 +149,28 @@ class Arm:
             present.append(r)
         return accept, present
 
-    def plan(self, curve: CostCurve) -> tuple[float, int]:
+    def plan(self, curve: CostCurve, forced: int = 0) -> tuple[float, int]:
         """(optimistic speedup, nodes to cut its draft to) at the best cut; ties go to the smaller.
-        Cuts reach at most twice the nodes observed at least once (faded), plus one."""
+        Cuts reach at most twice the nodes observed at least once (faded), plus one. ``forced``: certain
+        tokens drafted ahead of the draft (their rows cost, they are accepted)."""
         accept, present = self.estimates()
         known = next((i for i, seen in enumerate(self.seen) if seen < 1.0), len(self.seen))
-        tau, nodes = 1.0, 0.0
+        tau, nodes = 1.0 + forced, 0.0
         best = (0.0, 1)
         for s, (p, r) in enumerate(zip(accept[: 2 * known + 1], present), start=1):
             tau, nodes = tau + p, nodes + r
-            gain = tau / (curve(1 + nodes + self.aux) + self.node_cost * nodes)
+            gain = tau / (curve(1 + forced + nodes + self.aux) + self.node_cost * nodes)
             if gain > best[0] * (1 + 1e-9):
                 best = (gain, s)
         return best
 
-    def pays(self, draft: Draft, curve: CostCurve) -> bool:
-        """Whether this proposal (its nodes there, its aux rows known) is expected to beat plain,
-        optimistically as in ``plan``."""
+    def pays(self, draft: Draft, curve: CostCurve, forced: int = 0) -> bool:
+        """Whether this proposal (its nodes there, its aux rows known) is expected to beat plain (with
+        ``forced`` certain tokens ahead of it: the forced chain alone), optimistically as in ``plan``."""
         accept, present = self.estimates()
         n = len(draft)
-        tau = 1.0 + sum(p / r for p, r in zip(accept[:n], present[:n]) if r > 0)
-        return tau > curve(1 + n + self.aux) + self.node_cost * n
+        tau = 1.0 + forced + sum(p / r for p, r in zip(accept[:n], present[:n]) if r > 0)
+        return tau / (curve(1 + forced + n + self.aux) + self.node_cost * n) > base_gain(curve, forced)
 
     def record(self, cap: int, block: Block, verdict: Verdict) -> None:
         n, hits = len(block.draft), set(verdict.accepted)
@@ -173,6 +178,11 @@ class Arm:
             self.seen[i] += 1
             self.sent[i] += i < n
             self.hit[i] += i in hits
+
+
+def base_gain(curve: CostCurve, forced: int) -> float:
+    """The speedup of a step without a draft: 1 (plain), or (1 + f) / c(1 + f) with f forced tokens."""
+    return (1.0 + forced) / curve(1 + forced) if forced else 1.0
 
 
 @register
@@ -219,10 +229,11 @@ class AutoDrafter(Drafter):
         plans = []
         for arm in self.arms:
             arm.fade(self.step)
-            plans.append((*arm.plan(self.curve), arm))
+            plans.append((*arm.plan(self.curve, ctx.forced), arm))
+        base = base_gain(self.curve, ctx.forced)
         for gain, cap, arm in sorted(plans, key=lambda p: -p[0]):  # stable: ties keep the methods' order
             cap = min(cap, ctx.max_nodes)
-            if gain <= 1.0 or cap < 1:
+            if gain <= base or cap < 1:
                 break  # nobody is expected to beat plain decoding
             draft = arm.drafter.propose(dataclasses.replace(ctx, max_nodes=cap)).truncated(cap)
             self.asked.append(arm)
@@ -232,7 +243,7 @@ class AutoDrafter(Drafter):
             arm.aux = len(aux) if aux is not None else 0
             # A sampled draft (q) is sent whatever it drew; a chosen one only if it still pays as it came
             # out (a short match, a window of aux rows): choosing a sampled draft by its draws would bias it.
-            if draft.q is not None or arm.pays(draft, self.curve):
+            if draft.q is not None or arm.pays(draft, self.curve, ctx.forced):
                 self.chosen, self.cap = arm, cap
                 return draft
         return Draft()

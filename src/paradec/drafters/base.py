@@ -30,6 +30,8 @@ class StepContext:
     tokens:    every committed token, prompt first; the last one is the root of the next draft
     prompt_length: how many of ``tokens`` are the prompt
     max_nodes: the most draft nodes the context window still has room for
+    forced:    how many of ``tokens`` (the last ones) a grammar forced this step: they are not committed
+               yet but certain to be, drafted ahead of this draft (``paradec.constraints.forced``)
     """
 
     tokens: list[int]
@@ -37,6 +39,7 @@ class StepContext:
     max_nodes: int
     params: SamplingParams
     generator: torch.Generator | None
+    forced: int = 0
 
 
 # Upper bounds shared by the drafters' options: generous for real use, cheap in the worst case, so

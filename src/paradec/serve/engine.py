@@ -118,6 +118,7 @@ class Engine:
         n = req.n or 1
         if n > self.config.max_batch:
             raise APIError(400, f"n must be at most {self.config.max_batch} here (the server's batch size)", param="n")
+        grammar = self.constraint(req)
         for i in range(n):
             drafters.append(self.drafter(req.paradec, shared=i == 0))
         ids = self.encode(prompt, chat)
@@ -143,12 +144,34 @@ class Engine:
                     stop=req.stop_list(),
                     interrupt=job.interrupt,
                     on_step=view.trace.step if view is not None and i == 0 else None,
+                    **({"constraint": grammar} if grammar is not None else {}),
                 )
                 for i, drafter in enumerate(drafters)
             ]
         except ParadecError as exc:
             raise APIError(400, str(exc)) from exc
         return Prepared(seqs, job, len(ids), drafters[0].name, view)
+
+    def constraint(self, req: s.GenerationRequest):
+        """The request's constraint compiled for the model (``paradec.constraints.Grammar``), or None; a
+        bad one is a 400 naming its field, with the grammar library's message."""
+        try:
+            asked = req.constraints()
+        except (ParadecError, ValueError) as exc:
+            raise APIError(400, str(exc), param="response_format") from exc
+        if not asked:
+            return None
+        param, constraint = asked[0]
+        if len(asked) > 1:
+            raise APIError(400, f"give one constraint, not {' and '.join(p for p, _ in asked)}", param=asked[1][0])
+        if self.model.diffusion is not None:
+            raise APIError(400, "constraints (structured output) are offered for causal LMs, not diffusion LMs", param=param)
+        from ..constraints import compile_constraint
+
+        try:
+            return compile_constraint(constraint, self.model)
+        except ParadecError as exc:
+            raise APIError(400, str(exc), param=param, code="invalid_constraint") from exc
 
     def start(self, prepared: Prepared) -> Generation:
         """Queue a prepared request; 429 when the queue is full, 503 when shutting down."""

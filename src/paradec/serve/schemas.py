@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from ..constraints.spec import Constraint
+
 
 def whole_characters(text: str) -> str:
     """Refuse lone surrogates (U+D800..U+DFFF), the one thing a JSON string holds that text cannot."""
@@ -31,7 +33,8 @@ NonEmptyStr = Annotated[Str, Field(min_length=1)]
 
 
 class ParadecField(BaseModel):
-    """The extra body field ``"paradec": {"method": "lookahead", "options": {...}, "timeout": 30, "view": true}``."""
+    """The extra body field ``"paradec": {"method": "lookahead", "options": {...}, "timeout": 30, "view": true}``;
+    ``"regex"`` or ``"grammar"`` (GBNF or Lark) constrain the output, as ``response_format`` does with JSON."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -39,6 +42,8 @@ class ParadecField(BaseModel):
     options: dict[Str, Any] | None = None
     timeout: Annotated[Number, Field(gt=0)] | None = None  # seconds from arrival; then the answer ends
     view: StrictBool | None = None  # keep the decoding view; the response names its URL
+    regex: NonEmptyStr | None = None  # the whole output matches it
+    grammar: NonEmptyStr | None = None  # the output is a sentence of it
 
 
 class StreamOptions(BaseModel):
@@ -77,6 +82,16 @@ class GenerationRequest(BaseModel):
 
     def token_limit(self) -> int | None:
         return self.max_tokens
+
+    def constraints(self) -> list[tuple[str, Constraint]]:
+        """(param, constraint) of every constraint the request asks for (at most one may be given)."""
+        field = self.paradec
+        out = []
+        if field is not None and field.regex is not None:
+            out.append(("paradec.regex", Constraint.regex(field.regex)))
+        if field is not None and field.grammar is not None:
+            out.append(("paradec.grammar", Constraint.grammar(field.grammar)))
+        return out
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -136,10 +151,32 @@ class Message(BaseModel):
         return self.content or ""
 
 
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: OpenAI's ``{"name", "description", "schema", "strict"}``. paradec
+    enforces the schema whether ``strict`` is true or not."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: Str | None = None
+    description: Str | None = None
+    schema_: dict[Str, Any] | StrictBool | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    type: Str
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def constraint(self) -> Constraint | None:
+        if self.type == "json_object":
+            return Constraint.json_object()
+        if self.type == "json_schema":
+            if self.json_schema is None or self.json_schema.schema_ is None:
+                raise ValueError("response_format type 'json_schema' needs json_schema.schema")
+            return Constraint.json_schema(self.json_schema.schema_)
+        return None
 
 
 class ChatCompletionRequest(GenerationRequest):
@@ -156,9 +193,11 @@ class ChatCompletionRequest(GenerationRequest):
             return "logprobs", "logprobs are not supported"
         if self.tools or self.functions:
             return ("tools" if self.tools else "functions"), "tool calling is not supported"
-        if self.response_format is not None and self.response_format.type != "text":
-            return "response_format", "only response_format type 'text' is supported"
         return super().unsupported()
+
+    def constraints(self) -> list[tuple[str, Constraint]]:
+        fmt = self.response_format.constraint() if self.response_format is not None else None
+        return ([("response_format", fmt)] if fmt is not None else []) + super().constraints()
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -170,7 +209,9 @@ class ChatCompletionRequest(GenerationRequest):
 # ---- responses: plain dicts in the OpenAI shapes, with paradec's stats in an extra field ----
 
 # paradec's stop reasons → OpenAI's finish_reason; a request cut by its time limit ends as "length"
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "deadline": "length"}
+# (a constraint's dead end, "constraint", is cut short too: its output does not complete the constraint)
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "deadline": "length",
+                  "constraint": "length"}
 
 
 def new_id(prefix: str) -> str:
