@@ -315,3 +315,34 @@ def test_the_drafting_thread_ends_with_its_drafter(pair):
     gc.collect()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_the_view_and_stats_show_the_overlap(pair):
+    from paradec.viz import Trace, page_data, render
+
+    target, near, _ = pair
+    trace = Trace()
+    result = paradec.generate(target, PROMPTS[0], "pearl", max_new_tokens=16, on_step=trace.step,
+                              method_options=dict(draft=near, cost_aware=False, overlap=True))
+    data = page_data(trace, result, target.tokenizer, PROMPTS[0])
+    steps = [s["drafting"] for s in data["steps"]]
+    assert all(s is not None for s in steps)
+    assert sum(s["forwards"] for s in steps) == result.stats.draft_forwards > 0
+    assert sum(s["overlapped"] for s in steps) == result.stats.overlapped_forwards
+    assert "draft forwards ran during" in render(data)
+    assert result.to_dict()["stats"]["draft_forwards"] == result.stats.draft_forwards
+
+
+def test_placement_flags():
+    from paradec.bench.cli import command_line
+    from paradec.cli import build_parser, placement_options
+
+    args = build_parser().parse_args(["generate", "x", "--method", "pearl", "--draft", "d", "--draft-threads", "1",
+                                      "--target-threads", "1"])
+    assert placement_options(args) == {"draft_threads": 1, "target_threads": 1}
+    bench = build_parser().parse_args(["bench", "--draft", "d", "--draft-threads", "1"])
+    assert "--draft-threads 1" in command_line(bench)
+    with pytest.raises(ParadecError, match="no option"):  # another method refuses them
+        make_drafter("ngram", None, draft_threads=1)
+    with pytest.raises(ParadecError, match="draft_threads must be"):  # never more threads than cores
+        make_drafter("pearl", None, draft="d", draft_threads=10_000)

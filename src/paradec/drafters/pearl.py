@@ -45,10 +45,9 @@ from .draft_model import load_draft, same_vocab
 from .draft_runner import DraftRunner
 from .draft_tree import DEFAULT_MAX_DRAFT, DEFAULT_MIN_CONFIDENCE
 from .layerskip import DEFAULT_FRACTION, MAX_LAYERS
-from .placement import OverlapCosts, Placement, overlap_costs, place, work_share
+from .placement import OverlapCosts, Placement, machine_cpus, overlap_costs, place, work_share
 from .vocab_bridge import BEHIND, KEPT, SameVocab, TextBridge
 
-MAX_THREADS = 1024
 CURVE_ROWS = 33  # the verify cost read for blocks up to max_draft + 1 rows
 
 
@@ -74,20 +73,21 @@ class PearlConfig(DrafterConfig):
     overlap: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.drafter not in ("draft", "layerskip"):
-            raise ValueError(f"drafter must be 'draft' or 'layerskip', got {self.drafter!r}")
-        if self.drafter == "draft" and not isinstance(self.draft, Model) and not (isinstance(self.draft, str) and self.draft):
-            raise ValueError("pearl needs a draft model: pass --draft MODEL (method option 'draft'), "
-                             "or drafter 'layerskip'")
         check_int(self, "layers", 0, MAX_LAYERS)
         check_int(self, "max_draft", 1, MAX_DEPTH)
         check_number(self, "min_confidence", 0, 1)
         check_bool(self, "adaptive")
         check_bool(self, "cost_aware")
-        check_int(self, "draft_threads", 1, MAX_THREADS, optional=True)
-        check_int(self, "target_threads", 1, MAX_THREADS, optional=True)
+        cores = len(machine_cpus())  # a request's options never start more threads than the machine has cores
+        check_int(self, "draft_threads", 1, cores, optional=True)
+        check_int(self, "target_threads", 1, cores, optional=True)
         if self.overlap is not None:
             check_bool(self, "overlap")
+        if self.drafter not in ("draft", "layerskip"):
+            raise ValueError(f"drafter must be 'draft' or 'layerskip', got {self.drafter!r}")
+        if self.drafter == "draft" and not isinstance(self.draft, Model) and not (isinstance(self.draft, str) and self.draft):
+            raise ValueError("pearl needs a draft model: pass --draft MODEL (method option 'draft'), "
+                             "or drafter 'layerskip'")
 
 
 @register
