@@ -287,7 +287,7 @@ def test_measured_costs_are_read_and_cached(pair, cost_cache):
     drafter = make_drafter("pearl", target, draft=near, overlap=True)
     result = paradec.generate(target, PROMPTS[0], drafter, max_new_tokens=16)
     assert result.token_ids == plain(target, PROMPTS[0], 16)
-    assert drafter.costs is not None and drafter.costs.draft > 0 and drafter.curve[0] == 1.0
+    assert drafter.costs is not None and drafter.costs.draft > 0 and drafter.cost.rows.rows(1) == 1.0
     assert list(cost_cache.glob("overlap-*.json"))
     again = make_drafter("pearl", target, draft=near, overlap=True)
     again.begin(PROMPTS[0], SamplingParams())
@@ -346,3 +346,20 @@ def test_placement_flags():
         make_drafter("ngram", None, draft_threads=1)
     with pytest.raises(ParadecError, match="draft_threads must be"):  # never more threads than cores
         make_drafter("pearl", None, draft="d", draft_threads=10_000)
+
+
+def test_block_cost_example():
+    """The worked example of ``BlockCost``'s docstring."""
+    from paradec.drafters.budget import StepCost
+    from paradec.drafters.pearl import BlockCost
+
+    cost = BlockCost(StepCost((1, 1, 1.3, 1.3, 1.7)), 0.3, overlap=True)
+    assert [round(cost.time(k), 2) for k in range(5)] == [1, 1, 1.3, 1.3, 1.7]
+    values, total, kept = [0.9, 0.8, 0.7, 0.3], 0.0, 0
+    for k, v in enumerate(values, start=1):
+        if not cost.pays(v, k, total):
+            break
+        total, kept = total + v, k
+    assert kept == 3
+    inline = BlockCost(StepCost((1, 1, 1.3, 1.3, 1.7)), 0.3, overlap=False)
+    assert inline.time(2) == 1.3 + 2 * 0.3  # sequential: the drafting adds up

@@ -11,8 +11,9 @@ own with its own cores (``placement.py``), and the loop sees one drafter:
   tokens, and this step sends no draft: the target reads the root alone, which checks the draft's first
   token, while the draft drafts from it.
 - the block's length adapts (+2 after a step that accepted all of it, -1 otherwise, within [1,
-  max_draft]) and is cut where one more row stops paying at the measured costs of both models running side
-  by side (``cost_aware``); the draft stops early where it guesses its path will not be accepted.
+  max_draft]) and is cut where one more token stops paying at the measured costs of both models running
+  side by side (``cost_aware``, ``BlockCost``); the draft stops early where it guesses its path will not
+  be accepted.
 
 What is drafted never depends on timing: the loop waits for a token it decided to send, so the same text
 gives the same blocks (and a seeded sample repeats). With one core, or ``overlap: false``, the draft
@@ -49,6 +50,35 @@ from .placement import OverlapCosts, Placement, machine_cpus, overlap_costs, pla
 from .vocab_bridge import BEHIND, KEPT, SameVocab, TextBridge
 
 CURVE_ROWS = 33  # the verify cost read for blocks up to max_draft + 1 rows
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    """What a step with a block of k target tokens costs, in one-row target forwards, from measured costs.
+
+    Inline: a verify over k + 1 rows plus the k drafting forwards before it (δ each), as ``budget.py``.
+    Overlapped, in the steady state: the slower of the step's two sides, the verify over k + 1 rows or
+    the drafting of the k + 1 tokens (the next block and the guess) that the draft makes meanwhile. A
+    token joins the block while the expected tokens per cost rise: its value is the draft's guess, before
+    drawing it, that the path up to it is accepted (so sampled blocks stay exact, as in ``draft_tree.py``).
+
+    Example (overlapped; verify c(k) = 1, 1, 1.3, 1.3, 1.7; δ = 0.3; values 0.9, 0.8, 0.7, 0.3): times
+    for k = 0..4 are 1, 1, 1.3, 1.3, 1.7 (drafting 5 × 0.3 = 1.5 < 1.7); tokens per cost 1, 1.9, 2.08,
+    2.62, 2.18: the block stops after three tokens.
+    """
+
+    rows: StepCost  # its curve: c(k)/c(1) of a verify over k rows
+    delta: float  # one draft token, in one-row target forwards
+    overlap: bool
+
+    def time(self, k: int, per_token: float = 1.0) -> float:
+        verify, drafting = self.rows.rows(k + 1), self.delta * per_token
+        return max(verify, (k + 1) * drafting) if self.overlap else verify + k * drafting
+
+    def pays(self, value: float, k: int, total: float, per_token: float = 1.0) -> bool:
+        """Whether the k-th token, of ``value``, raises tokens per cost over the first k - 1 (values summing to ``total``);
+        ``per_token``: draft tokens per target token (another tokenizer)."""
+        return (1 + total + value) / self.time(k, per_token) >= (1 + total) / self.time(k - 1, per_token)
 
 
 @dataclass(frozen=True)
@@ -109,9 +139,8 @@ class PearlDrafter(Drafter):
         self.chain = DraftChain(runner, vocab, c.min_confidence, p.draft_threads if p.overlap else 0, p.draft_cpus,
                                 self.native)
         weakref.finalize(self, self.chain.close)  # the drafting thread ends with its drafter
-        self.costs: OverlapCosts | None = None
-        self.curve: tuple[float, ...] | None = None  # c(k)/c(1) of a verify forward (cost_aware)
-        self.wait = 0.0  # δ: one draft token the loop waits for, in one-row target forwards
+        self.costs: OverlapCosts | None = None  # measured side by side (overlap, cost_aware)
+        self.cost: BlockCost | None = None  # what a block costs (cost_aware)
         self.depth = c.max_draft
         self.loop_cores = None  # (thread id, undo) while the loop's thread has the target's cores
 
@@ -135,26 +164,25 @@ class PearlDrafter(Drafter):
         return self.placement.overlap
 
     def begin(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        if self.config.cost_aware and self.curve is None:
-            self._measure_costs()
+        if self.config.cost_aware and self.cost is None:
+            self.cost = self._measured_cost()
         self.depth = self.config.max_draft
         self.params, self.seeded, self.first = params, False, True
-        self.last_rows = 1  # rows of the last verified block
         # across vocabularies the draft is greedy whatever the request samples with (vocab_bridge.py)
         drafting = params if isinstance(self.bridge, SameVocab) else SamplingParams()
         self.chain.begin(self.bridge.prompt(prompt_ids), drafting, 0, self.draft_eos)
 
-    def _measure_costs(self) -> None:
-        """What a block costs: a verify over its rows, plus the draft tokens the loop waits for (δ each)."""
+    def _measured_cost(self) -> BlockCost:
+        """A block's cost from measured costs: side by side on the placement's cores (overlap), or each
+        model's cost curve at the process's threads (``paradec.costs``, inline)."""
         if self.overlap:
             self.costs = overlap_costs(self.model, *self.drafting, self.placement)
-            self.curve = tuple(self.costs.target(k) for k in range(1, CURVE_ROWS + 1))
-            self.wait = self.costs.wait_cost()
-            return
+            curve = tuple(self.costs.target(k) for k in range(1, CURVE_ROWS + 1))
+            return BlockCost(StepCost(curve), self.costs.draft_ratio(), overlap=True)
         from ..costs import cost_curve
 
-        self.curve = measured_curve(self.model, CURVE_ROWS)
-        self.wait = cost_curve(*self.drafting).seconds / cost_curve(self.model).seconds
+        delta = cost_curve(*self.drafting).seconds / cost_curve(self.model).seconds
+        return BlockCost(StepCost(measured_curve(self.model, CURVE_ROWS)), delta, overlap=False)
 
     def propose(self, ctx: StepContext) -> Draft:
         chain = self.chain
@@ -176,7 +204,7 @@ class PearlDrafter(Drafter):
             chain.want(base + lookahead)
             chain.set_verifying(True)
             return Draft()
-        draft, used = self._block(min(self.depth, ctx.max_nodes), kept)
+        draft, used = self._block(min(self.depth, ctx.max_nodes))
         if self.overlap:  # post-verify: draft the guess and the next block while the target verifies this one
             with chain.cond:
                 base = chain.base
@@ -199,14 +227,12 @@ class PearlDrafter(Drafter):
             with self.chain.cond:
                 force = len(self.chain.seq) < n  # it cannot grow (halted): restart
 
-    def _block(self, limit: int, kept: bool) -> tuple[Draft, int]:
+    def _block(self, limit: int) -> tuple[Draft, int]:
         """The next block: up to ``limit`` target tokens of the chain, waiting for the draft where it is
-        behind, cut where a row stops paying. Returns it and the chain tokens it uses."""
-        chain = self.chain
-        cost = StepCost(self.curve, self.wait * self.bridge.per_target_token()) if self.curve is not None else None
-        # draft tokens expected ready without waiting: what the draft made during the last verify, less the guess
-        ready = self.costs.ready(self.last_rows) - 1 if self.overlap and kept and self.costs is not None else 0
-        tokens, qs, used, total, waited = [], [], 0, 0.0, 0
+        behind, cut where one more token stops paying (``BlockCost``). Returns it and the chain tokens it uses."""
+        chain, cost = self.chain, self.cost
+        per_token = self.bridge.per_target_token()  # chain tokens per target token
+        tokens, qs, used, total = [], [], 0, 0.0
         while len(tokens) < limit:
             with chain.cond:
                 view = self.bridge.view(chain)
@@ -219,11 +245,9 @@ class PearlDrafter(Drafter):
                         break
                 continue
             p = view[j]
-            if cost is not None:
-                new = j >= ready
-                if not cost.pays(p.plan, j, total, waited, new_forward=new):
-                    break
-                total, waited = total + p.plan, waited + new
+            if cost is not None and not cost.pays(p.plan, j + 1, total, per_token):
+                break
+            total += p.plan
             tokens.append(p.token)
             qs.append(p.q)
             used = p.needs
@@ -232,7 +256,6 @@ class PearlDrafter(Drafter):
     def observe(self, block: Block, logits: torch.Tensor, verdict) -> None:
         self.chain.set_verifying(False)
         n = len(block.draft)
-        self.last_rows = n + 1
         if self.config.adaptive and n:
             full = len(verdict.accepted) == n
             self.depth = min(self.depth + 2, self.config.max_draft) if full else max(self.depth - 1, 1)
@@ -241,7 +264,7 @@ class PearlDrafter(Drafter):
         return Overlap(*self.chain.report())
 
     def drafting_cost(self) -> float:
-        return self.wait
+        return self.cost.delta if self.cost is not None else 0.0
 
     def end(self) -> None:
         self.chain.halt()

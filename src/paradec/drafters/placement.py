@@ -9,9 +9,8 @@ first cores, the draft the next ones.
 
 Costs: two forwards at once on one machine slow each other (memory bandwidth, shared caches), so the
 costs that matter are measured with both running: the target's forward over k rows while the draft
-drafts on its cores, the draft's one-row forward while the target verifies, and the draft's alone
-(what the loop waits for when the draft is behind). A few seconds, once per machine, pair of models
-and placement, cached as JSON beside the cost curves.
+drafts on its cores, and the draft's one-row forward meanwhile. A few seconds, once per machine, pair
+of models and placement, cached as JSON beside the cost curves (``paradec.costs``).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import statistics
 import threading
@@ -89,26 +87,14 @@ def work_share(target_model, draft_model, layers: int | None) -> float:
 @dataclass(frozen=True)
 class OverlapCosts:
     """target: the target's verify forward over k rows while the draft drafts (``.seconds`` = 1 row);
-    draft: the draft's one-row forward while the target verifies; draft_alone: while it waits."""
+    draft: the draft's one-row forward while the target verifies."""
 
     target: CostCurve
     draft: float
-    draft_alone: float
 
-    def verify_seconds(self, rows: int) -> float:
-        return self.target.seconds * self.target(rows)
-
-    def ready(self, rows: int) -> int:
-        """Draft tokens made while the target verifies ``rows`` rows."""
-        return math.floor(self.verify_seconds(rows) / self.draft)
-
-    def wait_cost(self) -> float:
-        """One draft token the loop waits for, in one-row target forwards."""
-        return self.draft_alone / self.target.seconds
-
-    def to_dict(self) -> dict:
-        return {"target_seconds": self.target.seconds, "target_curve": self.target.to_dict(), "draft": self.draft,
-                "draft_alone": self.draft_alone}
+    def draft_ratio(self) -> float:
+        """One draft forward in one-row target forwards, both running."""
+        return self.draft / self.target.seconds
 
 
 def overlap_costs(target_model, draft_model, layers: int | None, placement: Placement) -> OverlapCosts:
@@ -123,46 +109,47 @@ def overlap_costs(target_model, draft_model, layers: int | None, placement: Plac
         data = json.loads(path.read_text())
         if data["key"] == key:
             return OverlapCosts(CostCurve.from_seconds({int(k): v for k, v in data["target"].items()}),
-                                float(data["draft"]), float(data["draft_alone"]))
+                                float(data["draft"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     log.warning("measuring the target's and the draft's forwards side by side on their cores (once; cached in %s)",
                 path.parent)
-    times, draft, alone = _measure(target_model, draft_model, layers, placement)
+    times, draft = _measure(target_model, draft_model, layers, placement)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "target": {str(k): v for k, v in times.items()}, "draft": draft,
-                                   "draft_alone": alone}, indent=1))
+        tmp.write_text(json.dumps({"key": key, "target": {str(k): v for k, v in times.items()}, "draft": draft},
+                                  indent=1))
         tmp.replace(path)
     except OSError as exc:
         log.warning("could not cache the overlap costs in %s: %s", path.parent, exc)
-    return OverlapCosts(CostCurve.from_seconds(times), draft, alone)
+    return OverlapCosts(CostCurve.from_seconds(times), draft)
 
 
 def _measure(target_model, draft_model, layers, placement: Placement):
-    """Each model on a thread with its own cores, as ``pearl`` runs them: the draft alone, then the
-    target's k-row forwards while the draft drafts without pause."""
+    """Each model on a thread with its own cores, as ``pearl`` runs them: the target's k-row forwards
+    while the draft drafts without pause, and the draft's forwards meanwhile."""
     out: dict = {}
     stop, running = threading.Event(), threading.Event()
     native = getattr(target_model.runtime, "name", "") == "native"
 
-    def drafting(rounds: int | None) -> None:
+    def drafting() -> None:
         undo = use_cores(placement.draft_threads, placement.draft_cpus, native)
         try:
             t = draft_model.target(layers)
             vocab = draft_model.vocab_size
             t.prefill([(7 * i + 3) % vocab for i in range(min(CONTEXT, draft_model.max_length - 2))])
             seconds, i = [], 0
-            while (rounds is None and (not stop.is_set() or i < 3)) or (rounds is not None and i < rounds):
+            while not stop.is_set() or i < 3:
                 start = time.perf_counter()
                 t.forward([(5 * i + 1) % vocab], [0])
                 seconds.append(time.perf_counter() - start)
                 t.commit([])
                 i += 1
                 running.set()
-            out["alone" if rounds is not None else "draft"] = statistics.median(seconds[2:] or seconds)
+            out["draft"] = statistics.median(seconds[1:])
         finally:
+            running.set()
             undo()
 
     def verifying() -> None:
@@ -174,16 +161,14 @@ def _measure(target_model, draft_model, layers, placement: Placement):
             undo()
             stop.set()
 
-    _in_thread(drafting, 12)
-    running.clear()
-    side = threading.Thread(target=drafting, args=(None,), daemon=True)
+    side = threading.Thread(target=drafting, daemon=True)
     side.start()
     _in_thread(verifying)
     side.join()
-    missing = {"target", "draft", "alone"} - set(out)
+    missing = {"target", "draft"} - set(out)
     if missing:
         raise RuntimeError(f"measuring pearl's placement failed ({', '.join(sorted(missing))} not measured)")
-    return out["target"], out["draft"], out["alone"]
+    return out["target"], out["draft"]
 
 
 def _in_thread(fn, *args) -> None:
