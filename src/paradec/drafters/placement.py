@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 KS = (1, 2, 3, 4, 6, 8, 12, 16)  # rows of the target's measured verify forwards
 CONTEXT = 64  # tokens in each cache before the measured rows
-ROUNDS = 3
+ROUNDS = 5
 PROTOCOL = 1
 
 
