@@ -3,7 +3,7 @@
 Which drafter pays depends on the text (n-gram lookup where the output copies its input, Token
 Recycling on open-ended text, nothing where no drafter guesses well) and on the machine: a forward
 over k rows costs c(k) one-row forwards, 1.16 at 2 rows but 5.8 at 16 for 4-bit SmolLM2 on an AVX2
-CPU (``costs.py``). ``auto`` holds one drafter of each candidate method, learns online how often each
+CPU (``costs.py``), and more with a longer cache (the curve is read at the sequence's context length). ``auto`` holds one drafter of each candidate method, learns online how often each
 node of their drafts is accepted, and every step sends the draft of best expected speedup::
 
     speedup(method, s) = tau(s) / (c(1 + rows(s) + aux) + d * rows(s))
@@ -37,7 +37,9 @@ drafter cut to nothing (as the loop cuts a draft at the end of the context).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -145,7 +147,7 @@ class Arm:
             present.append(r)
         return accept, present
 
-    def plan(self, curve: CostCurve) -> tuple[float, int]:
+    def plan(self, curve: Callable[[float], float]) -> tuple[float, int]:
         """(optimistic speedup, nodes to cut its draft to) at the best cut; ties go to the smaller.
         Cuts reach at most twice the nodes observed at least once (faded), plus one."""
         accept, present = self.estimates()
@@ -159,7 +161,7 @@ class Arm:
                 best = (gain, s)
         return best
 
-    def pays(self, draft: Draft, curve: CostCurve) -> bool:
+    def pays(self, draft: Draft, curve: Callable[[float], float]) -> bool:
         """Whether this proposal (its nodes there, its aux rows known) is expected to beat plain,
         optimistically as in ``plan``."""
         accept, present = self.estimates()
@@ -216,10 +218,11 @@ class AutoDrafter(Drafter):
     def propose(self, ctx: StepContext) -> Draft:
         self.step += 1
         self.chosen, self.asked = None, []
+        curve = functools.partial(self.curve, context=len(ctx.tokens))  # rows cost more with a longer cache
         plans = []
         for arm in self.arms:
             arm.fade(self.step)
-            plans.append((*arm.plan(self.curve), arm))
+            plans.append((*arm.plan(curve), arm))
         for gain, cap, arm in sorted(plans, key=lambda p: -p[0]):  # stable: ties keep the methods' order
             cap = min(cap, ctx.max_nodes)
             if gain <= 1.0 or cap < 1:
@@ -232,7 +235,7 @@ class AutoDrafter(Drafter):
             arm.aux = len(aux) if aux is not None else 0
             # A sampled draft (q) is sent whatever it drew; a chosen one only if it still pays as it came
             # out (a short match, a window of aux rows): choosing a sampled draft by its draws would bias it.
-            if draft.q is not None or arm.pays(draft, self.curve):
+            if draft.q is not None or arm.pays(draft, curve):
                 self.chosen, self.cap = arm, cap
                 return draft
         return Draft()
