@@ -165,6 +165,7 @@ class Sequence:
             self.stats.stop_reason = "stop"
         self.stats.new_tokens = len(self.text.ids)
         self.done = True
+        self.drafter.finish(list(self.tokens))
         self.result = Result(text=self.text.text, token_ids=list(self.text.ids), stats=self.stats)
         return tail
 

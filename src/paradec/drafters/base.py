@@ -95,6 +95,10 @@ class Drafter:
         ``observe``). Together they cover every committed token but the newest (the next root).
         Called only when ``reads_features``."""
 
+    def finish(self, tokens: list[int]) -> None:
+        """The generation ended; ``tokens``: every committed token, prompt first (``suffix`` keeps the
+        conversation in its corpus)."""
+
     def observe(self, block: Block, logits: torch.Tensor, verdict: "Verdict") -> None:
         """Learn from a verified step. ``block``: what the target read: the proposed draft (cut to
         fit the context near its end) and the aux rows, or ``aux=None`` if there were none or they
