@@ -103,6 +103,7 @@ class TreeDrafter(Drafter):
         self.max_depth = min(config.max_draft, self.runner_depth())
         self.depth = self.max_depth
         self.cost: StepCost | None = None
+        self.values: list[float] = []
         if config.cost_aware:
             from ..costs import cost_curve
 
@@ -179,6 +180,7 @@ class TreeDrafter(Drafter):
             d = depths(parents)
             logits = self.runner.feed(grow, [tokens[i] for i in grow], [d[i] for i in grow], [_ancestors(parents, i) for i in grow])
             frontier = [(i, score[i], logits[j]) for j, i in enumerate(grow)]
+        self.values = score  # each node's path probability under the draft (``merge`` values nodes by it)
         return Draft(tokens=tokens, parents=parents, q=None if ctx.params.greedy else qs)
 
     def observe(self, block: Block, logits: torch.Tensor, verdict) -> None:
