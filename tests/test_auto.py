@@ -111,7 +111,7 @@ def test_records_its_choices_in_the_stats(model):
     result = paradec.generate(model, PROMPTS[2], "auto", max_new_tokens=40, method_options={"costs": FLAT})
     stats = result.stats
     assert stats.method == "auto" and sum(stats.methods.values()) == stats.forward_passes
-    assert set(stats.methods) <= {"plain", "ngram", "recycling", "lookahead", "jacobi"}
+    assert set(stats.methods) <= {"plain", "merge", "ngram", "lookahead", "jacobi"}
     assert set(stats.methods) - {"plain"} and stats.accepted_tokens > 0
     assert stats.to_dict()["methods"] == stats.methods
     assert "auto" not in stats.methods and any(f"{m} {n}" in stats.summary() for m, n in stats.methods.items())

@@ -50,8 +50,10 @@ from ..tree import Block, Draft
 from ..verify import Verdict
 from .base import MAX_NODES, Drafter, DrafterConfig, StepContext, make_drafter, register
 
-DEFAULT_METHODS = ("ngram", "recycling", "lookahead", "jacobi")
-CANDIDATES = DEFAULT_METHODS + ("draft", "layerskip")  # the lossless methods; the last two need a model
+DEFAULT_METHODS = ("merge", "ngram", "lookahead", "jacobi")
+# the lossless methods; draft and layerskip need a model, eagle and medusa a trained head (merge holds
+# the shipped eagle head where there is one)
+CANDIDATES = DEFAULT_METHODS + ("suffix", "recycling", "eagle", "medusa", "draft", "layerskip")
 PRIOR_ACCEPT = 0.5  # the guess for a method's first node, before any observation
 GROWTH = 0.8  # a node never observed: guessed accepted this times as often as the node before it
 PRIOR_WEIGHT = 1.0  # the guesses weigh as much as one observed step
@@ -67,13 +69,15 @@ SUB_OPTIONS = {
     "lookahead": {"min_accept": 0},
     "jacobi": {"min_accept": 0},
 }
-SIZE_OPTION = {"ngram": "max_nodes", "recycling": "tree_size"}
+SIZE_OPTION = {"ngram": "max_nodes", "recycling": "tree_size", "merge": "max_nodes", "suffix": "max_nodes",
+               "eagle": "tree_nodes", "medusa": "tree_nodes"}
 
 
 @dataclass(frozen=True)
 class AutoConfig(DrafterConfig):
-    """methods: the candidates, among ngram, recycling, lookahead, jacobi, draft, layerskip (None: the
-    first four, plus draft when a draft model is given); max_nodes: the largest draft sent (its cost
+    """methods: the candidates, among merge, ngram, lookahead, jacobi, suffix, recycling, eagle, medusa,
+    draft, layerskip (None: the first four, plus draft when a draft model is given; merge joins suffix,
+    recycling and the shipped eagle head's branches in one tree, ``merge.py``); max_nodes: the largest draft sent (its cost
     curve is measured up to 16 rows); costs: the cost curve by hand, ``{k: c(k)/c(1)}`` (None: measured
     once per machine, model, dtype, runtime, quantization and thread count, and cached: ``costs.py``);
     options: the candidates' options by method, over auto's own (e.g. ``{"ngram": {"max_n": 3}}``);
@@ -192,6 +196,7 @@ class AutoDrafter(Drafter):
             methods = c.methods or DEFAULT_METHODS + (("draft",) if c.draft is not None else ())
             candidates = [make_drafter(m, model, **self.options(m)) for m in methods]
         self.arms = [Arm(drafter, c.max_nodes) for drafter in candidates]
+        self.reads_features = any(arm.drafter.reads_features for arm in self.arms)  # a head among them
         self.curve = CostCurve.of(c.costs) if c.costs is not None else None  # None: measured on first use
         self.step = 0
         self.chosen: Arm | None = None  # whose draft the last propose returned
@@ -204,6 +209,8 @@ class AutoDrafter(Drafter):
         options = {**SUB_OPTIONS.get(method, {}), **size, **(self.config.options or {}).get(method, {})}
         if method == "draft":
             options["draft"] = self.config.draft if self.config.draft is not None else ""
+        if method == "merge" and self.config.costs is not None:
+            options.setdefault("costs", self.config.costs)  # one curve for auto and the merge it sends
         return options
 
     def begin(self, prompt_ids: list[int], params) -> None:
@@ -214,6 +221,15 @@ class AutoDrafter(Drafter):
             arm.node_cost = arm.drafter.drafting_cost()
             arm.carry(CARRY)
         self.chosen, self.asked, self.used = None, [], "plain"
+
+    def finish(self, tokens: list[int]) -> None:
+        for arm in self.arms:
+            arm.drafter.finish(tokens)
+
+    def observe_features(self, features: torch.Tensor) -> None:
+        for arm in self.arms:
+            if arm.drafter.reads_features:
+                arm.drafter.observe_features(features)
 
     def propose(self, ctx: StepContext) -> Draft:
         self.step += 1
@@ -229,6 +245,7 @@ class AutoDrafter(Drafter):
                 break  # nobody is expected to beat plain decoding
             draft = arm.drafter.propose(dataclasses.replace(ctx, max_nodes=cap)).truncated(cap)
             self.asked.append(arm)
+            arm.node_cost = arm.drafter.drafting_cost()  # merge: the costly members it asked this step
             if not len(draft):
                 continue  # nothing to draft here (no n-gram match): the next candidate
             aux = arm.drafter.aux_rows()
