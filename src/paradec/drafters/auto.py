@@ -226,6 +226,10 @@ class AutoDrafter(Drafter):
         for arm in self.arms:
             arm.drafter.finish(tokens)
 
+    def use_corpus(self, corpus) -> None:
+        for arm in self.arms:
+            arm.drafter.use_corpus(corpus)
+
     def observe_features(self, features: torch.Tensor) -> None:
         for arm in self.arms:
             if arm.drafter.reads_features:

@@ -95,6 +95,10 @@ class Drafter:
         ``observe``). Together they cover every committed token but the newest (the next root).
         Called only when ``reads_features``."""
 
+    def use_corpus(self, corpus) -> None:
+        """Read and add to ``corpus`` (a ``suffix.SuffixCorpus``: a server's, one per API key) instead of
+        a corpus of its own; drafters without one ignore it, those that hold others pass it on."""
+
     def finish(self, tokens: list[int]) -> None:
         """The generation ended; ``tokens``: every committed token, prompt first (``suffix`` keeps the
         conversation in its corpus)."""

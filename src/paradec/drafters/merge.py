@@ -219,6 +219,10 @@ class MergeDrafter(Drafter):
         for m in self.members:
             m.drafter.finish(tokens)
 
+    def use_corpus(self, corpus) -> None:
+        for m in self.members:
+            m.drafter.use_corpus(corpus)
+
     def observe_features(self, features: torch.Tensor) -> None:
         for m in self.members:
             if m.drafter.reads_features:

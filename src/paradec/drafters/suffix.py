@@ -132,6 +132,9 @@ class SuffixDrafter(Drafter):
         self.corpus = corpus
         self.values: list[float] = []  # the last draft's node values (path frequencies)
 
+    def use_corpus(self, corpus: SuffixCorpus) -> None:
+        self.corpus = corpus
+
     def begin(self, prompt_ids: list[int], params) -> None:
         self.context = SuffixAutomaton()
         self.context.start()

@@ -76,6 +76,7 @@ class Engine:
         self.build(config.method, self.operator_options(config.method))  # a bad default fails now
         self._drafters: OrderedDict[tuple[str, str], Drafter] = OrderedDict()
         self._drafters_lock = threading.Lock()
+        self._corpora: OrderedDict[str, Any] = OrderedDict()  # API key owner → its suffix corpus
         measure = config.cost_curve == "measure" and model.diffusion is None  # diffusion LMs do not draft
         switch = DraftSwitch(cost_curve(model)) if measure else None
         self.worker = Worker(config.max_queue, config.max_batch, switch)
@@ -103,6 +104,9 @@ class Engine:
         if n > self.config.max_batch:
             raise APIError(400, f"n must be at most {self.config.max_batch} here (the server's batch size)", param="n")
         drafters = [self.drafter(req.paradec, shared=i == 0) for i in range(n)]
+        if owner is not None:  # the suffix drafters read and grow this key's earlier conversations
+            for drafter in drafters:
+                drafter.use_corpus(self.corpus(owner))
         ids = self.encode(prompt, chat)
         limit = self.token_budget(req, len(ids), default_limit, "messages" if chat else "prompt")
         if self.model.diffusion is not None and req.token_limit() is None:
@@ -216,6 +220,17 @@ class Engine:
             if len(self._drafters) > MAX_DRAFTERS:
                 self._drafters.popitem(last=False)
         return drafter
+
+    def corpus(self, owner: str):
+        """The corpus of earlier conversations of one API key (``drafters.suffix``): never another key's."""
+        from ..drafters.suffix import SuffixCorpus
+
+        with self._drafters_lock:
+            corpus = self._corpora.setdefault(owner, SuffixCorpus())
+            self._corpora.move_to_end(owner)
+            if len(self._corpora) > MAX_DRAFTERS:
+                self._corpora.popitem(last=False)
+            return corpus
 
     def methods(self) -> list[str]:
         """The method names requests may use: the drafters, or a diffusion LM's decoders (and "plain")."""

@@ -61,7 +61,7 @@ def add_parser(subparsers) -> None:
     st.add_argument("--reuse", type=float, default=3.0, help="stream: reads of each new chunk (default: %(default)s)")
     st.add_argument("--val-prompts", type=int, default=24, help="stream: prompts kept for validation (default: %(default)s)")
     st.add_argument("--eval-every", type=int, default=100, help="stream: steps between validations and head files (default: %(default)s)")
-    st.add_argument("--init", default="target", choices=["target", "random"],
+    st.add_argument("--init", default="random", choices=["target", "random"],
                     help="stream: start the head's layer from the target's last layer, or at random (default: %(default)s)")
     t = p.add_argument_group("training")
     t.add_argument("--subset", type=int, default=4096, help="tokens the head can draft: the most frequent (default: %(default)s)")
@@ -70,6 +70,9 @@ def add_parser(subparsers) -> None:
     t.add_argument("--epochs", type=float, default=2.0, help="passes over the training chunks (default: %(default)s)")
     t.add_argument("--batch", type=int, default=4, help="chunks per step (default: %(default)s)")
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    t.add_argument("--warmup", type=int, default=20, help="warm-up steps (default: %(default)s)")
+    t.add_argument("--cls-weight", type=float, default=0.1,
+                   help="eagle: weight of the distribution (KL) loss beside the feature loss (default: %(default)s)")
     t.add_argument("--seed", type=int, default=0, help="seed of data order, initialisation and noise (default: %(default)s)")
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.set_defaults(func=cmd_train)
@@ -126,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data_cfg = DataConfig(tokens=args.tokens, chunk=args.chunk, answers=args.answers, answer_tokens=args.answer_tokens,
                               code_share=args.code_share, seed=args.seed)
         train_cfg = TrainConfig(kind=args.kind, subset=args.subset, depth=args.depth, unroll=args.unroll, epochs=args.epochs,
-                                batch=args.batch, lr=args.lr, seed=args.seed)
+                                batch=args.batch, lr=args.lr, warmup=args.warmup, cls_weight=args.cls_weight, seed=args.seed)
     except ValueError as exc:
         raise ParadecError(str(exc)) from None
     if args.stream:

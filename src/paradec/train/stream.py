@@ -26,7 +26,10 @@ minutes, validation), so the newest head can be shipped at any time.
 
 Initialisation (``init="target"``): the head's decoder layer starts as the target's last layer (its
 input norm folded into q, k, v, since the head has none) and ``fc`` passes the feature through, so the
-head starts as "one more target layer"; ``init="random"`` is EAGLE's small random start.
+head starts as "one more target layer"; ``init="random"`` (the default) is EAGLE's small random start.
+Measured on SmolLM2-135M (the same 44 chunks, 40 steps of 4): random 0.154 top-1 agreement at depth
+1, target 0.000 (from 0.004): the last layer expects the residual stream, not final-normed features,
+and its outputs are far off the features' scale.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class StreamConfig:
     reuse: float = 3.0
     val_prompts: int = 24
     eval_every: int = 100
-    init: str = "target"
+    init: str = "random"
     subset_docs: int = 4000
 
     def __post_init__(self) -> None:
