@@ -123,3 +123,24 @@ def test_options_are_checked():
                              ({"corpus_tokens": 1 << 30}, "corpus_tokens")]:
         with pytest.raises(paradec.ParadecError, match=message):
             make_drafter("suffix", model, **options)
+
+
+def test_the_server_keeps_one_corpus_per_api_key():
+    """With an API key, a suffix drafter reads and grows that key's corpus: the same request a second
+    time is drafted from the first answer; the corpus of one key is never another's."""
+    import httpx
+    from serve_helpers import LiveServer
+
+    from paradec.serve.app import ServeConfig
+
+    model = tiny_model("llama", seed=3)
+    body = {"model": model.name, "prompt": "w11 w12 w13 w14", "max_tokens": 24, "temperature": 0}
+    with LiveServer(model, ServeConfig(api_key="k", method="suffix", cost_curve="off")) as srv, \
+            httpx.Client(base_url=srv.url, headers={"Authorization": "Bearer k"}) as http:
+        first, second = (http.post("/v1/completions", json=body).json() for _ in range(2))
+        assert first["choices"][0]["text"] == second["choices"][0]["text"]
+        forwards = [r["paradec"]["stats"]["forward_passes"] for r in (first, second)]
+        assert forwards[1] < forwards[0]
+        engine = srv.app.state.engine
+        assert len(engine._corpora) == 1 and next(iter(engine._corpora.values())).tokens > 0
+        assert engine.corpus("another key") is not engine.corpus(next(iter(engine._corpora)))
