@@ -25,7 +25,13 @@ next-token distributions, through its LM head).
 resumable: rerun the same command to continue (data, labels and training checkpoints stay in --out);
 --kind medusa in the same --out reuses eagle's data and labels.
 
+stream (--stream, eagle): self-distillation on the target's own greedy answers to prompts built from the
+same records (never the benchmark's), labelled while it answers (its features, recorded by the decoding
+loop: no separate labelling pass); a replay buffer of the newest chunks; resumable; DIR/eagle.safetensors
+and its manifest are rewritten at every validation (--eval-every), so the newest head can be shipped.
+
 examples:
+  paradec train-drafter --stream --out runs/s1 --steps 500 --reuse 6 --cls-weight 1.0 --lr 0.0015   # streamed
   paradec train-drafter --out runs/v2 --tokens 200000 --answers 80 --epochs 1.5 --threads 1   # the shipped
   paradec train-drafter --kind medusa --out runs/v2 --tokens 200000 --answers 80 --epochs 1.5   # smollm2-135m heads
   paradec train-drafter --tokens 20000 --answers 0 --epochs 1 --out /tmp/quick   # a few minutes
