@@ -15,8 +15,9 @@ their frequency: a node's value is the product, along its path, of ``count(child
 (the two automata's counts added), the estimate SuffixDecoding uses. The draft grows with the match:
 at most ``alpha × match length`` nodes (a long match is a confident one), none below ``min_prob``.
 
-Memory: the context automaton holds the prompt and output (~0.4 kB a token); the corpus at most
-``corpus_tokens`` tokens (default 65,536: ~26 MB), the oldest conversations dropped first.
+Memory: the context automaton holds the prompt and output (~0.43 kB a token); the corpus at most
+``corpus_tokens`` tokens (default 65,536: ~28 MB, and a copy while a conversation is added), the oldest
+conversations dropped first.
 
 Drafts are deterministic proposals (no ``q``): lossless in greedy and sampling alike.
 """

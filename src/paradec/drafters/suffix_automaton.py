@@ -14,7 +14,8 @@ very repetitive text, where a chain grows with the repetition) the counts of the
 lower bounds. They rank continuations; exactness never depends on them.
 
 Memory: two states per token at most, one transition per state on average (three at most); measured
-~0.4 kB per token in CPython (per-state dicts). Whoever holds one bounds the tokens it adds
+in CPython (per-state dicts, tracemalloc): 432 bytes per token on 50k tokens of English records
+(1.3 states per token), 322 on a repeated 20-token pattern. Whoever holds one bounds the tokens it adds
 (``SuffixCorpus`` keeps the newest documents up to a token budget).
 
 Worked example, documents ``[1, 2, 3]`` and ``[1, 2, 4]``: the state of ``[1, 2]`` has transitions
