@@ -3,6 +3,7 @@ answers equal a prefill's, chunks pack conversations, training resumes, the head
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -92,7 +93,8 @@ def test_stream_trains_resumes_and_writes_a_head_that_drafts_exactly(model, tmp_
 
 def test_init_from_target_starts_the_layer_as_the_targets_last(model, tmp_path):
     cfg = StreamConfig(steps=1, sequences=2, answer_tokens=6, chunk=16, val_prompts=2, subset_docs=5)
-    trainer = StreamTrainer(model, cfg, TrainConfig(subset=48), tmp_path, fake_prompts, fake_docs, log=lambda line: None)
+    trainer = StreamTrainer(model, dataclasses.replace(cfg, init="target"), TrainConfig(subset=48), tmp_path, fake_prompts,
+                            fake_docs, log=lambda line: None)
     w = target_parts.last_layer(model)
     assert torch.allclose(trainer.head.down.weight, w["down"])
     assert torch.allclose(trainer.head.q.weight, w["q"] * w["attn_norm"])

@@ -50,10 +50,14 @@ from ..tree import Block, Draft
 from ..verify import Verdict
 from .base import MAX_NODES, Drafter, DrafterConfig, StepContext, make_drafter, register
 
-DEFAULT_METHODS = ("merge", "ngram", "lookahead", "jacobi")
+# merge holds suffix, recycling and the shipped eagle head and sizes its tree by the cost curve; ngram is
+# a cheap probe for long copies. lookahead and jacobi are candidates on request only: on the native
+# runtime their unverified window rows cost more than they were found to bring (1.20 and ~1.0 tokens
+# per forward in the default benchmark), so probing them by default cost more than it found.
+DEFAULT_METHODS = ("merge", "ngram")
 # the lossless methods; draft and layerskip need a model, eagle and medusa a trained head (merge holds
 # the shipped eagle head where there is one)
-CANDIDATES = DEFAULT_METHODS + ("suffix", "recycling", "eagle", "medusa", "draft", "layerskip")
+CANDIDATES = DEFAULT_METHODS + ("lookahead", "jacobi", "suffix", "recycling", "eagle", "medusa", "draft", "layerskip")
 PRIOR_ACCEPT = 0.5  # the guess for a method's first node, before any observation
 GROWTH = 0.8  # a node never observed: guessed accepted this times as often as the node before it
 PRIOR_WEIGHT = 1.0  # the guesses weigh as much as one observed step
@@ -76,7 +80,7 @@ SIZE_OPTION = {"ngram": "max_nodes", "recycling": "tree_size", "merge": "max_nod
 @dataclass(frozen=True)
 class AutoConfig(DrafterConfig):
     """methods: the candidates, among merge, ngram, lookahead, jacobi, suffix, recycling, eagle, medusa,
-    draft, layerskip (None: the first four, plus draft when a draft model is given; merge joins suffix,
+    draft, layerskip (None: merge and ngram, plus draft when a draft model is given; merge joins suffix,
     recycling and the shipped eagle head's branches in one tree, ``merge.py``); max_nodes: the largest draft sent (its cost
     curve is measured up to 16 rows); costs: the cost curve by hand, ``{k: c(k)/c(1)}`` (None: measured
     once per machine, model, dtype, runtime, quantization and thread count, and cached: ``costs.py``);
@@ -156,6 +160,8 @@ class Arm:
         Cuts reach at most twice the nodes observed at least once (faded), plus one."""
         accept, present = self.estimates()
         known = next((i for i, seen in enumerate(self.seen) if seen < 1.0), len(self.seen))
+        if self.drafter.sizes_itself:  # it cuts its own draft at the cost curve: no growth limit on top
+            known = len(self.seen)
         tau, nodes = 1.0, 0.0
         best = (0.0, 1)
         for s, (p, r) in enumerate(zip(accept[: 2 * known + 1], present), start=1):

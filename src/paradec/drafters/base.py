@@ -63,6 +63,9 @@ class Drafter:
     # True: the loop asks the target for its hidden states and passes them to ``observe_features``
     # (trained heads read them); False spares the loop that work.
     reads_features: ClassVar[bool] = False
+    # True for a drafter that sizes its own draft by the cost curve (``merge``): ``auto`` then lets its
+    # draft grow to any size the observed acceptance pays for, without its own step-by-step growth limit.
+    sizes_itself: ClassVar[bool] = False
 
     def __init__(self, model: "Model", config: DrafterConfig):
         self.model = model

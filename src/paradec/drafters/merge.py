@@ -193,6 +193,7 @@ class MergeDrafter(Drafter):
     name = "merge"
     Config = MergeConfig
     config: MergeConfig
+    sizes_itself = True
 
     def __init__(self, model, config: MergeConfig | None = None, members: list[Drafter] | None = None):
         super().__init__(model, config or MergeConfig())
