@@ -48,7 +48,7 @@ from ..model import Model
 from ..options import check_int
 from ..tree import Block, Draft
 from ..verify import Verdict
-from .base import MAX_NODES, Drafter, DrafterConfig, StepContext, make_drafter, register
+from .base import MAX_NODES, CompositeDrafter, Drafter, DrafterConfig, StepContext, make_drafter, register
 
 # merge holds suffix, recycling and the shipped eagle head and sizes its tree by the cost curve; ngram is
 # a cheap probe for long copies. lookahead and jacobi are candidates on request only: on the native
@@ -188,7 +188,7 @@ class Arm:
 
 
 @register
-class AutoDrafter(Drafter):
+class AutoDrafter(CompositeDrafter):
     name = "auto"
     Config = AutoConfig
     config: AutoConfig
@@ -228,18 +228,8 @@ class AutoDrafter(Drafter):
             arm.carry(CARRY)
         self.chosen, self.asked, self.used = None, [], "plain"
 
-    def finish(self, tokens: list[int]) -> None:
-        for arm in self.arms:
-            arm.drafter.finish(tokens)
-
-    def use_corpus(self, corpus) -> None:
-        for arm in self.arms:
-            arm.drafter.use_corpus(corpus)
-
-    def observe_features(self, features: torch.Tensor) -> None:
-        for arm in self.arms:
-            if arm.drafter.reads_features:
-                arm.drafter.observe_features(features)
+    def inner(self) -> list[Drafter]:
+        return [arm.drafter for arm in self.arms]
 
     def propose(self, ctx: StepContext) -> Draft:
         self.step += 1

@@ -112,6 +112,27 @@ class Drafter:
         were dropped. logits: (len(block), vocab), one row per block row."""
 
 
+class CompositeDrafter(Drafter):
+    """A drafter over other drafters (``auto``, ``merge``): the hooks each inner one needs pass through.
+    Subclasses list them in ``inner`` and set ``reads_features`` when any of them reads features."""
+
+    def inner(self) -> list[Drafter]:
+        raise NotImplementedError
+
+    def finish(self, tokens: list[int]) -> None:
+        for d in self.inner():
+            d.finish(tokens)
+
+    def use_corpus(self, corpus) -> None:
+        for d in self.inner():
+            d.use_corpus(corpus)
+
+    def observe_features(self, features: torch.Tensor) -> None:
+        for d in self.inner():
+            if d.reads_features:
+                d.observe_features(features)
+
+
 METHODS: dict[str, type[Drafter]] = {}
 
 

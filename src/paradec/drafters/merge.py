@@ -35,7 +35,7 @@ from ..costs import StepCost, cost_curve
 from ..options import check_int
 from ..tree import Block, Draft, depths
 from ..verify import Verdict
-from .base import MAX_NODES, Drafter, DrafterConfig, StepContext, make_drafter, register
+from .base import MAX_NODES, CompositeDrafter, Drafter, DrafterConfig, StepContext, make_drafter, register
 
 MEMBERS = ("suffix", "ngram", "recycling", "eagle", "medusa")
 DECAY = 0.95  # per step: calibration and payback counts fade with a half-life of ~14 steps
@@ -189,7 +189,7 @@ class Member:
 
 
 @register
-class MergeDrafter(Drafter):
+class MergeDrafter(CompositeDrafter):
     name = "merge"
     Config = MergeConfig
     config: MergeConfig
@@ -216,18 +216,8 @@ class MergeDrafter(Drafter):
             m.drafter.begin(prompt_ids, params)
             m.node_cost = m.drafter.drafting_cost()
 
-    def finish(self, tokens: list[int]) -> None:
-        for m in self.members:
-            m.drafter.finish(tokens)
-
-    def use_corpus(self, corpus) -> None:
-        for m in self.members:
-            m.drafter.use_corpus(corpus)
-
-    def observe_features(self, features: torch.Tensor) -> None:
-        for m in self.members:
-            if m.drafter.reads_features:
-                m.drafter.observe_features(features)
+    def inner(self) -> list[Drafter]:
+        return [m.drafter for m in self.members]
 
     def drafting_cost(self) -> float:
         """Per node, as ``auto`` counts it: the asked costly members' forwards."""
