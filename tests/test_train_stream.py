@@ -86,6 +86,9 @@ def test_stream_trains_resumes_and_writes_a_head_that_drafts_exactly(model, tmp_
     assert set(manifest["training"]["minutes"]) == {"answer", "train", "validate"}
     head = str(tmp_path / "eagle.safetensors")
     assert assert_lossless(model, [[5, 9, 17, 33], [7] * 10], "eagle", 16, head=head, cost_aware=False) >= 0
+    third = StreamTrainer(model, dataclasses.replace(cfg, steps=8, reuse=1.0), train, tmp_path, fake_prompts, fake_docs,
+                          log=lambda line: None)  # the steps and the data's reuse may change on resume, recorded
+    assert third.state["changes"] == [{"step": 6, "from": {"steps": 6, "reuse": 2.0}}]
     with pytest.raises(ValueError, match="other options"):
         StreamTrainer(model, StreamConfig(steps=6, sequences=4, chunk=16, val_prompts=2), train, tmp_path,
                       fake_prompts, fake_docs)

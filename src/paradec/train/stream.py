@@ -57,6 +57,9 @@ from .loop import TrainConfig, eagle_loss, frequent_tokens, unrolled
 from .schedule import warmup_cosine
 
 
+RESUMABLE = ("steps", "buffer", "reuse", "eval_every")  # options a resumed run may change (recorded)
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """steps: training steps in all (the learning-rate schedule spans them); sequences: prompts answered
@@ -352,9 +355,13 @@ class StreamTrainer:
 
     def _resume(self) -> None:
         saved = torch.load(self.ckpt, weights_only=True)
-        if saved["train"] != asdict(self.train_cfg) or {k: v for k, v in saved["config"].items() if k != "steps"} \
-                != {k: v for k, v in asdict(self.config).items() if k != "steps"}:
-            raise ValueError(f"{self.ckpt} was written with other options (only --steps may change on resume)")
+        fixed = lambda config: {k: v for k, v in config.items() if k not in RESUMABLE}  # noqa: E731
+        if saved["train"] != asdict(self.train_cfg) or fixed(saved["config"]) != fixed(asdict(self.config)):
+            raise ValueError(f"{self.ckpt} was written with other options (only {', '.join(RESUMABLE)} may change "
+                             "on resume)")
+        if saved["config"] != asdict(self.config):  # the schedule of the data changed: say so in the manifest
+            saved["state"].setdefault("changes", []).append({"step": saved["state"]["step"], "from": {
+                k: v for k, v in saved["config"].items() if v != asdict(self.config)[k]}})
         self.head.load_state_dict(saved["head"])
         self.opt.load_state_dict(saved["opt"])
         self.state = saved["state"]
@@ -374,6 +381,7 @@ class StreamTrainer:
             "mode": "stream: self-distillation on the target's own greedy answers, labelled while answering",
             "options": {"stream": asdict(self.config), "train": asdict(self.train_cfg)},
             "schedule": {"steps_done": s["step"], "steps_planned": self.config.steps, "batch": self.train_cfg.batch,
+                         "option_changes": s.get("changes", []),
                          "lr": f"warm-up {self.train_cfg.warmup} steps, cosine from {self.train_cfg.lr} to 10% over "
                                f"{self.config.steps} steps", "rounds": s["round"],
                          "chunk_reads": s["step"] * self.train_cfg.batch},
