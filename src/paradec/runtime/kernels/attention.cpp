@@ -115,31 +115,28 @@ void key_scores(const float* q, const T* K, const int64_t* slots, int64_t n, int
   }
 }
 
-// out[d] = sum_j p[j] v_j[d], keys in order, 64 dimensions at a time in registers.
+#if PD_AVX512
+// out[d0 .. d0 + 16W) = sum_j p[j] v_j[...], keys in order, in W registers
+template <int W, typename T>
+inline void values512(const float* p, const T* V, const int64_t* slots, int64_t n, int64_t D, int64_t d0, float* out) {
+  __m512 acc[W];
+  for (int i = 0; i < W; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const __m512 pj = _mm512_set1_ps(p[j]);
+    const T* v = V + slots[j] * D + d0;
+    for (int i = 0; i < W; ++i) acc[i] = _mm512_fmadd_ps(pj, load16<T>(v + 16 * i), acc[i]);
+  }
+  for (int i = 0; i < W; ++i) _mm512_storeu_ps(out + d0 + 16 * i, acc[i]);
+}
+#endif
+
+// out[d] = sum_j p[j] v_j[d], keys in order, 64 (AVX-512: 128) dimensions at a time in registers.
 template <typename T>
 void weighted_values(const float* p, const T* V, const int64_t* slots, int64_t n, int64_t D, float* out) {
   int64_t d0 = 0;
 #if PD_AVX512
-  for (; d0 + 128 <= D; d0 += 128) {
-    __m512 acc[8];
-    for (int i = 0; i < 8; ++i) acc[i] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < n; ++j) {
-      const __m512 pj = _mm512_set1_ps(p[j]);
-      const T* v = V + slots[j] * D + d0;
-      for (int i = 0; i < 8; ++i) acc[i] = _mm512_fmadd_ps(pj, load16<T>(v + 16 * i), acc[i]);
-    }
-    for (int i = 0; i < 8; ++i) _mm512_storeu_ps(out + d0 + 16 * i, acc[i]);
-  }
-  for (; d0 + 64 <= D; d0 += 64) {
-    __m512 acc[4];
-    for (int i = 0; i < 4; ++i) acc[i] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < n; ++j) {
-      const __m512 pj = _mm512_set1_ps(p[j]);
-      const T* v = V + slots[j] * D + d0;
-      for (int i = 0; i < 4; ++i) acc[i] = _mm512_fmadd_ps(pj, load16<T>(v + 16 * i), acc[i]);
-    }
-    for (int i = 0; i < 4; ++i) _mm512_storeu_ps(out + d0 + 16 * i, acc[i]);
-  }
+  for (; d0 + 128 <= D; d0 += 128) values512<8, T>(p, V, slots, n, D, d0, out);
+  for (; d0 + 64 <= D; d0 += 64) values512<4, T>(p, V, slots, n, D, d0, out);
 #endif
 #if PD_AVX2
   for (; d0 + 64 <= D; d0 += 64) {
