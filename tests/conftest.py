@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as paradec sets it (src/paradec/__init__.py), before torch loads
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers

@@ -111,7 +111,7 @@ def test_records_its_choices_in_the_stats(model):
     result = paradec.generate(model, PROMPTS[2], "auto", max_new_tokens=40, method_options={"costs": FLAT})
     stats = result.stats
     assert stats.method == "auto" and sum(stats.methods.values()) == stats.forward_passes
-    assert set(stats.methods) <= {"plain", "ngram", "recycling", "lookahead", "jacobi"}
+    assert set(stats.methods) <= {"plain", "merge", "ngram", "lookahead", "jacobi"}
     assert set(stats.methods) - {"plain"} and stats.accepted_tokens > 0
     assert stats.to_dict()["methods"] == stats.methods
     assert "auto" not in stats.methods and any(f"{m} {n}" in stats.summary() for m, n in stats.methods.items())
@@ -199,13 +199,13 @@ def test_cost_curve_interpolates_and_never_falls():
 class Counting:
     def __init__(self, monkeypatch):
         self.calls = 0
-        real = costs.measure
+        real = costs.measure_contexts
 
         def measure(*args, **kwargs):
             self.calls += 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(costs, "measure", measure)
+        monkeypatch.setattr(costs, "measure_contexts", measure)
 
 
 def test_cost_curve_is_measured_once_and_cached_per_machine_model_dtype_runtime_threads(monkeypatch, tmp_path):
@@ -216,6 +216,9 @@ def test_cost_curve_is_measured_once_and_cached_per_machine_model_dtype_runtime_
     curve = cost_curve(base)
     assert counter.calls == 1 and curve.points[0] == (1, 1.0) and curve.seconds > 0
     assert [k for k, _ in curve.points] == list(costs.CACHE_KS)
+    # measured at the context lengths that fit (256 positions: 64, and 256 - 64 rows = 192), read at either
+    assert curve.context == 64 and [c.context for c in curve.longer] == [192]
+    assert curve(8, context=192) == curve.longer[0](8) and curve(8, context=64) == curve(8)
     assert cost_curve(base) is curve and counter.calls == 1  # this process remembers it
     costs._MEMO.clear()
     assert cost_curve(tiny_model("llama", seed=9)) == curve and counter.calls == 1  # from disk; weights don't matter
@@ -241,6 +244,26 @@ def test_cost_curve_is_measured_once_and_cached_per_machine_model_dtype_runtime_
     torch.set_num_threads(1)
     cost_curve(base)
     assert counter.calls == len(changed) + 3
+
+
+def test_the_measured_curve_follows_the_context_and_auto_reads_it_there(monkeypatch, tmp_path):
+    """Rows that cost more with a longer cache (as measured) make auto draft less on a long prompt."""
+    monkeypatch.setattr(costs, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(costs, "_MEMO", {})
+
+    def measured(model, ks, contexts, *args, **kwargs):  # free rows at 64 tokens, dear ones at 192
+        return [64, 192], [{k: 1.0 for k in ks}, {k: float(k) for k in ks}]
+
+    monkeypatch.setattr(costs, "measure_contexts", measured)
+    model = tiny_model("llama", seed=0)
+    curve = cost_curve(model)
+    assert curve(16, context=10) == 1.0 and curve(16, context=500) == 16.0 and curve(16, context=128) == 8.5
+    costs._MEMO.clear()
+    assert cost_curve(model)(16, context=500) == 16.0  # the contexts come back from the cache file
+    short, long = [5, 6, 7] * 3, [5, 6, 7] * 64  # 192 tokens: where every row costs one forward
+    assert paradec.generate(model, short, "auto", max_new_tokens=20).stats.draft_nodes > 0
+    far = paradec.generate(model, long, "auto", max_new_tokens=20)
+    assert far.stats.draft_nodes == 0 and far.token_ids == plain_greedy(model, long, 20).token_ids
 
 
 def test_auto_measures_on_first_use_only(monkeypatch, tmp_path):

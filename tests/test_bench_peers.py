@@ -55,6 +55,24 @@ def test_llamacpp_decodes_the_embedded_model_greedily():
     assert len(peers[1].run(long_ids, 8).token_ids) == 8
 
 
+def test_llamacpp_at_its_best_is_measured_once_and_cached(monkeypatch, tmp_path):
+    """``--llamacpp auto``: the fastest of the file and Q4_0 (a 4-bit file) at 1 .. cores threads, timed once."""
+    from types import SimpleNamespace
+
+    from paradec.model.builtins import BUILTIN_MODELS
+
+    monkeypatch.setenv("PARADEC_CACHE", str(tmp_path))
+    model = SimpleNamespace(path=BUILTIN_MODELS["smollm2-135m"].locate())  # the shipped Q4_1 file
+    assert llamacpp.file_type(model.path) == "Q4_1" and llamacpp.file_class(model.path) == "4-bit"
+    assert llamacpp.candidates(model, 2) == ["file:1", "file:2", "Q4_0:1", "Q4_0:2"]
+    timed = []
+    speeds = {"file:1": 50.0, "file:2": 61.0, "Q4_0:1": 55.0, "Q4_0:2": 70.0}
+    fake = lambda m, spec, tokens: timed.append(spec) or speeds[spec]  # noqa: E731
+    assert llamacpp.best_spec(model, cores=2, measure=fake) == "Q4_0:2"
+    assert llamacpp.best_spec(model, cores=2, measure=fake) == "Q4_0:2" and len(timed) == 4  # cached
+    assert llamacpp.best_spec(model, cores=1, measure=fake) == "Q4_0:1"  # another machine shape: measured anew
+
+
 def test_cost_curve_measures_every_k_and_the_command_prints_it(capsys):
     curve = measure(tiny_model("llama"), ks=(1, 3), context=8, rounds=2, warmup=1)
     assert set(curve) == {1, 3} and all(v > 0 for v in curve.values())

@@ -36,9 +36,9 @@ def random_blocks(fmt: str, N: int, K: int, seed: int = 0) -> np.ndarray:
     def half(lo, hi):
         return rng.uniform(lo, hi, size=(N, K // size, 1)).astype(np.float16).view(np.uint8)
 
-    if fmt in ("q8_0", "q4_0"):
+    if fmt in ("q8_0", "q4_0", "q5_0"):
         b[..., 0:2] = half(-0.02, 0.02)
-    elif fmt == "q4_1":
+    elif fmt in ("q4_1", "q5_1"):
         b[..., 0:2], b[..., 2:4] = half(0, 0.02), half(-0.1, 0.1)
     elif fmt in ("q4_k", "q5_k"):
         b[..., 0:2], b[..., 2:4] = half(0, 0.002), half(0, 0.002)

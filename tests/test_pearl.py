@@ -287,7 +287,7 @@ def test_measured_costs_are_read_and_cached(pair, cost_cache):
     drafter = make_drafter("pearl", target, draft=near, overlap=True)
     result = paradec.generate(target, PROMPTS[0], drafter, max_new_tokens=16)
     assert result.token_ids == plain(target, PROMPTS[0], 16)
-    assert drafter.costs is not None and drafter.costs.draft > 0 and drafter.cost.rows.rows(1) == 1.0
+    assert drafter.costs is not None and drafter.costs.draft > 0 and drafter.cost.rows(1) == 1.0
     assert list(cost_cache.glob("overlap-*.json"))
     again = make_drafter("pearl", target, draft=near, overlap=True)
     again.begin(PROMPTS[0], SamplingParams())
@@ -350,10 +350,11 @@ def test_placement_flags():
 
 def test_block_cost_example():
     """The worked example of ``BlockCost``'s docstring."""
-    from paradec.drafters.budget import StepCost
+    from paradec.costs import CostCurve
     from paradec.drafters.pearl import BlockCost
 
-    cost = BlockCost(StepCost((1, 1, 1.3, 1.3, 1.7)), 0.3, overlap=True)
+    curve = CostCurve.of_rows((1, 1, 1.3, 1.3, 1.7))
+    cost = BlockCost(curve, 0.3, overlap=True)
     assert [round(cost.time(k), 2) for k in range(5)] == [1, 1, 1.3, 1.3, 1.7]
     values, total, kept = [0.9, 0.8, 0.7, 0.3], 0.0, 0
     for k, v in enumerate(values, start=1):
@@ -361,5 +362,5 @@ def test_block_cost_example():
             break
         total, kept = total + v, k
     assert kept == 3
-    inline = BlockCost(StepCost((1, 1, 1.3, 1.3, 1.7)), 0.3, overlap=False)
+    inline = BlockCost(curve, 0.3, overlap=False)
     assert inline.time(2) == 1.3 + 2 * 0.3  # sequential: the drafting adds up

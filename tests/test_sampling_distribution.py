@@ -109,13 +109,16 @@ def model(request):
         ("bad-tree-deterministic", SamplingParams(temperature=0.7, top_k=10, top_p=0.9)),
         ("auto", SamplingParams(temperature=1.0)),
         ("auto-scripted", SamplingParams(temperature=1.0)),
+        ("suffix", SamplingParams(temperature=1.0)),
     ],
 )
 def test_distribution_matches_model(model, method, params):
     drafter = {"plain": lambda: "plain", "bad-tree": lambda: BadTreeDrafter(model),
                "bad-tree-deterministic": lambda: BadTreeDrafter(model, deterministic=True),
                "auto": lambda: make_drafter("auto", model, costs=FLAT),  # one drafter: it learns over the runs
-               "auto-scripted": lambda: auto_scripted(model)}[method]()
+               "auto-scripted": lambda: auto_scripted(model),
+               # one drafter over all the runs: its corpus (earlier samples) drafts deterministic proposals
+               "suffix": lambda: make_drafter("suffix", model, min_match=1, min_prob=0.0, corpus_tokens=4000)}[method]()
     p = exact_joint(model, params)
     tv = 0.5 * (empirical_joint(model, drafter, params) - p).abs().sum().item()
     assert tv < tv_threshold(p), f"TV {tv:.4f} vs threshold {tv_threshold(p):.4f}"

@@ -13,7 +13,7 @@ import torch
 import paradec
 from paradec.drafters import head_file, target_parts
 from paradec.drafters.base import make_drafter
-from paradec.drafters.budget import StepCost
+from paradec.costs import CostCurve, StepCost
 from paradec.drafters.eagle import EagleRunner
 from paradec.drafters.head_net import HeadConfig, build
 from paradec.errors import ParadecError
@@ -128,15 +128,26 @@ def test_cost_aware_trees_follow_the_cost_of_rows(model, heads):
 
 
 def test_step_cost_rule():
-    cost = StepCost((1.0, 1.4, 1.5, 1.6))  # the module docstring's worked example
+    cost = StepCost(CostCurve.of_rows((1.0, 1.4, 1.5, 1.6)))  # StepCost's docstring's worked example
     assert cost.pays(0.4, 0, 0.0, 1) and not cost.pays(0.39, 0, 0.0, 1)
     assert cost.pays(0.14, 1, 0.9, 1) and not cost.pays(0.13, 1, 0.9, 1)
-    dip = StepCost((1.0, 1.5, 1.7, 1.2, 1.3))  # a forward of 4 rows cheaper than 2 or 3 (padding, tiles)
-    assert dip.curve == (1.0, 1.2, 1.2, 1.2, 1.3)
-    assert dip.rows(7) == pytest.approx(1.5)  # past the curve: its last slope
-    assert StepCost((1.0, 1.0), draft_cost=0.5).pays(0.6, 1, 1.0, 1, new_forward=True) is False
+    # the one convention (costs.py): a forward of 4 rows measured cheaper than 2 or 3 is raised, never counted on
+    dip = CostCurve.of_rows((2.0, 3.0, 3.4, 2.4, 2.6))
+    assert [dip(k) for k in range(1, 6)] == pytest.approx([1.0, 1.5, 1.7, 1.7, 1.7])
+    assert dip(7) == pytest.approx(1.7)  # past the curve: its last segment goes on (flat here)
+    assert StepCost(CostCurve.of_rows((1.0, 1.0)), draft_cost=0.5).pays(0.6, 1, 1.0, 1, new_forward=True) is False
     with pytest.raises(ValueError):
-        StepCost((1.0, -1.0))
+        CostCurve.of_rows((1.0, -1.0))
+
+
+def test_step_cost_reads_the_curve_at_the_context_length():
+    short = CostCurve.of({2: 1.1, 4: 1.3}, context=64)
+    long = CostCurve.of({2: 1.5, 4: 2.5}, context=2048)
+    curve = CostCurve(short.points, context=64, longer=(long,))
+    cost = StepCost(curve)
+    assert cost.at(64).step(3, 0) == pytest.approx(1.3) and cost.at(4096).step(3, 0) == pytest.approx(2.5)
+    assert cost.at(1056).step(3, 0) == pytest.approx(1.9)  # halfway: interpolated
+    assert cost.at(64).pays(0.2, 0, 0.0, 0) and not cost.at(2048).pays(0.2, 0, 0.0, 0)
 
 
 @pytest.fixture(scope="module")

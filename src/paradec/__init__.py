@@ -13,8 +13,14 @@ use, so the command line starts at once for commands that need no model.
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import TYPE_CHECKING
+
+# torch's OpenMP workers spin for a while after each of its operations; beside paradec's own kernel
+# threads on a small machine they take the cores the kernels need (16 % of a 2-core forward's time).
+# Read when torch loads: this takes effect when paradec is imported first (the command line does).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _MODULES = {  # public name -> the submodule that defines it
     "BUILTIN_MODELS": "model", "Model": "model", "load": "model",

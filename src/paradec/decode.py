@@ -199,6 +199,7 @@ class Sequence:
             self.stats.constraint = "complete" if self.guide.accepting else "incomplete"
         self.stats.new_tokens = len(self.text.ids)
         self.done = True
+        self.drafter.finish(list(self.tokens))
         self.drafter.end()
         self.result = Result(text=self.text.text, token_ids=list(self.text.ids), stats=self.stats)
         return tail

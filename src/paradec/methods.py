@@ -27,6 +27,12 @@ BUILTIN_METHODS: dict[str, BuiltinMethod] = {
     "lookahead": BuiltinMethod("lookahead", "Lookahead decoding: a W x N Jacobi window harvests n-grams, up to G "
                                             "pooled n-grams verified in the same pass"),
     "ngram": BuiltinMethod("ngram", "n-gram lookup in prompt + output (multi-level n, adaptive length, tree of continuations)"),
+    "suffix": BuiltinMethod("suffix", "suffix automata over prompt + output and over the model's earlier conversations "
+                                      "(and given documents): the longest match's continuations, a tree by frequency "
+                                      "(SAM-Decoding / SuffixDecoding)"),
+    "merge": BuiltinMethod("merge", "merged trees: the branches of several drafters (suffix, recycling, the shipped eagle "
+                                    "head) in one block, each node valued by its calibrated chance of acceptance and "
+                                    "kept while it pays at the measured cost of rows"),
     "recycling": BuiltinMethod("recycling", "Token Recycling: top-k successors of every token from past forwards, BFS "
                                             "tree over a static template"),
     "draft": BuiltinMethod("draft_model", "speculative decoding with a smaller draft model of the same vocabulary "

@@ -119,10 +119,11 @@ def add_parser(subparsers) -> None:
                         + ",".join(DEFAULT_PEERS) + " (what a user would otherwise pick, within the ~10-minute run; "
                         "hf-assisted joins when --draft is given), 'all', 'none' (default: %(default)s)")
     p.add_argument("--no-peers", action="store_true", help="skip the peers: the same as --peers none")
-    p.add_argument("--llamacpp", default="Q4_0:1", metavar="QUANT:THREADS",
+    p.add_argument("--llamacpp", default="auto", metavar="QUANT:THREADS",
                    help="llama.cpp peers' configuration when llama-cpp-python is installed and the model is a GGUF: "
-                        "the file requantized to QUANT ('file' = as shipped), THREADS threads (default: %(default)s, "
-                        "its fastest on the project's 2-core machine)")
+                        "the file requantized to QUANT ('file' = as shipped), THREADS threads; 'auto' = its fastest "
+                        "configuration here in the file's class (the file or Q4_0 for a 4-bit file, 1 .. cores threads), "
+                        "timed once and cached (default: %(default)s)")
     p.add_argument("--output", default="bench-results", metavar="DIR",
                    help="where results.json, report.md and speedup.png go (default: %(default)s)")
     p.set_defaults(func=cmd_bench)

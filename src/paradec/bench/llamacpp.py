@@ -6,17 +6,23 @@ llama.cpp from source, ~10-15 minutes; it is not part of ``make`` setup):
 - ``llamacpp``: its plain greedy decoding;
 - ``llamacpp-lookup``: its prompt lookup decoding (``LlamaPromptLookupDecoding``, 10 drafted tokens).
 
-Its best configuration on the project's 2-core machine (measured, docs/benchmarks.md): the model
-requantized to Q4_0 and one thread (its OpenMP threads slow it down at two). ``--llamacpp QUANT:THREADS``
-chooses; ``file`` keeps the GGUF's own quantization. Requantized files are cached next to the
-paradec cache. llama.cpp computes with its own kernels (int8 activations), so its outputs can differ
+By default (``--llamacpp auto``) the peer runs in llama.cpp's fastest configuration on the machine at
+hand, within the file's class (4-bit stays 4-bit): ``best_spec`` times a short greedy decode for each
+candidate — the file as shipped and, for a 4-bit file, requantized to Q4_0 (llama.cpp's fastest 4-bit
+kernels), at 1 .. cores threads — once per machine, llama.cpp version and file, and caches the winner
+under ``$PARADEC_CACHE/llamacpp/``. ``--llamacpp QUANT:THREADS`` chooses by hand; ``file`` keeps the
+GGUF's own quantization. Requantized files are cached there too. llama.cpp computes with its own kernels (int8 activations), so its outputs can differ
 from paradec's float32 plain decoding; the report shows where.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.util
+import json
+import logging
+import os
 import time
 from pathlib import Path
 
@@ -24,8 +30,10 @@ from ..errors import ParadecError
 from ..model import Model
 from .runner import Run
 
-DEFAULT_SPEC = "Q4_0:1"
+DEFAULT_SPEC = "auto"
 LOOKUP_TOKENS = 10
+FOUR_BIT = {"Q4_0", "Q4_1", "Q4_K", "Q4_K_M", "Q4_K_S", "MOSTLY_Q4_0", "MOSTLY_Q4_1", "MOSTLY_Q4_K_M", "MOSTLY_Q4_K_S"}
+log = logging.getLogger(__name__)
 
 
 def unavailable_reason(model: Model) -> str | None:
@@ -103,11 +111,84 @@ class LlamaCpp:
         return Run(out, seconds, forward_passes=0 if self.lookup else max(len(out) - 1, 0), accepted_tokens=0)
 
 
+def candidates(model: Model, cores: int) -> list[str]:
+    """The configurations ``best_spec`` times: the file as shipped, and Q4_0 for a 4-bit file; 1 .. cores threads."""
+    quants = ["file"] + (["Q4_0"] if file_class(model.path) == "4-bit" and file_type(model.path) != "Q4_0" else [])
+    return [f"{q}:{t}" for q in quants for t in range(1, max(1, cores) + 1)]
+
+
+def file_type(path: Path) -> str:
+    """The GGUF's main tensor type (its decoder layers' most common one), e.g. Q4_1 or Q4_K."""
+    import collections
+
+    import gguf
+
+    kinds = collections.Counter(t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors if t.name.startswith("blk.")
+                                and len(t.shape) == 2)
+    return kinds.most_common(1)[0][0] if kinds else "F32"
+
+
+def file_class(path: Path) -> str:
+    return "4-bit" if file_type(path) in FOUR_BIT else file_type(path)
+
+
+def best_spec(model: Model, cores: int | None = None, tokens: int = 32, measure=None) -> str:
+    """llama.cpp's fastest configuration for ``model`` here (``candidates``), measured once and cached."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        llama_version = version("llama-cpp-python")
+    except PackageNotFoundError:
+        llama_version = "?"
+    cores = cores or os.cpu_count() or 1
+    specs = candidates(model, cores)
+    st = model.path.stat()
+    key = {"machine": _machine(), "cores": cores, "llama_cpp": llama_version,
+           "file": [str(model.path.resolve()), st.st_size, st.st_mtime_ns], "candidates": specs, "tokens": tokens}
+    from ..model.builtins import cache_root
+
+    path = cache_root() / "llamacpp" / f"best-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.json"
+    try:
+        return json.loads(path.read_text())["best"]
+    except (OSError, ValueError, KeyError):
+        pass
+    log.warning("timing llama.cpp's configurations (%s) to pick its fastest (once; cached in %s)", ", ".join(specs), path.parent)
+    speeds = {spec: (measure or _tokens_per_second)(model, spec, tokens) for spec in specs}
+    best = max(speeds, key=speeds.get)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "tokens_per_second": speeds, "best": best}, indent=1))
+    return best
+
+
+def _machine() -> list:
+    import platform
+
+    from ..costs import _cpu_name
+
+    return [platform.machine(), _cpu_name()]
+
+
+def _tokens_per_second(model: Model, spec: str, tokens: int) -> float:
+    """Greedy decode of ``tokens`` after a short prompt, best of 3 (after one warm-up run)."""
+    quant, threads = parse_spec(spec)
+    peer = LlamaCpp(model, "llamacpp", quant, threads, lookup=False)
+    prompt = model.tokenizer("Write a short story about a lighthouse keeper and a storm.").input_ids
+    best = 0.0
+    for i in range(4):
+        run = peer.run(prompt, tokens)
+        if i and run.seconds > 0:
+            best = max(best, len(run.token_ids) / run.seconds)
+    del peer
+    return best
+
+
 def make_llamacpp(model: Model, spec: str = DEFAULT_SPEC) -> tuple[list, dict[str, str]]:
-    """The llama.cpp contenders, or the reason they cannot run."""
+    """The llama.cpp contenders, or the reason they cannot run (``auto``: ``best_spec``)."""
     why = unavailable_reason(model)
     if why:
         return [], {"llamacpp": why, "llamacpp-lookup": why}
+    if spec == "auto":
+        spec = best_spec(model)
     quant, threads = parse_spec(spec)
     label = f"{quant}, {threads} thread{'s' if threads > 1 else ''}"
     try:

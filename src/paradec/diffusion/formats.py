@@ -216,6 +216,9 @@ class CheckpointSource:
             return True
         return self.files.has(self.fmt.checkpoint_name(name))
 
+    def shape(self, name: str) -> list[int]:
+        return list(self.get(name).shape)
+
     def get(self, name: str) -> torch.Tensor:
         if name == "lm_head.weight" and self.head_scale is not None:
             source = self.fmt.checkpoint_name(name)

@@ -3,7 +3,7 @@
 Which drafter pays depends on the text (n-gram lookup where the output copies its input, Token
 Recycling on open-ended text, nothing where no drafter guesses well) and on the machine: a forward
 over k rows costs c(k) one-row forwards, 1.16 at 2 rows but 5.8 at 16 for 4-bit SmolLM2 on an AVX2
-CPU (``costs.py``). ``auto`` holds one drafter of each candidate method, learns online how often each
+CPU (``costs.py``), and more with a longer cache (the curve is read at the sequence's context length). ``auto`` holds one drafter of each candidate method, learns online how often each
 node of their drafts is accepted, and every step sends the draft of best expected speedup::
 
     speedup(method, s) = tau(s) / (c(1 + rows(s) + aux) + d * rows(s))
@@ -41,7 +41,9 @@ drafter cut to nothing (as the loop cuts a draft at the end of the context).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -50,10 +52,16 @@ from ..model import Model
 from ..options import check_int
 from ..tree import Block, Draft
 from ..verify import Verdict
-from .base import MAX_NODES, Drafter, DrafterConfig, StepContext, make_drafter, register
+from .base import MAX_NODES, CompositeDrafter, Drafter, DrafterConfig, StepContext, make_drafter, register
 
-DEFAULT_METHODS = ("ngram", "recycling", "lookahead", "jacobi")
-CANDIDATES = DEFAULT_METHODS + ("draft", "layerskip")  # the lossless methods; the last two need a model
+# merge holds suffix, recycling and the shipped eagle head and sizes its tree by the cost curve; ngram is
+# a cheap probe for long copies. lookahead and jacobi are candidates on request only: on the native
+# runtime their unverified window rows cost more than they were found to bring (1.20 and ~1.0 tokens
+# per forward in the default benchmark), so probing them by default cost more than it found.
+DEFAULT_METHODS = ("merge", "ngram")
+# the lossless methods; draft and layerskip need a model, eagle and medusa a trained head (merge holds
+# the shipped eagle head where there is one)
+CANDIDATES = DEFAULT_METHODS + ("lookahead", "jacobi", "suffix", "recycling", "eagle", "medusa", "draft", "layerskip")
 PRIOR_ACCEPT = 0.5  # the guess for a method's first node, before any observation
 GROWTH = 0.8  # a node never observed: guessed accepted this times as often as the node before it
 PRIOR_WEIGHT = 1.0  # the guesses weigh as much as one observed step
@@ -69,13 +77,15 @@ SUB_OPTIONS = {
     "lookahead": {"min_accept": 0},
     "jacobi": {"min_accept": 0},
 }
-SIZE_OPTION = {"ngram": "max_nodes", "recycling": "tree_size"}
+SIZE_OPTION = {"ngram": "max_nodes", "recycling": "tree_size", "merge": "max_nodes", "suffix": "max_nodes",
+               "eagle": "tree_nodes", "medusa": "tree_nodes"}
 
 
 @dataclass(frozen=True)
 class AutoConfig(DrafterConfig):
-    """methods: the candidates, among ngram, recycling, lookahead, jacobi, draft, layerskip (None: the
-    first four, plus draft when a draft model is given); max_nodes: the largest draft sent (its cost
+    """methods: the candidates, among merge, ngram, lookahead, jacobi, suffix, recycling, eagle, medusa,
+    draft, layerskip (None: merge and ngram, plus draft when a draft model is given; merge joins suffix,
+    recycling and the shipped eagle head's branches in one tree, ``merge.py``); max_nodes: the largest draft sent (its cost
     curve is measured up to 16 rows); costs: the cost curve by hand, ``{k: c(k)/c(1)}`` (None: measured
     once per machine, model, dtype, runtime, quantization and thread count, and cached: ``costs.py``);
     options: the candidates' options by method, over auto's own (e.g. ``{"ngram": {"max_n": 3}}``);
@@ -149,12 +159,14 @@ class Arm:
             present.append(r)
         return accept, present
 
-    def plan(self, curve: CostCurve, forced: int = 0) -> tuple[float, int]:
+    def plan(self, curve: Callable[[float], float], forced: int = 0) -> tuple[float, int]:
         """(optimistic speedup, nodes to cut its draft to) at the best cut; ties go to the smaller.
         Cuts reach at most twice the nodes observed at least once (faded), plus one. ``forced``: certain
         tokens drafted ahead of the draft (their rows cost, they are accepted)."""
         accept, present = self.estimates()
         known = next((i for i, seen in enumerate(self.seen) if seen < 1.0), len(self.seen))
+        if self.drafter.sizes_itself:  # it cuts its own draft at the cost curve: no growth limit on top
+            known = len(self.seen)
         tau, nodes = 1.0 + forced, 0.0
         best = (0.0, 1)
         for s, (p, r) in enumerate(zip(accept[: 2 * known + 1], present), start=1):
@@ -164,7 +176,7 @@ class Arm:
                 best = (gain, s)
         return best
 
-    def pays(self, draft: Draft, curve: CostCurve, forced: int = 0) -> bool:
+    def pays(self, draft: Draft, curve: Callable[[float], float], forced: int = 0) -> bool:
         """Whether this proposal (its nodes there, its aux rows known) is expected to beat plain (with
         ``forced`` certain tokens ahead of it: the forced chain alone), optimistically as in ``plan``."""
         accept, present = self.estimates()
@@ -180,13 +192,13 @@ class Arm:
             self.hit[i] += i in hits
 
 
-def base_gain(curve: CostCurve, forced: int) -> float:
+def base_gain(curve: Callable[[float], float], forced: int) -> float:
     """The speedup of a step without a draft: 1 (plain), or (1 + f) / c(1 + f) with f forced tokens."""
     return (1.0 + forced) / curve(1 + forced) if forced else 1.0
 
 
 @register
-class AutoDrafter(Drafter):
+class AutoDrafter(CompositeDrafter):
     name = "auto"
     Config = AutoConfig
     config: AutoConfig
@@ -200,6 +212,7 @@ class AutoDrafter(Drafter):
             methods = c.methods or DEFAULT_METHODS + (("draft",) if c.draft is not None else ())
             candidates = [make_drafter(m, model, **self.options(m)) for m in methods]
         self.arms = [Arm(drafter, c.max_nodes) for drafter in candidates]
+        self.reads_features = any(arm.drafter.reads_features for arm in self.arms)  # a head among them
         self.curve = CostCurve.of(c.costs) if c.costs is not None else None  # None: measured on first use
         self.step = 0
         self.chosen: Arm | None = None  # whose draft the last propose returned
@@ -212,6 +225,8 @@ class AutoDrafter(Drafter):
         options = {**SUB_OPTIONS.get(method, {}), **size, **(self.config.options or {}).get(method, {})}
         if method == "draft":
             options["draft"] = self.config.draft if self.config.draft is not None else ""
+        if method == "merge" and self.config.costs is not None:
+            options.setdefault("costs", self.config.costs)  # one curve for auto and the merge it sends
         return options
 
     def begin(self, prompt_ids: list[int], params) -> None:
@@ -223,27 +238,32 @@ class AutoDrafter(Drafter):
             arm.carry(CARRY)
         self.chosen, self.asked, self.used = None, [], "plain"
 
+    def inner(self) -> list[Drafter]:
+        return [arm.drafter for arm in self.arms]
+
     def propose(self, ctx: StepContext) -> Draft:
         self.step += 1
         self.chosen, self.asked = None, []
+        curve = functools.partial(self.curve, context=len(ctx.tokens))  # rows cost more with a longer cache
         plans = []
         for arm in self.arms:
             arm.fade(self.step)
-            plans.append((*arm.plan(self.curve, ctx.forced), arm))
-        base = base_gain(self.curve, ctx.forced)
+            plans.append((*arm.plan(curve, ctx.forced), arm))
+        base = base_gain(curve, ctx.forced)
         for gain, cap, arm in sorted(plans, key=lambda p: -p[0]):  # stable: ties keep the methods' order
             cap = min(cap, ctx.max_nodes)
             if gain <= base or cap < 1:
                 break  # nobody is expected to beat plain decoding
             draft = arm.drafter.propose(dataclasses.replace(ctx, max_nodes=cap)).truncated(cap)
             self.asked.append(arm)
+            arm.node_cost = arm.drafter.drafting_cost()  # merge: the costly members it asked this step
             if not len(draft):
                 continue  # nothing to draft here (no n-gram match): the next candidate
             aux = arm.drafter.aux_rows()
             arm.aux = len(aux) if aux is not None else 0
             # A sampled draft (q) is sent whatever it drew; a chosen one only if it still pays as it came
             # out (a short match, a window of aux rows): choosing a sampled draft by its draws would bias it.
-            if draft.q is not None or arm.pays(draft, self.curve, ctx.forced):
+            if draft.q is not None or arm.pays(draft, curve, ctx.forced):
                 self.chosen, self.cap = arm, cap
                 return draft
         return Draft()

@@ -67,6 +67,9 @@ class Drafter:
     # True: the loop asks the target for its hidden states and passes them to ``observe_features``
     # (trained heads read them); False spares the loop that work.
     reads_features: ClassVar[bool] = False
+    # True for a drafter that sizes its own draft by the cost curve (``merge``): ``auto`` then lets its
+    # draft grow to any size the observed acceptance pays for, without its own step-by-step growth limit.
+    sizes_itself: ClassVar[bool] = False
 
     def __init__(self, model: "Model", config: DrafterConfig):
         self.model = model
@@ -109,10 +112,39 @@ class Drafter:
         ``observe``). Together they cover every committed token but the newest (the next root).
         Called only when ``reads_features``."""
 
+    def use_corpus(self, corpus) -> None:
+        """Read and add to ``corpus`` (a ``suffix.SuffixCorpus``: a server's, one per API key) instead of
+        a corpus of its own; drafters without one ignore it, those that hold others pass it on."""
+
+    def finish(self, tokens: list[int]) -> None:
+        """The generation ended; ``tokens``: every committed token, prompt first (``suffix`` keeps the
+        conversation in its corpus)."""
+
     def observe(self, block: Block, logits: torch.Tensor, verdict: "Verdict") -> None:
         """Learn from a verified step. ``block``: what the target read: the proposed draft (cut to
         fit the context near its end) and the aux rows, or ``aux=None`` if there were none or they
         were dropped. logits: (len(block), vocab), one row per block row."""
+
+
+class CompositeDrafter(Drafter):
+    """A drafter over other drafters (``auto``, ``merge``): the hooks each inner one needs pass through.
+    Subclasses list them in ``inner`` and set ``reads_features`` when any of them reads features."""
+
+    def inner(self) -> list[Drafter]:
+        raise NotImplementedError
+
+    def finish(self, tokens: list[int]) -> None:
+        for d in self.inner():
+            d.finish(tokens)
+
+    def use_corpus(self, corpus) -> None:
+        for d in self.inner():
+            d.use_corpus(corpus)
+
+    def observe_features(self, features: torch.Tensor) -> None:
+        for d in self.inner():
+            if d.reads_features:
+                d.observe_features(features)
 
 
 METHODS: dict[str, type[Drafter]] = {}

@@ -19,8 +19,8 @@ Adaptive length (the schedule transformers uses for assisted generation): the de
 Cost-aware trees (``cost_aware``, the trained heads' default): on top of the rules above, a child is
 drafted only while its planned value (path score × the draft's j-th best probability, known before
 it is drawn) raises the expected tokens per cost of the step, with the cost of k rows taken from the
-runtime's measured curve and each drafting forward's own cost (``budget.py``). So the tree grows
-where rows are cheap and stays a short chain where they are not.
+runtime's measured curve at the sequence's context length and each drafting forward's own cost
+(``costs.StepCost``). So the tree grows where rows are cheap and stays a short chain where they are not.
 
 Worked example (greedy, branch=2, branch_below=0.7): root q = {a: .5, c: .3, ...} is unsure
 → children a, c; then q(·|a) = {b: .9} is sure → one child b. Tree ``a─b, c``: parents [-1, 0, -1]
@@ -38,7 +38,7 @@ from ..options import check_bool, check_int, check_number
 from ..sampling import SamplingParams, target_probs
 from ..tree import Block, Draft, depths
 from .base import MAX_DEPTH, MAX_NODES, Drafter, DrafterConfig, StepContext
-from .budget import MAX_ROWS, StepCost, measured_curve
+from ..costs import CostCurve, StepCost
 from .draft_runner import DraftRunner
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_DRAFT = 8
 DEFAULT_MIN_CONFIDENCE = 0.3
 MAX_BRANCH = 16  # children of one unsure node
+MAX_ROWS = MAX_NODES + 1  # row_costs: root + the largest tree
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class DraftTreeConfig(DrafterConfig):
     branch:         children at a position where the draft is unsure (trees only), at most 16
     branch_below:   the draft is unsure where its top probability is below this
     cost_aware:     draft a node only while it is expected to pay at the runtime's cost of rows
-    row_costs:      that cost, c(k)/c(1) for k = 1, 2, ... (None: ``paradec.costs``' measured, cached curve)
+    row_costs:      that cost, c(k)/c(1) for k = 1, 2, ... (None: ``paradec.costs``' measured, cached curve,
+                    read at the sequence's context length)
     """
 
     max_draft: int = DEFAULT_MAX_DRAFT
@@ -86,7 +88,7 @@ class DraftTreeConfig(DrafterConfig):
             if not isinstance(costs, (list, tuple)) or not 1 <= len(costs) <= MAX_ROWS:
                 raise ValueError(f"row_costs must be a list of 1 to {MAX_ROWS} numbers, got {costs!r}")
             object.__setattr__(self, "row_costs", tuple(costs))
-            StepCost(self.row_costs)  # validates the numbers
+            CostCurve.of_rows(self.row_costs)  # validates the numbers
 
 
 class TreeDrafter(Drafter):
@@ -101,8 +103,12 @@ class TreeDrafter(Drafter):
         self.max_depth = min(config.max_draft, self.runner_depth())
         self.depth = self.max_depth
         self.cost: StepCost | None = None
+        self.values: list[float] = []
         if config.cost_aware:
-            self.cost = StepCost(config.row_costs or measured_curve(model), self.drafting_cost())
+            from ..costs import cost_curve
+
+            curve = CostCurve.of_rows(config.row_costs) if config.row_costs else cost_curve(model)
+            self.cost = StepCost(curve, self.drafting_cost())
 
     def make_runner(self) -> DraftRunner:
         """The drafting side: ``sync``, ``feed``, ``keep_path``, ``reset``, ``max_length`` as in ``DraftRunner``."""
@@ -136,6 +142,7 @@ class TreeDrafter(Drafter):
         if depth_limit < 1 or len(ctx.tokens) + budget > self.runner.max_length:
             return Draft()  # no room left in the target's or the drafting LM's context window
         branch = cfg.branch if cfg.tree_nodes else 1
+        cost = self.cost.at(len(ctx.tokens)) if self.cost is not None else None
         root_logits = self.runner.sync(ctx.tokens)  # (vocab,)
 
         tokens: list[int] = []
@@ -154,8 +161,8 @@ class TreeDrafter(Drafter):
                 if len(tokens) >= budget:
                     break
                 k = min(branch if top < cfg.branch_below else 1, budget - len(tokens))
-                if self.cost is not None:
-                    k = self._paying(q, s, k, len(tokens), total, forwards)
+                if cost is not None:
+                    k = self._paying(cost, q, s, k, len(tokens), total, forwards)
                 for x in self._pick(q, k, ctx):
                     tokens.append(x)
                     parents.append(node)
@@ -165,14 +172,15 @@ class TreeDrafter(Drafter):
                     born.append(len(tokens) - 1)
             # feed the new nodes that may still be expanded, for their children's distributions
             grow = [i for i in born if score[i] >= cfg.min_confidence] if cfg.min_confidence else born
-            if self.cost is not None:  # a child is worth at most its parent's score; the feed costs a forward
-                grow = [i for i in grow if self.cost.pays(score[i], len(tokens), total, forwards, new_forward=True)]
+            if cost is not None:  # a child is worth at most its parent's score; the feed costs a forward
+                grow = [i for i in grow if cost.pays(score[i], len(tokens), total, forwards, new_forward=True)]
             if level == depth_limit or len(tokens) >= budget or not grow:
                 break
             forwards += 1
             d = depths(parents)
             logits = self.runner.feed(grow, [tokens[i] for i in grow], [d[i] for i in grow], [_ancestors(parents, i) for i in grow])
             frontier = [(i, score[i], logits[j]) for j, i in enumerate(grow)]
+        self.values = score  # each node's path probability under the draft (``merge`` values nodes by it)
         return Draft(tokens=tokens, parents=parents, q=None if ctx.params.greedy else qs)
 
     def observe(self, block: Block, logits: torch.Tensor, verdict) -> None:
@@ -182,12 +190,13 @@ class TreeDrafter(Drafter):
             full = len(verdict.accepted) == max(depths(draft.parents))
             self.depth = min(self.depth + 2, self.max_depth) if full else max(self.depth - 1, 1)
 
-    def _paying(self, q: torch.Tensor, s: float, k: int, nodes: int, total: float, forwards: int) -> int:
+    @staticmethod
+    def _paying(cost: StepCost, q: torch.Tensor, s: float, k: int, nodes: int, total: float, forwards: int) -> int:
         """How many of up to ``k`` children pay, judged by their planned values s × q_(1), s × q_(2), ...
         (the j-th best probability: known before any child is drawn, so sampling stays exact)."""
         n = 0
         for p in torch.topk(q, k).values.tolist():
-            if not self.cost.pays(s * p, nodes + n, total, forwards):
+            if not cost.pays(s * p, nodes + n, total, forwards):
                 break
             total += s * p
             n += 1

@@ -27,6 +27,7 @@ the target's own first layers instead of a second model.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from ..sampling import SamplingParams
 from ..stats import Overlap
 from ..tree import Block, Draft
 from .base import MAX_DEPTH, Drafter, DrafterConfig, StepContext, register
-from .budget import StepCost, measured_curve
+from ..costs import CostCurve, cost_curve
 from .draft_chain import DraftChain, use_cores
 from .draft_model import load_draft, same_vocab
 from .draft_runner import DraftRunner
@@ -49,14 +50,13 @@ from .layerskip import DEFAULT_FRACTION, MAX_LAYERS
 from .placement import OverlapCosts, Placement, machine_cpus, overlap_costs, place, work_share
 from .vocab_bridge import BEHIND, KEPT, SameVocab, TextBridge
 
-CURVE_ROWS = 33  # the verify cost read for blocks up to max_draft + 1 rows
 
 
 @dataclass(frozen=True)
 class BlockCost:
     """What a step with a block of k target tokens costs, in one-row target forwards, from measured costs.
 
-    Inline: a verify over k + 1 rows plus the k drafting forwards before it (δ each), as ``budget.py``.
+    Inline: a verify over k + 1 rows plus the k drafting forwards before it (δ each), as ``costs.StepCost``.
     Overlapped, in the steady state: the slower of the step's two sides, the verify over k + 1 rows or
     the drafting of the k + 1 tokens (the next block and the guess) that the draft makes meanwhile. A
     token joins the block while the expected tokens per cost rise: its value is the draft's guess, before
@@ -67,12 +67,13 @@ class BlockCost:
     2.62, 2.18: the block stops after three tokens.
     """
 
-    rows: StepCost  # its curve: c(k)/c(1) of a verify over k rows
+    rows: CostCurve  # c(k)/c(1) of a verify over k rows
     delta: float  # one draft token, in one-row target forwards
     overlap: bool
+    context: int | None = None  # tokens in the target's cache: the curve is read there
 
     def time(self, k: int, per_token: float = 1.0) -> float:
-        verify, drafting = self.rows.rows(k + 1), self.delta * per_token
+        verify, drafting = self.rows(k + 1, self.context), self.delta * per_token
         return max(verify, (k + 1) * drafting) if self.overlap else verify + k * drafting
 
     def pays(self, value: float, k: int, total: float, per_token: float = 1.0) -> bool:
@@ -177,12 +178,9 @@ class PearlDrafter(Drafter):
         model's cost curve at the process's threads (``paradec.costs``, inline)."""
         if self.overlap:
             self.costs = overlap_costs(self.model, *self.drafting, self.placement)
-            curve = tuple(self.costs.target(k) for k in range(1, CURVE_ROWS + 1))
-            return BlockCost(StepCost(curve), self.costs.draft_ratio(), overlap=True)
-        from ..costs import cost_curve
-
+            return BlockCost(self.costs.target, self.costs.draft_ratio(), overlap=True)
         delta = cost_curve(*self.drafting).seconds / cost_curve(self.model).seconds
-        return BlockCost(StepCost(measured_curve(self.model, CURVE_ROWS)), delta, overlap=False)
+        return BlockCost(cost_curve(self.model), delta, overlap=False)
 
     def propose(self, ctx: StepContext) -> Draft:
         chain = self.chain
@@ -204,7 +202,7 @@ class PearlDrafter(Drafter):
             chain.want(base + lookahead)
             chain.set_verifying(True)
             return Draft()
-        draft, used = self._block(min(self.depth, ctx.max_nodes))
+        draft, used = self._block(min(self.depth, ctx.max_nodes), len(ctx.tokens))
         if self.overlap:  # post-verify: draft the guess and the next block while the target verifies this one
             with chain.cond:
                 base = chain.base
@@ -227,10 +225,12 @@ class PearlDrafter(Drafter):
             with self.chain.cond:
                 force = len(self.chain.seq) < n  # it cannot grow (halted): restart
 
-    def _block(self, limit: int) -> tuple[Draft, int]:
+    def _block(self, limit: int, context: int) -> tuple[Draft, int]:
         """The next block: up to ``limit`` target tokens of the chain, waiting for the draft where it is
-        behind, cut where one more token stops paying (``BlockCost``). Returns it and the chain tokens it uses."""
-        chain, cost = self.chain, self.cost
+        behind, cut where one more token stops paying (``BlockCost`` at ``context`` tokens). Returns it
+        and the chain tokens it uses."""
+        chain = self.chain
+        cost = dataclasses.replace(self.cost, context=context) if self.cost is not None else None
         per_token = self.bridge.per_target_token()  # chain tokens per target token
         tokens, qs, used, total = [], [], 0, 0.0
         while len(tokens) < limit:

@@ -26,15 +26,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import costs
-from ..costs import CostCurve, cost_curve, fingerprint, measure
+from ..costs import CostCurve, cost_curve, fingerprint, measure_contexts
 from .draft_chain import use_cores
 
 log = logging.getLogger(__name__)
 
 KS = (1, 2, 3, 4, 6, 8, 12, 16)  # rows of the target's measured verify forwards
 CONTEXT = 64  # tokens in each cache before the measured rows
-ROUNDS = 5
-PROTOCOL = 1
+ROUNDS = 3
+PROTOCOL = 2
 
 
 def machine_cpus() -> list[int]:
@@ -86,8 +86,10 @@ def work_share(target_model, draft_model, layers: int | None) -> float:
 
 @dataclass(frozen=True)
 class OverlapCosts:
-    """target: the target's verify forward over k rows while the draft drafts (``.seconds`` = 1 row);
-    draft: the draft's one-row forward while the target verifies."""
+    """target: the target's verify forward over k rows while the draft drafts (``.seconds`` = 1 row),
+    after CONTEXT tokens (read alike at every context: measuring side by side at the contexts of
+    ``paradec.costs`` would prefill thousands of tokens on a share of the cores); draft: the draft's
+    one-row forward meanwhile."""
 
     target: CostCurve
     draft: float
@@ -108,22 +110,22 @@ def overlap_costs(target_model, draft_model, layers: int | None, placement: Plac
     try:
         data = json.loads(path.read_text())
         if data["key"] == key:
-            return OverlapCosts(CostCurve.from_seconds({int(k): v for k, v in data["target"].items()}),
-                                float(data["draft"]))
+            times = [{int(k): float(v) for k, v in t.items()} for t in data["target"]]
+            return OverlapCosts(CostCurve.from_contexts(data["contexts"], times), float(data["draft"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     log.warning("measuring the target's and the draft's forwards side by side on their cores (once; cached in %s)",
                 path.parent)
-    times, draft = _measure(target_model, draft_model, layers, placement)
+    contexts, times, draft = _measure(target_model, draft_model, layers, placement)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "target": {str(k): v for k, v in times.items()}, "draft": draft},
-                                  indent=1))
+        target = [{str(k): v for k, v in t.items()} for t in times]
+        tmp.write_text(json.dumps({"key": key, "contexts": contexts, "target": target, "draft": draft}, indent=1))
         tmp.replace(path)
     except OSError as exc:
         log.warning("could not cache the overlap costs in %s: %s", path.parent, exc)
-    return OverlapCosts(CostCurve.from_seconds(times), draft)
+    return OverlapCosts(CostCurve.from_contexts(contexts, times), draft)
 
 
 def _measure(target_model, draft_model, layers, placement: Placement):
@@ -156,7 +158,7 @@ def _measure(target_model, draft_model, layers, placement: Placement):
         undo = use_cores(placement.target_threads, placement.target_cpus, native)
         try:
             running.wait(timeout=60)
-            out["target"] = measure(target_model, KS, CONTEXT, ROUNDS, warmup=1)
+            out["target"] = measure_contexts(target_model, KS, (CONTEXT,), ROUNDS, warmup=1)
         finally:
             undo()
             stop.set()
@@ -168,7 +170,7 @@ def _measure(target_model, draft_model, layers, placement: Placement):
     missing = {"target", "draft"} - set(out)
     if missing:
         raise RuntimeError(f"measuring pearl's placement failed ({', '.join(sorted(missing))} not measured)")
-    return out["target"], out["draft"]
+    return (*out["target"], out["draft"])
 
 
 def _in_thread(fn, *args) -> None:

@@ -87,3 +87,28 @@ def mismatch(model, facts: dict, probes: torch.Tensor) -> str | None:
     if float(cos.min()) < 0.99:
         return f"different LM head weights (cosine of probe rows down to {float(cos.min()):.3f})"
     return None
+
+
+@torch.no_grad()
+def last_layer(model) -> dict[str, torch.Tensor]:
+    """The target's last decoder layer as float32 matrices (y = x @ W.T): q, k, v, o, gate, up, down
+    and the two norm weights, attn_norm and mlp_norm. An EAGLE head may start from them
+    (``train.stream``): its one layer then begins as the target's own last one."""
+    rt = model.runtime
+    shape = layer_shape(model)
+    q_rows, kv_rows = shape["heads"] * shape["head_dim"], shape["kv_heads"] * shape["head_dim"]
+    if rt.name == "native":
+        layer = rt.weights.layers[-1]
+        qkv = layer.qkv.dequantize(torch.float32)
+        gate_up = layer.gate_up.dequantize(torch.float32)
+        inter = shape["intermediate"]
+        return {"q": qkv[:q_rows], "k": qkv[q_rows : q_rows + kv_rows], "v": qkv[q_rows + kv_rows :],
+                "o": layer.o.dequantize(torch.float32), "gate": gate_up[:inter], "up": gate_up[inter:],
+                "down": layer.down.dequantize(torch.float32),
+                "attn_norm": layer.attn_norm.to(torch.float32), "mlp_norm": layer.mlp_norm.to(torch.float32)}
+    layer = rt.model.model.layers[-1]
+    a, m = layer.self_attn, layer.mlp
+    return {name: w.weight.detach().to(torch.float32) for name, w in (
+        ("q", a.q_proj), ("k", a.k_proj), ("v", a.v_proj), ("o", a.o_proj),
+        ("gate", m.gate_proj), ("up", m.up_proj), ("down", m.down_proj),
+        ("attn_norm", layer.input_layernorm), ("mlp_norm", layer.post_attention_layernorm))}

@@ -20,13 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-QUANT_FORMATS = ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k")
-GGML_TYPES = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k"}
-BLOCK = {"q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20), "q4_k": (256, 144), "q5_k": (256, 176), "q6_k": (256, 210)}
-LANE = {"q8_0": 32, "q4_0": 32, "q4_1": 32, "q4_k": 32, "q5_k": 32, "q6_k": 16}  # weights per lane
-HDR = {"q8_0": 32, "q4_0": 32, "q4_1": 64, "q4_k": 40, "q5_k": 40, "q6_k": 18}  # header bytes per output and group
-OFFSET = {"q8_0": 0, "q4_0": 8, "q4_1": 0, "q4_k": 0, "q5_k": 0, "q6_k": 32}
-BITS = {"q8_0": 8, "q4_0": 4, "q4_1": 4, "q4_k": 4, "q5_k": 5, "q6_k": 6}
+QUANT_FORMATS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
+GGML_TYPES = {f.upper(): f for f in QUANT_FORMATS}  # GGUF tensor type name -> format
+BLOCK = {"q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24),  # (weights, bytes)
+         "q4_k": (256, 144), "q5_k": (256, 176), "q6_k": (256, 210)}
+LANE = {f: 16 if f == "q6_k" else 32 for f in QUANT_FORMATS}  # weights per lane
+HDR = {"q8_0": 32, "q4_0": 32, "q4_1": 64, "q5_0": 32, "q5_1": 64, "q4_k": 40, "q5_k": 40, "q6_k": 18}  # header bytes per output and group
+OFFSET = {"q8_0": 0, "q4_0": 8, "q4_1": 0, "q5_0": 16, "q5_1": 0, "q4_k": 0, "q5_k": 0, "q6_k": 32}
+BITS = {"q8_0": 8, "q4_0": 4, "q4_1": 4, "q5_0": 5, "q5_1": 5, "q4_k": 4, "q5_k": 5, "q6_k": 6}
+WITH_MIN = ("q4_1", "q5_1", "q4_k", "q5_k")  # weight = ws * stored + wm
 TILE, GROUP = 4, 16  # outputs per tile, lanes per group
 
 
@@ -42,6 +44,15 @@ class Lanes:
     @property
     def shape(self) -> tuple[int, int]:
         return self.stored.shape
+
+
+def pack_of(L: int) -> int:
+    """Outputs whose lanes share one vector in a group of L lanes (a short last group: quant.h)."""
+    return 1 if L > 8 else (2 if L > 4 else 4)
+
+
+def _data_bytes(fmt: str, L: int) -> int:
+    return {8: 32 * L, 4: 16 * L, 5: 16 * L + 64, 6: 192}[BITS[fmt]]
 
 
 def groups(K: int, fmt: str) -> tuple[int, int]:
@@ -85,15 +96,18 @@ def decode(blocks: np.ndarray, fmt: str, K: int) -> Lanes:
     if blocks.shape[1] != K // BLOCK[fmt][0] * size:
         raise ValueError(f"{fmt}: {blocks.shape[1]} bytes per row, expected {K // BLOCK[fmt][0] * size} for {K} weights")
     b = blocks.reshape(N, -1, size)
-    if fmt in ("q8_0", "q4_0", "q4_1"):
-        nscale = 4 if fmt == "q4_1" else 2
-        qs = b[..., nscale:]
+    if fmt in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1"):
+        nscale = 4 if fmt in ("q4_1", "q5_1") else 2
+        qs = b[..., nscale + (4 if fmt in ("q5_0", "q5_1") else 0):]
         if fmt == "q8_0":
             stored = qs
         else:  # byte j: weight j (low nibble), weight j + 16 (high)
             stored = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+        if fmt in ("q5_0", "q5_1"):  # 32 fifth bits, bit j: weight j
+            qh = np.ascontiguousarray(b[..., nscale : nscale + 4]).view(np.uint32)
+            stored = stored | (((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8) << 4)
         padded = _pad_lanes(b[..., :nscale], fmt)  # (N, ng, 16, nscale)
-        if fmt == "q4_1":  # 16 d, then 16 m
+        if nscale == 4:  # 16 d, then 16 m
             header = np.concatenate([padded[..., :2].reshape(N, -1, 32), padded[..., 2:].reshape(N, -1, 32)], axis=-1)
         else:
             header = padded.reshape(N, -1, 32)
@@ -161,19 +175,21 @@ def tile(lanes: Lanes) -> torch.Tensor:
     parts = []
     for g, L in [(g, GROUP) for g in range(full)] + ([(full, last)] if last else []):
         lo = g * GROUP * S
-        data = _lane_data(stored[:, lo : lo + L * S].reshape(Np, L, S), fmt)
+        P = pack_of(L)  # packs of P outputs, their lanes side by side
+        lanes = stored[:, lo : lo + L * S].reshape(T * TILE // P, P * L, S)
         parts.append(header[:, g].reshape(T, -1))
-        parts.append(data.reshape(T, -1))
+        parts.append(_lane_data(lanes, fmt).reshape(T, -1))
     return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=1)))
 
 
 def tile_bytes(fmt: str, K: int) -> int:
     full, last = groups(K, fmt)
 
-    def data(L: int) -> int:
-        return {8: 32 * L, 4: 16 * L, 5: 16 * L + 64, 6: 192}[BITS[fmt]]
+    def group(L: int) -> int:
+        P = pack_of(L)
+        return TILE * HDR[fmt] + TILE // P * _data_bytes(fmt, P * L)
 
-    return TILE * (full * (HDR[fmt] + data(GROUP)) + (HDR[fmt] + data(last) if last else 0))
+    return full * group(GROUP) + (group(last) if last else 0)
 
 
 def untile(tiles: torch.Tensor, fmt: str, N: int, K: int) -> Lanes:
@@ -188,9 +204,11 @@ def untile(tiles: torch.Tensor, fmt: str, N: int, K: int) -> Lanes:
     for g, L in [(g, GROUP) for g in range(full)] + ([(full, last)] if last else []):
         headers.append(t[:, at : at + TILE * HDR[fmt]].reshape(T * TILE, HDR[fmt]))
         at += TILE * HDR[fmt]
-        size = {8: 32 * L, 4: 16 * L, 5: 16 * L + 64, 6: 192}[bits]
-        data = t[:, at : at + TILE * size].reshape(T * TILE, size)
-        at += TILE * size
+        P = pack_of(L)
+        size = _data_bytes(fmt, P * L)
+        data = t[:, at : at + TILE // P * size].reshape(T * TILE // P, size)
+        at += TILE // P * size
+        L = P * L  # a pack reads as a group of P L lanes
         if bits == 8:
             slices = data.reshape(-1, 8, L, 4)
         elif bits == 6:
@@ -205,7 +223,7 @@ def untile(tiles: torch.Tensor, fmt: str, N: int, K: int) -> Lanes:
                 fifth = np.unpackbits(data[:, 16 * L :].reshape(-1, 8, 8), axis=-1, bitorder="little")[..., : 4 * L]
                 slices = slices | (fifth.reshape(-1, 8, L, 4) << 4)
         lo = g * GROUP * S
-        stored[:, lo : lo + L * S] = slices.transpose(0, 2, 1, 3).reshape(-1, L * S)
+        stored[:, lo : lo + L // P * S] = slices.transpose(0, 2, 1, 3).reshape(T * TILE, L // P * S)
     return Lanes(fmt, stored[:N], np.stack(headers, axis=1)[:N])
 
 
@@ -214,9 +232,9 @@ def lane_scales(lanes: Lanes) -> tuple[np.ndarray, np.ndarray]:
     fmt, h = lanes.fmt, lanes.header
     N, K = lanes.shape
     nl = K // LANE[fmt]
-    if fmt in ("q8_0", "q4_0", "q4_1"):
+    if fmt in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1"):
         ws = _f16(np.ascontiguousarray(h[..., :32])).reshape(N, -1)[:, :nl]
-        wm = _f16(np.ascontiguousarray(h[..., 32:64])).reshape(N, -1)[:, :nl] if fmt == "q4_1" else np.zeros_like(ws)
+        wm = _f16(np.ascontiguousarray(h[..., 32:64])).reshape(N, -1)[:, :nl] if fmt in WITH_MIN else np.zeros_like(ws)
         return ws, wm
     if fmt == "q6_k":
         d = _f16(np.ascontiguousarray(h[..., :2]))  # (N, ng, 1)
@@ -236,7 +254,7 @@ def dequantize(lanes: Lanes) -> np.ndarray:
     q = lanes.stored.view(np.int8) if fmt == "q8_0" else lanes.stored
     q = (q.astype(np.float32) - OFFSET[fmt]).reshape(N, -1, S)
     ws, wm = lane_scales(lanes)
-    if fmt in ("q4_1", "q4_k", "q5_k"):
+    if fmt in WITH_MIN:
         return (ws[..., None] * q + wm[..., None]).reshape(N, K)
     return (ws[..., None] * q).reshape(N, K)
 

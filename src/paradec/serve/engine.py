@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +78,8 @@ class Engine:
         self.draft = None if config.draft is None else load(config.draft, model.dtype, model.runtime.name, model.quant)
         self.build(config.method, self.operator_options(config.method))  # a bad default fails now
         self.shelf = Shelf(MAX_DRAFTERS, config.max_batch)
+        self._corpora_lock = threading.Lock()
+        self._corpora: OrderedDict[str, Any] = OrderedDict()  # API key owner → its suffix corpus
         measure = config.cost_curve == "measure" and model.diffusion is None  # diffusion LMs do not draft
         switch = DraftSwitch(cost_curve(model)) if measure else None
         self.worker = Worker(config.max_queue, config.max_batch, switch)
@@ -121,6 +125,9 @@ class Engine:
         grammar = self.constraint(req)
         for i in range(n):
             drafters.append(self.drafter(req.paradec, shared=i == 0))
+        if owner is not None:  # the suffix drafters read and grow this key's earlier conversations
+            for drafter in drafters:
+                drafter.use_corpus(self.corpus(owner))
         ids = self.encode(prompt, chat)
         limit = self.token_budget(req, len(ids), default_limit, "messages" if chat else "prompt")
         if self.model.diffusion is not None and req.token_limit() is None:
@@ -252,6 +259,17 @@ class Engine:
         key = (method, json.dumps(requested, sort_keys=True))
         drafter = self.shelf.take(key)
         return drafter if drafter is not None else self.shelf.lend(key, self.build(method, options))
+
+    def corpus(self, owner: str):
+        """The corpus of earlier conversations of one API key (``drafters.suffix``): never another key's."""
+        from ..drafters.suffix import SuffixCorpus
+
+        with self._corpora_lock:
+            corpus = self._corpora.setdefault(owner, SuffixCorpus())
+            self._corpora.move_to_end(owner)
+            if len(self._corpora) > MAX_DRAFTERS:
+                self._corpora.popitem(last=False)
+            return corpus
 
     def methods(self) -> list[str]:
         """The method names requests may use: the drafters, or a diffusion LM's decoders (and "plain")."""

@@ -6,6 +6,7 @@ Heavy modules (torch, transformers) are imported only when the command runs.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 from pathlib import Path
 
@@ -24,7 +25,13 @@ next-token distributions, through its LM head).
 resumable: rerun the same command to continue (data, labels and training checkpoints stay in --out);
 --kind medusa in the same --out reuses eagle's data and labels.
 
+stream (--stream, eagle): self-distillation on the target's own greedy answers to prompts built from the
+same records (never the benchmark's), labelled while it answers (its features, recorded by the decoding
+loop: no separate labelling pass); a replay buffer of the newest chunks; resumable; DIR/eagle.safetensors
+and its manifest are rewritten at every validation (--eval-every), so the newest head can be shipped.
+
 examples:
+  paradec train-drafter --stream --out runs/s1 --steps 500 --reuse 6 --cls-weight 1.0 --lr 0.0015   # streamed
   paradec train-drafter --out runs/v2 --tokens 200000 --answers 80 --epochs 1.5 --threads 1   # the shipped
   paradec train-drafter --kind medusa --out runs/v2 --tokens 200000 --answers 80 --epochs 1.5   # smollm2-135m heads
   paradec train-drafter --tokens 20000 --answers 0 --epochs 1 --out /tmp/quick   # a few minutes
@@ -50,6 +57,18 @@ def add_parser(subparsers) -> None:
     d.add_argument("--answers", type=int, default=0, help="the model's own answers to generate (default: %(default)s)")
     d.add_argument("--answer-tokens", type=int, default=128, help="longest answer (default: %(default)s)")
     d.add_argument("--code-share", type=float, default=0.3, help="share of Python code in the non-answer tokens (default: %(default)s)")
+    st = p.add_argument_group("stream (self-distillation: the target answers prompts and trains the head as it goes; eagle)")
+    st.add_argument("--stream", action="store_true",
+                    help="train on the target's own answers, labelled while it answers (see paradec.train.stream); "
+                         "--runtime/--dtype/--quant choose the model that answers and labels")
+    st.add_argument("--steps", type=int, default=3000, help="stream: training steps in all (default: %(default)s)")
+    st.add_argument("--sequences", type=int, default=8, help="stream: prompts answered together per round (default: %(default)s)")
+    st.add_argument("--buffer", type=int, default=512, help="stream: chunks kept for replay (default: %(default)s)")
+    st.add_argument("--reuse", type=float, default=3.0, help="stream: reads of each new chunk (default: %(default)s)")
+    st.add_argument("--val-prompts", type=int, default=24, help="stream: prompts kept for validation (default: %(default)s)")
+    st.add_argument("--eval-every", type=int, default=100, help="stream: steps between validations and head files (default: %(default)s)")
+    st.add_argument("--init", default="random", choices=["target", "random"],
+                    help="stream: start the head's layer from the target's last layer, or at random (default: %(default)s)")
     t = p.add_argument_group("training")
     t.add_argument("--subset", type=int, default=4096, help="tokens the head can draft: the most frequent (default: %(default)s)")
     t.add_argument("--unroll", type=int, default=3, help="eagle: steps trained on its own predictions (default: %(default)s)")
@@ -57,6 +76,9 @@ def add_parser(subparsers) -> None:
     t.add_argument("--epochs", type=float, default=2.0, help="passes over the training chunks (default: %(default)s)")
     t.add_argument("--batch", type=int, default=4, help="chunks per step (default: %(default)s)")
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    t.add_argument("--warmup", type=int, default=20, help="warm-up steps (default: %(default)s)")
+    t.add_argument("--cls-weight", type=float, default=0.1,
+                   help="eagle: weight of the distribution (KL) loss beside the feature loss (default: %(default)s)")
     t.add_argument("--seed", type=int, default=0, help="seed of data order, initialisation and noise (default: %(default)s)")
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.set_defaults(func=cmd_train)
@@ -113,9 +135,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         data_cfg = DataConfig(tokens=args.tokens, chunk=args.chunk, answers=args.answers, answer_tokens=args.answer_tokens,
                               code_share=args.code_share, seed=args.seed)
         train_cfg = TrainConfig(kind=args.kind, subset=args.subset, depth=args.depth, unroll=args.unroll, epochs=args.epochs,
-                                batch=args.batch, lr=args.lr, seed=args.seed)
+                                batch=args.batch, lr=args.lr, warmup=args.warmup, cls_weight=args.cls_weight, seed=args.seed)
     except ValueError as exc:
         raise ParadecError(str(exc)) from None
+    if args.stream:
+        return _stream(args, train_cfg)
     label_model = load(args.model, "float32", args.label_runtime)
     answer_model = lambda: load(args.model, args.dtype, args.runtime, args.quant)  # noqa: E731
     progress = RichProgress()
@@ -126,4 +150,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress.console.print(f"wrote {path} (SHA-256 {manifest['sha256'][:16]}...); validation "
                            + ", ".join(f"{k} {v}" for k, v in manifest["training"]["validation"].items() if k.startswith("acc")))
     print(path)
+    return 0
+
+
+def _stream(args: argparse.Namespace, train_cfg) -> int:
+    import sys
+
+    from ..errors import ParadecError
+    from ..model import load
+    from .answers import prompts
+    from .sources import HeldOut, documents
+    from .stream import StreamConfig, StreamTrainer
+
+    if args.kind != "eagle":
+        raise ParadecError("--stream trains eagle heads (medusa: without --stream)")
+    try:
+        cfg = StreamConfig(steps=args.steps, sequences=args.sequences, answer_tokens=args.answer_tokens, chunk=args.chunk,
+                           buffer=args.buffer, reuse=args.reuse, val_prompts=args.val_prompts, eval_every=args.eval_every,
+                           init=args.init)
+    except ValueError as exc:
+        raise ParadecError(str(exc)) from None
+    model = load(args.model, args.dtype, args.runtime, args.quant)
+    held = HeldOut()
+    tok = model.tokenizer
+    def docs():  # text and code documents, alternating
+        for pair in zip(documents("text", held, args.seed), documents("code", held, args.seed)):
+            for _, text in pair:
+                yield tok(text, add_special_tokens=False).input_ids
+
+    trainer = StreamTrainer(model, cfg, train_cfg, Path(args.out), lambda: prompts(held, args.seed), docs,
+                            command_line(args), log=lambda line: print(line, file=sys.stderr, flush=True))
+    validation = trainer.run()
+    print(Path(args.out) / "eagle.safetensors", json.dumps(validation))
     return 0

@@ -17,7 +17,8 @@ from .build import KernelsUnavailable, build_key, library, missing_tools, runnab
 log = logging.getLogger(__name__)
 ABI = 3  # api.cpp's pd_abi()
 MAX_PARTS = 4
-FMT_CODES = {"f32": 0, "bf16": 1, "bf16-tiled": 2, "q8_0": 10, "q4_0": 11, "q4_1": 12, "q4_k": 13, "q5_k": 14, "q6_k": 15}
+FMT_CODES = {"f32": 0, "bf16": 1, "bf16-tiled": 2, "q8_0": 10, "q4_0": 11, "q4_1": 12, "q4_k": 13, "q5_k": 14, "q6_k": 15,
+             "q5_0": 16, "q5_1": 17}  # quant.h's Fmt
 
 i64p = ctypes.POINTER(ctypes.c_int64)
 f32p = ctypes.POINTER(ctypes.c_float)

@@ -10,9 +10,10 @@
 // once and serve every row and every query head of the group from the cache (GQA: the query heads
 // of one kv head share its keys).
 //
-// One key's score: 8-lane FMAs over D in order, then a fixed reduction tree
-// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), the tree four keys reduced together also give,
-// so a key scores the same bits whether it is read alone or in a group of four.
+// One key's score: 8-lane FMAs over D in order (16 lanes on AVX-512, whose two halves are then
+// added), then a fixed reduction tree ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), the tree four
+// keys reduced together also give, so a key scores the same bits whether it is read alone or in a
+// group of four. (The AVX-512 and AVX2 paths sum in other orders: each is row-invariant on its own.)
 
 #include "api.h"
 
@@ -44,10 +45,45 @@ inline __m256 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {  // lanes 0.
 }
 #endif
 
+#if PD_AVX512
+template <typename T>
+inline __m512 load16(const T* p);
+template <>
+inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <>
+inline __m512 load16<uint16_t>(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+inline __m256 halves(__m512 a) { return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)); }
+#endif
+
 // out[j] = scale * q . K[slots[j]]
 template <typename T>
 void key_scores(const float* q, const T* K, const int64_t* slots, int64_t n, int64_t D, float scale, float* out) {
   int64_t j = 0;
+#if PD_AVX512  // 16 lanes over D, the two halves added, then the 4-key tree of the AVX2 path
+  if (D % 16 == 0) {
+    const __m256 z = _mm256_setzero_ps();
+    for (; j + 4 <= n; j += 4) {
+      const T* k[4] = {K + slots[j] * D, K + slots[j + 1] * D, K + slots[j + 2] * D, K + slots[j + 3] * D};
+      __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (int64_t d = 0; d < D; d += 16) {
+        const __m512 qv = _mm512_loadu_ps(q + d);
+        for (int i = 0; i < 4; ++i) a[i] = _mm512_fmadd_ps(qv, load16<T>(k[i] + d), a[i]);
+      }
+      alignas(32) float sums[8];
+      _mm256_store_ps(sums, reduce4(halves(a[0]), halves(a[1]), halves(a[2]), halves(a[3])));
+      for (int i = 0; i < 4; ++i) out[j + i] = sums[i] * scale;
+    }
+    for (; j < n; ++j) {
+      const T* k = K + slots[j] * D;
+      __m512 a = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), load16<T>(k + d), a);
+      out[j] = _mm256_cvtss_f32(reduce4(halves(a), z, z, z)) * scale;
+    }
+    return;
+  }
+#endif
 #if PD_AVX2
   if (D % 8 == 0) {
     for (; j + 4 <= n; j += 4) {
@@ -79,10 +115,29 @@ void key_scores(const float* q, const T* K, const int64_t* slots, int64_t n, int
   }
 }
 
-// out[d] = sum_j p[j] v_j[d], keys in order, 64 dimensions at a time in registers.
+#if PD_AVX512
+// out[d0 .. d0 + 16W) = sum_j p[j] v_j[...], keys in order, in W registers
+template <int W, typename T>
+inline void values512(const float* p, const T* V, const int64_t* slots, int64_t n, int64_t D, int64_t d0, float* out) {
+  __m512 acc[W];
+  for (int i = 0; i < W; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const __m512 pj = _mm512_set1_ps(p[j]);
+    const T* v = V + slots[j] * D + d0;
+    for (int i = 0; i < W; ++i) acc[i] = _mm512_fmadd_ps(pj, load16<T>(v + 16 * i), acc[i]);
+  }
+  for (int i = 0; i < W; ++i) _mm512_storeu_ps(out + d0 + 16 * i, acc[i]);
+}
+#endif
+
+// out[d] = sum_j p[j] v_j[d], keys in order, 64 (AVX-512: 128) dimensions at a time in registers.
 template <typename T>
 void weighted_values(const float* p, const T* V, const int64_t* slots, int64_t n, int64_t D, float* out) {
   int64_t d0 = 0;
+#if PD_AVX512
+  for (; d0 + 128 <= D; d0 += 128) values512<8, T>(p, V, slots, n, D, d0, out);
+  for (; d0 + 64 <= D; d0 += 64) values512<4, T>(p, V, slots, n, D, d0, out);
+#endif
 #if PD_AVX2
   for (; d0 + 64 <= D; d0 += 64) {
     __m256 acc[8];

@@ -338,8 +338,11 @@ class Pool {
   std::mutex run_, m_;
   std::condition_variable cv_;
   bool stop_ = false;
-  std::atomic<uint64_t> generation_{0}, next_{0};
-  std::atomic<int64_t> done_{0}, total_{0}, grain_{1};
+  // the claim counter, the done counter and the job's fields each on their own cache line
+  alignas(64) std::atomic<uint64_t> next_{0};
+  alignas(64) std::atomic<int64_t> done_{0};
+  alignas(64) std::atomic<uint64_t> generation_{0};
+  std::atomic<int64_t> total_{0}, grain_{1};
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
 };
 

@@ -21,28 +21,42 @@ static void rmsnorm_row(const float* x, const float* w, float eps, float* y, int
   for (int64_t i = 0; i < D; ++i) y[i] = w[i] * (x[i] * inv);
 }
 
+// Rows [0, M) in parallel when there are many (a prompt); one row's work never depends on the split.
+template <class F>
+static void per_row(int64_t M, int64_t work_per_row, const F& fn) {
+  if (M * work_per_row < 65536) {
+    for (int64_t r = 0; r < M; ++r) fn(r);
+    return;
+  }
+  parallel(M, grain_for(work_per_row), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) fn(r);
+  });
+}
+
 // y = rmsnorm(x) * w, per row
 void rmsnorm(const float* x, const float* w, float eps, float* y, int64_t M, int64_t D) {
-  for (int64_t r = 0; r < M; ++r) rmsnorm_row(x + r * D, w, eps, y + r * D, D);
+  per_row(M, D, [&](int64_t r) { rmsnorm_row(x + r * D, w, eps, y + r * D, D); });
 }
 
 // h += delta (in place); y = rmsnorm(h) * w: the residual add fused with the next norm
 void add_rmsnorm(float* h, const float* delta, const float* w, float eps, float* y, int64_t M, int64_t D) {
-  for (int64_t i = 0; i < M * D; ++i) h[i] += delta[i];
-  rmsnorm(h, w, eps, y, M, D);
+  per_row(M, 2 * D, [&](int64_t r) {
+    for (int64_t i = r * D; i < (r + 1) * D; ++i) h[i] += delta[i];
+    rmsnorm_row(h + r * D, w, eps, y + r * D, D);
+  });
 }
 
 // [M, 2I] (gate | up) -> [M, I]: silu(gate) * up
 void silu_mul(const float* gu, float* y, int64_t M, int64_t I) {
-  std::vector<float> e(I);
-  for (int64_t r = 0; r < M; ++r) {
+  per_row(M, 8 * I, [&](int64_t r) {
+    std::vector<float> e(I);
     const float* g = gu + r * 2 * I;
     const float* u = g + I;
     float* out = y + r * I;
     for (int64_t i = 0; i < I; ++i) e[i] = -g[i];
     exp_inplace(e.data(), I);
     for (int64_t i = 0; i < I; ++i) out[i] = g[i] / (1.f + e[i]) * u[i];
-  }
+  });
 }
 
 // Rotation as transformers' rotate_half: x1 = x[:D/2], x2 = x[D/2:] -> (x1 c - x2 s, x2 c + x1 s).
@@ -58,18 +72,20 @@ static void rope_row(const float* x, const float* c, const float* s, int64_t D, 
 // and its value are written to its (sequence, slot) of the layer's cache.
 void rope_store(const pd_model& m, int64_t layer, const pd_rows& rows, const float* qkv, float* q) {
   const int64_t H = m.heads, Hkv = m.kv_heads, D = m.head_dim, W = (H + 2 * Hkv) * D;
-  std::vector<float> tmp(D);
-  for (int64_t r = 0; r < rows.M; ++r) {
-    const float* row = qkv + r * W;
-    const int64_t pos = rows.positions[r];
+  for (int64_t r = 0; r < rows.M; ++r) {  // checked here: a kernel thread must not throw
+    const int64_t pos = rows.positions[r], seq = rows.store[2 * r], slot = rows.store[2 * r + 1];
     check(pos >= 0 && pos < rows.P, "position " + std::to_string(pos) + " outside the rotary tables");
-    const float* c = rows.cos + pos * (D / 2);
-    const float* s = rows.sin + pos * (D / 2);
-    for (int64_t h = 0; h < H; ++h) rope_row(row + h * D, c, s, D, q + (r * H + h) * D);
-    const int64_t seq = rows.store[2 * r], slot = rows.store[2 * r + 1];
     check(seq >= 0 && seq < rows.sequences, "row of an unknown sequence");
-    const int64_t cap = rows.caps[seq];
-    check(slot >= 0 && slot < cap, "KV slot " + std::to_string(slot) + " outside the cache (capacity " + std::to_string(cap) + ")");
+    check(slot >= 0 && slot < rows.caps[seq],
+          "KV slot " + std::to_string(slot) + " outside the cache (capacity " + std::to_string(rows.caps[seq]) + ")");
+  }
+  per_row(rows.M, 2 * W, [&](int64_t r) {
+    std::vector<float> tmp(D);
+    const float* row = qkv + r * W;
+    const float* c = rows.cos + rows.positions[r] * (D / 2);
+    const float* s = rows.sin + rows.positions[r] * (D / 2);
+    for (int64_t h = 0; h < H; ++h) rope_row(row + h * D, c, s, D, q + (r * H + h) * D);
+    const int64_t seq = rows.store[2 * r], slot = rows.store[2 * r + 1], cap = rows.caps[seq];
     for (int64_t g = 0; g < Hkv; ++g) {
       rope_row(row + (H + g) * D, c, s, D, tmp.data());
       const int64_t koff = (((layer * 2 + 0) * Hkv + g) * cap + slot) * D;
@@ -84,7 +100,7 @@ void rope_store(const pd_model& m, int64_t layer, const pd_rows& rows, const flo
         std::memcpy(cache + voff, v, D * sizeof(float));
       }
     }
-  }
+  });
 }
 
 }  // namespace paradec

@@ -119,6 +119,12 @@ void fgemm(const W& wt, int64_t M, int64_t N, int64_t K, const float* x, const f
 void linear(const pd_linear& lin, int64_t M, const float* x, float* y) {
   const int64_t K = lin.K;
   check(lin.nparts >= 1 && lin.nparts <= PD_MAX_PARTS, "a linear layer has 1 to 4 parts");
+  int64_t total = 0;
+  for (int p = 0; p < lin.nparts; ++p) {
+    total += lin.parts[p].N;
+    check(!is_quant(lin.parts[p].fmt) || K % qformat(lin.parts[p].fmt).lane == 0, "quantised rows must hold whole lanes");
+  }
+  check(total == lin.N, "a linear layer's parts do not add up to its outputs");
   std::unique_ptr<QAct> acts[2];  // activations quantised once per lane width (32, 16)
   int64_t off = 0;
   for (int p = 0; p < lin.nparts; ++p) {
@@ -142,7 +148,6 @@ void linear(const pd_linear& lin, int64_t M, const float* x, float* y) {
     }
     off += part.N;
   }
-  check(off == lin.N, "a linear layer's parts do not add up to its outputs");
 }
 
 void linear_rows(const pd_linear& lin, const int64_t* idx, int64_t n, float* out) {

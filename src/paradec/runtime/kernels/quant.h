@@ -15,12 +15,14 @@
 //   q8_0  S=32  stored int8 (offset 0)           scale d            header 16 x f16 d
 //   q4_0  S=32  stored 0..15 (offset 8)          scale d            header 16 x f16 d
 //   q4_1  S=32  stored 0..15                     scale d, min m     header 16 x f16 d, 16 x f16 m
+//   q5_0  S=32  stored 0..31 (offset 16)         scale d            header as q4_0
+//   q5_1  S=32  stored 0..31                     scale d, min m     header as q4_1
 //   q4_k  S=32  stored 0..15                     scale d*sc, min -dmin*m   header per super-block
 //   q5_k  S=32  stored 0..31 (4 bits + a 5th)    as q4_k                  (256 weights = 8 lanes):
 //                                                                   f16 d, f16 dmin, u8 sc[8], u8 m[8]
 //   q6_k  S=16  stored 0..63 (offset 32)         scale d*sc (int8 sc)      header f16 d, int8 sc[16]
 // 4-bit data: 4 vectors of 64 bytes per group; vector t holds slice t in its low nibbles and slice
-// t+4 in its high nibbles (q6_k: 2 vectors, slices t and t+2). q5_k adds the 5th bits of slice s as
+// t+4 in its high nibbles (q6_k: 2 vectors, slices t and t+2). The 5-bit formats add the 5th bits of slice s as
 // 8 bytes (bit b = byte b of the slice vector); q6_k adds one vector whose byte holds the top 2 bits
 // of slices 0..3 (bits 2s, 2s+1). With L < 16 lanes a vector holds 4L bytes.
 // Quantised layers come in tiles of 4 outputs: per group, the 4 headers, then the 4 outputs' data,
@@ -42,9 +44,17 @@
 
 namespace paradec {
 
-enum Fmt : int32_t { F32 = 0, BF16 = 1, BF16_TILED = 2, Q8_0 = 10, Q4_0 = 11, Q4_1 = 12, Q4_K = 13, Q5_K = 14, Q6_K = 15 };
+enum Fmt : int32_t {
+  F32 = 0, BF16 = 1, BF16_TILED = 2,
+  Q8_0 = 10, Q4_0 = 11, Q4_1 = 12, Q4_K = 13, Q5_K = 14, Q6_K = 15, Q5_0 = 16, Q5_1 = 17
+};
 
-inline bool is_quant(int32_t fmt) { return fmt >= Q8_0 && fmt <= Q6_K; }
+inline bool is_quant(int32_t fmt) { return fmt >= Q8_0 && fmt <= Q5_1; }
+
+// formats whose weight is scale * stored + min (the others: scale * (stored - offset))
+constexpr bool with_min(int32_t fmt) { return fmt == Q4_1 || fmt == Q5_1 || fmt == Q4_K || fmt == Q5_K; }
+// formats with a 5th bit per weight
+constexpr bool five_bits(int32_t fmt) { return fmt == Q5_0 || fmt == Q5_1 || fmt == Q5_K; }
 
 struct QFormat {
   int lane;     // weights per lane (S)
@@ -63,7 +73,15 @@ struct QFormat {
       default: return 128 + 64;  // 6: always 16 lanes
     }
   }
-  int64_t group_bytes(int64_t L) const { return 4 * (hdr + data(L)); }
+  // a group of L lanes: the 4 outputs' headers, then their data in packs (pack_of)
+  int64_t group_bytes(int64_t L) const {
+    const int64_t P = pack_of(L);
+    return 4 * hdr + (4 / P) * data(P * L);
+  }
+  // Outputs whose lanes share one vector in a group of L lanes: a short last group (K = 576 leaves 2
+  // lanes of 32) would waste most of every instruction, so up to 4 outputs' lanes sit side by side
+  // (output k of a pack in lanes k*L .. k*L+L-1) and one pass of integer sums serves all of them.
+  static int64_t pack_of(int64_t L) { return L >= 16 ? 1 : (L > 8 ? 1 : (L > 4 ? 2 : 4)); }
 };
 
 inline QFormat qformat(int32_t fmt) {
@@ -73,6 +91,8 @@ inline QFormat qformat(int32_t fmt) {
     case Q4_1: return {32, 64, 0, 4, true};
     case Q4_K: return {32, 40, 0, 4, true};
     case Q5_K: return {32, 40, 0, 5, true};
+    case Q5_0: return {32, 32, 16, 5, false};
+    case Q5_1: return {32, 64, 0, 5, true};
     case Q6_K: return {16, 18, 32, 6, false};
     default: throw Error("not a quantised format: " + std::to_string(fmt));
   }
@@ -92,9 +112,11 @@ inline void weight_scales(int32_t fmt, const uint8_t* h, int64_t L, float* ws, f
   switch (fmt) {
     case Q8_0:
     case Q4_0:
+    case Q5_0:
       for (int j = 0; j < L; ++j) ws[j] = f16(h + 2 * j);
       break;
     case Q4_1:
+    case Q5_1:
       for (int j = 0; j < L; ++j) ws[j] = f16(h + 2 * j), wm[j] = f16(h + 32 + 2 * j);
       break;
     case Q4_K:
@@ -118,6 +140,9 @@ struct QAct {
   std::vector<int8_t> q;      // [M, K], slice-major per group
   std::vector<float> xs, xd;  // [M, ng, 16]: lane scale, scale * sum (0 beyond the lanes)
   std::vector<int32_t> xi;    // [M, ng, 16]: integer sum of the lane's q
+  int64_t tP = 1;             // outputs per pack in the last group (QFormat::pack_of)
+  std::vector<int8_t> tq;     // [M, slices, 4 tP L]: the last group's q, repeated for each output of a pack
+  std::vector<int32_t> txi;   // [M, 16]: its lane sums, repeated likewise
 
   QAct(const float* x, int64_t M_, int64_t K_, int S_) : S(S_), M(M_), K(K_) {
     const Groups G(K, S);
@@ -147,7 +172,25 @@ struct QAct {
     else parallel(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) row(r);
     });
+    const int64_t L = G.last;
+    tP = L ? QFormat::pack_of(L) : 1;
+    if (tP > 1) {
+      const int slices = S / 4;
+      const int64_t V = 4 * tP * L;  // a pack's slice: tP outputs' lanes
+      tq.assign(M * slices * V, 0);
+      txi.assign(M * 16, 0);
+      for (int64_t r = 0; r < M; ++r)
+        for (int64_t k = 0; k < tP; ++k) {
+          for (int s = 0; s < slices; ++s)
+            std::memcpy(&tq[(r * slices + s) * V + 4 * k * L], rowq(r, ng - 1) + s * 4 * L, 4 * L);
+          std::memcpy(&txi[r * 16 + k * L], &xi[at(r, ng - 1)], L * sizeof(int32_t));
+        }
+    }
   }
+
+  // the last group's q and lane sums as its packs read them
+  const int8_t* tailq(int64_t r) const { return tq.data() + r * (S / 4) * 4 * tP * (K / S % 16); }
+  const int32_t* tailxi(int64_t r) const { return txi.data() + r * 16; }
 
   // max |x| of n (16 or 32) values
   static float abs_max(const float* x, int n) {
