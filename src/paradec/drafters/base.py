@@ -137,6 +137,10 @@ class CompositeDrafter(Drafter):
         for d in self.inner():
             d.finish(tokens)
 
+    def end(self) -> None:
+        for d in self.inner():
+            d.end()
+
     def use_corpus(self, corpus) -> None:
         for d in self.inner():
             d.use_corpus(corpus)
