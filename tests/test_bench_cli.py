@@ -99,7 +99,7 @@ def test_the_load_warning_reads_other_processes_after_set_up():
     warned that "the machine was busy before the run": the 1-min load average counted its own set-up.
     The warning reads how busy other processes kept the CPUs, in a quiet moment after set-up."""
     from paradec.bench.cli import load_warnings
-    from paradec.bench.runner import others_busy
+    from paradec.machine import others_busy
 
     after_setup = {"cpu_count": 2, "threads": 2, "load_before": [3.4, 1.9, 0.8], "load_max_1min": 3.9,
                    "others_before": 0.05, "others_during": 0.1}

@@ -34,25 +34,28 @@ import logging
 import math
 import os
 import platform
-import statistics
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .machine import cpu_times, others_busy
 
 log = logging.getLogger(__name__)
 
 # rows measured for the cache: auto's drafts stay within 16 rows; a batch's forwards reach further
 CACHE_KS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 CACHE_CONTEXTS = (64, 512, 2048)  # tokens in the cache before the rows (those that fit the model)
-CACHE_ROUNDS = 3
-PROTOCOL = 3  # bump when the cached measurement changes, so old files are not read
+CACHE_ROUNDS = 5
+PROTOCOL = 4  # bump when the cached measurement changes, so old files are not read
+BUSY = 0.25  # CPUs other processes kept busy while measuring above which a curve is not cached
 
 
 def measure(model, ks=CACHE_KS, context: int = 256, rounds: int = 15, warmup: int = 2,
             layers: int | None = None) -> dict[int, float]:
-    """Median seconds of one forward over k rows, for every k in ``ks`` (``layers``: of the model's
-    first layers only, as ``layerskip`` drafts).
+    """Seconds of one forward over k rows, the fastest of ``rounds``, for every k in ``ks`` (``layers``:
+    of the model's first layers only, as ``layerskip`` drafts). The fastest, not the median: what a row
+    costs is the machine's; what comes on top is other work, which a load spike adds to one round.
 
     After a prompt of ``context`` tokens, a chain of k rows is read and dropped (the cache returns to
     the prompt); the k values are interleaved round by round, so a load spike hits all of them alike.
@@ -84,7 +87,7 @@ def measure_contexts(model, ks=CACHE_KS, contexts=CACHE_CONTEXTS, rounds: int = 
                 target.commit([])
                 if r >= warmup:
                     times[k].append(elapsed)
-        out.append({k: statistics.median(v) for k, v in times.items()})
+        out.append({k: min(v) for k, v in times.items()})
     return fit, out[::-1]
 
 
@@ -268,9 +271,14 @@ def cost_curve(model, layers: int | None = None) -> CostCurve:
         if curve is None:
             log.warning("measuring what a forward over 1-64 rows costs on this machine at %s tokens of context "
                         "(once; cached in %s)", "/".join(map(str, CACHE_CONTEXTS)), path.parent)
+            before = cpu_times()
             contexts, times = measure_contexts(model, CACHE_KS, CACHE_CONTEXTS, CACHE_ROUNDS, warmup=1, layers=layers)
+            busy = others_busy(before, cpu_times())
             curve = CostCurve.from_contexts(contexts, times)
-            _write(path, key, contexts, times)
+            if busy is not None and busy > BUSY:  # this process uses it; the next one measures again
+                log.warning("other processes kept %.2f CPUs busy while the cost curve was measured: it is not cached", busy)
+            else:
+                _write(path, key, contexts, times)
         _MEMO[name] = curve
         return curve
 

@@ -169,16 +169,21 @@ def _machine() -> list:
 
 
 def _tokens_per_second(model: Model, spec: str, tokens: int) -> float:
-    """Greedy decode of ``tokens`` after a short prompt, best of 3 (after one warm-up run)."""
+    """One-token forwards per second after a short prompt (llama.cpp's decode step, sampling aside),
+    best of 3 after a warm-up."""
     quant, threads = parse_spec(spec)
-    peer = LlamaCpp(model, "llamacpp", quant, threads, lookup=False)
-    prompt = model.tokenizer("Write a short story about a lighthouse keeper and a storm.").input_ids
+    llm = LlamaCpp(model, "llamacpp", quant, threads, lookup=False).llm
+    prompt = [1000 + i for i in range(32)]
     best = 0.0
     for i in range(4):
-        run = peer.run(prompt, tokens)
-        if i and run.seconds > 0:
-            best = max(best, len(run.token_ids) / run.seconds)
-    del peer
+        llm.reset()
+        llm.eval(prompt)
+        start = time.perf_counter()
+        for j in range(tokens):
+            llm.eval([2000 + j])
+        if i:
+            best = max(best, tokens / (time.perf_counter() - start))
+    del llm
     return best
 
 

@@ -19,6 +19,7 @@ import torch
 
 from ..drafters import METHODS, Drafter, make_drafter
 from ..errors import ParadecError
+from ..machine import cpu_times, others_busy
 from ..model import Model
 from .data import Conversation, Prompt
 
@@ -127,26 +128,6 @@ def load_average() -> list[float]:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:  # not available on this platform
         return []
-
-
-def cpu_times() -> tuple[float, float, float] | None:
-    """(wall seconds, CPU-seconds the whole machine has been busy, CPU-seconds of this process), now; None
-    where /proc/stat is not there. Two readings tell how busy *other* processes kept the CPUs between them."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
-    own = os.times()
-    return time.monotonic(), (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own.user + own.system
-
-
-def others_busy(start, end) -> float | None:
-    """CPUs other processes kept busy on average between two ``cpu_times`` readings (0.0 = none), or None."""
-    if start is None or end is None or end[0] <= start[0]:
-        return None
-    return round(max(0.0, (end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]), 2)
 
 
 QUIET_WINDOW = 0.5  # seconds idle after set-up, to read how busy other processes keep the machine
