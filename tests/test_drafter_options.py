@@ -51,6 +51,8 @@ BOUNDS = [
     ("draft", "branch_below", 1, {"draft": "m"}),
     ("layerskip", "max_draft", 32, {}), ("layerskip", "tree_nodes", 128, {}), ("layerskip", "branch", 16, {}),
     ("layerskip", "layers", 256, {}),
+    ("pearl", "max_draft", 32, {"draft": "m"}), ("pearl", "layers", 256, {"draft": "m"}),
+    ("pearl", "min_confidence", 1, {"draft": "m"}),
     ("jacobi", "window", 64, {}),
     ("lookahead", "window", 64, {"guesses": 64, "ngram": 2}), ("lookahead", "guesses", 64, {"window": 64, "ngram": 2}),
     ("lookahead", "ngram", 16, {"window": 4, "guesses": 4}), ("lookahead", "seed", 2**63 - 1, {}),

@@ -32,7 +32,7 @@ PROMPTS = [[5, 9, 17, 5, 9, 17, 5], [40, 41, 42], [7] * 6, [3, 4, 5, 6, 7, 8, 9,
 
 
 def options(method: str, draft) -> dict:
-    return {"draft": draft} if method == "draft" else {}
+    return {"draft": draft} if method in ("draft", "pearl") else {}
 
 
 def solo(model, prompt, method, n, draft=None, **kw):

@@ -58,6 +58,19 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
                         "back to plain torch, whose rows are not bit-identical (also: PARADEC_REQUIRE_KERNELS=1)")
 
 
+def add_placement_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--draft-threads", type=int, metavar="N",
+                   help="pearl: threads of the draft model's own pool, on cores of its own (default: from the "
+                        "machine's cores and the two models' measured costs; one core: the draft drafts in turn)")
+    p.add_argument("--target-threads", type=int, metavar="M",
+                   help="pearl: threads the target verifies with while the draft drafts (default: the other cores)")
+
+
+def placement_options(args: argparse.Namespace) -> dict:
+    """pearl's --draft-threads / --target-threads as its method options (another method refuses them)."""
+    return {name: getattr(args, name) for name in ("draft_threads", "target_threads") if getattr(args, name) is not None}
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .api import encode_prompt, stream
     from .model import load
@@ -74,6 +87,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ParadecError("--method-options must be a JSON object")
     if args.draft:
         options["draft"] = args.draft
+    options.update(placement_options(args))
     chat = args.chat or args.prompt is None  # the built-in example is a chat request
     prompt_ids = encode_prompt(model, args.prompt if args.prompt is not None else EXAMPLE_PROMPT, chat)
     kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -191,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--draft", metavar="MODEL",
                    help="draft model for the `draft` method, and a candidate of `auto` (same kinds of spec as --model)")
     g.add_argument("--method-options", metavar="JSON", help='method config as a JSON object, e.g. \'{"max_draft": 8}\'')
+    add_placement_args(g)
     g.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
     g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens; 0 = off (default)")

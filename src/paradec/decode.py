@@ -19,7 +19,7 @@ from .model import Model
 from .runtime.target import Block as Rows
 from .runtime.target import Target
 from .sampling import SamplingParams, sample, target_probs
-from .stats import Stats
+from .stats import Overlap, Stats
 from .text import TextStream
 from .tree import Block, Draft, block_mask, block_positions, depths
 from .verify import Verdict, verify
@@ -43,6 +43,7 @@ class Step:
     verdict: Verdict  # the accepted path and the bonus token
     delivered: int  # how many of ``verdict.tokens`` the caller received (fewer on the last step)
     method: str  # the method that drafted it (``Drafter.step_method``)
+    overlap: Overlap | None = None  # drafting on a thread of its own for this step (``pearl``)
 
 
 def rows_of(block: Block) -> Rows:
@@ -183,8 +184,10 @@ class Sequence:
             method = "forced"
         self.stats.record_step(depths(block.draft.parents), len(verdict.accepted), delivered, method)
         self.stats.forced_tokens += min(self.forced, len(verdict.accepted), delivered)
+        if (overlap := self.drafter.drafting_report()) is not None:
+            self.stats.record_overlap(overlap)
         if self.on_step is not None:
-            self.on_step(Step(block, verdict, delivered, method))
+            self.on_step(Step(block, verdict, delivered, method, overlap))
         return piece
 
     def finish(self) -> str:
@@ -197,6 +200,7 @@ class Sequence:
         self.stats.new_tokens = len(self.text.ids)
         self.done = True
         self.drafter.finish(list(self.tokens))
+        self.drafter.end()
         self.result = Result(text=self.text.text, token_ids=list(self.text.ids), stats=self.stats)
         return tail
 
@@ -204,17 +208,21 @@ class Sequence:
 def run(seq: Sequence) -> Iterator[str]:
     """The loop for one sequence: yield text pieces as they become final, return its ``Result``."""
     start = time.perf_counter()
-    piece = seq.start(prefill(seq.target, seq.prompt_ids, seq.drafter))
-    seq.stats.prefill_time = time.perf_counter() - start
-    if piece:
-        yield piece
-    while (block := seq.next_block()) is not None:
-        # One forward over root + draft tree (+ aux rows): the whole draft is scored at once.
-        out = seq.target.forward(*rows_of(block), hidden=seq.features)
-        logits, hidden = out if seq.features else (out, None)
-        piece = seq.advance(block, logits, hidden)
+    try:
+        piece = seq.start(prefill(seq.target, seq.prompt_ids, seq.drafter))
+        seq.stats.prefill_time = time.perf_counter() - start
         if piece:
             yield piece
+        while (block := seq.next_block()) is not None:
+            # One forward over root + draft tree (+ aux rows): the whole draft is scored at once.
+            out = seq.target.forward(*rows_of(block), hidden=seq.features)
+            logits, hidden = out if seq.features else (out, None)
+            piece = seq.advance(block, logits, hidden)
+            if piece:
+                yield piece
+    except BaseException:  # an error, or the caller dropped the stream: the drafter lets go (finish does too)
+        seq.drafter.end()
+        raise
     tail = seq.finish()
     if tail:
         yield tail

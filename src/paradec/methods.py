@@ -37,6 +37,8 @@ BUILTIN_METHODS: dict[str, BuiltinMethod] = {
                                             "tree over a static template"),
     "draft": BuiltinMethod("draft_model", "speculative decoding with a smaller draft model of the same vocabulary "
                                           "(--draft MODEL); chain or dynamic tree (tree_nodes), adaptive length"),
+    "pearl": BuiltinMethod("pearl", "PEARL: a draft model (--draft MODEL, any tokenizer) drafts on cores of its own "
+                                    "while the target verifies (pre- and post-verify); --draft-threads/--target-threads"),
     "layerskip": BuiltinMethod("layerskip", "self-speculation: the target's first layers draft (no second model); "
                                             "untrained it is accepted rarely (~1.1 tokens/forward), so it needs a "
                                             "trained exit head to help"),

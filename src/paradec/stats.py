@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+
+class Overlap(NamedTuple):
+    """One step's drafting on a thread of its own (``pearl``)."""
+
+    forwards: int  # the drafting model's forwards since the previous step
+    overlapped: int  # of those, the ones that started while the target verified a block
+    wait: float  # seconds the loop waited for the drafting thread
 
 
 @dataclass
@@ -21,6 +30,8 @@ class Stats:
     ``forced_tokens``: accepted tokens that a grammar forced (free drafts, ``paradec.constraints``), part of
     ``accepted_tokens``; ``constraint``: with a constraint, "complete" when the output matches it whole,
     "incomplete" when the generation ended before (the token limit, the context window), else "".
+    ``draft_forwards``, ``overlapped_forwards``, ``draft_wait``: a drafter on its own thread (``pearl``):
+    its forwards, those that ran while the target verified, the seconds the loop waited for it.
     Times exclude detokenisation.
     """
 
@@ -36,6 +47,9 @@ class Stats:
     methods: dict[str, int] = field(default_factory=dict)
     prefill_time: float = 0.0
     decode_time: float = 0.0
+    draft_forwards: int = 0
+    overlapped_forwards: int = 0
+    draft_wait: float = 0.0
     stop_reason: str = ""  # eos | length | stop | context | constraint (a grammar's dead end)
     constraint: str = ""  # complete | incomplete (with a constraint)
 
@@ -52,6 +66,11 @@ class Stats:
             counts.extend([0] * (upto - len(counts)))
             for d in range(upto):
                 counts[d] += 1
+
+    def record_overlap(self, overlap: Overlap) -> None:
+        self.draft_forwards += overlap.forwards
+        self.overlapped_forwards += overlap.overlapped
+        self.draft_wait += overlap.wait
 
     @property
     def mean_accepted_length(self) -> float:
@@ -82,9 +101,13 @@ class Stats:
         if set(self.methods) - {self.method}:  # auto: what it picked, most used first
             used = sorted(self.methods.items(), key=lambda kv: (-kv[1], kv[0]))
             picked = " (" + ", ".join(f"{name} {steps}" for name, steps in used) + ")"
+        drafting = ""
+        if self.draft_forwards:
+            drafting = (f", drafting: {self.overlapped_forwards} of {self.draft_forwards} draft forwards during "
+                        f"verification, {self.draft_wait:.2f}s waited")
         return (
             f"[{self.method}] {self.new_tokens} tokens in {self.total_time:.2f}s "
             f"({self.tokens_per_second:.1f} tok/s), {self.forward_passes} forward passes{picked}, "
-            f"{self.mean_accepted_length:.2f} tokens/forward{forced}, prefill {self.prefill_time:.2f}s, "
+            f"{self.mean_accepted_length:.2f} tokens/forward{forced}{drafting}, prefill {self.prefill_time:.2f}s, "
             f"stop: {self.stop_reason}{incomplete}"
         )

@@ -36,6 +36,7 @@ class StepRecord:
     accepted: tuple[int, ...]
     tokens: tuple[int, ...]
     delivered: int
+    drafting: tuple[int, int, float] | None = None  # (draft forwards, of those during verification, seconds waited): pearl
 
 
 @dataclass
@@ -49,7 +50,8 @@ class Trace:
         self.steps.append(StepRecord(
             method=step.method, root=block.root, nodes=tuple(block.draft.tokens), parents=tuple(block.draft.parents),
             aux=len(block.aux) if block.aux is not None else 0, accepted=tuple(verdict.accepted),
-            tokens=tuple(verdict.tokens), delivered=step.delivered))
+            tokens=tuple(verdict.tokens), delivered=step.delivered,
+            drafting=tuple(step.overlap) if step.overlap is not None else None))
 
 
 def provenance(steps: list[StepRecord], n_tokens: int) -> list[tuple[str, int]]:
@@ -91,7 +93,9 @@ def page_data(trace: Trace, result: Result, tokenizer, prompt_ids: list[int], mo
         "steps": [{"method": s.method, "root": one(s.root), "nodes": [one(t) for t in s.nodes],
                    "parents": list(s.parents), "aux": s.aux, "accepted": list(s.accepted),
                    "bonus": one(s.tokens[-1]) if s.delivered > len(s.accepted) else None,
-                   "delivered": s.delivered} for s in trace.steps],
+                   "delivered": s.delivered,
+                   "drafting": dict(zip(("forwards", "overlapped", "wait"), s.drafting)) if s.drafting else None}
+                  for s in trace.steps],
     }
 
 

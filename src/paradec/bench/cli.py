@@ -89,7 +89,11 @@ def add_parser(subparsers) -> None:
                         "needs no extra model, 'all' = every registered method; plain (the baseline) always runs first "
                         "(default: %(default)s)")
     p.add_argument("--method-options", metavar="JSON", help='per-method config, e.g. \'{"ngram": {"max_draft": 8}}\'')
-    p.add_argument("--draft", metavar="MODEL", help="draft model for methods that take one, and for the hf-assisted peer")
+    p.add_argument("--draft", metavar="MODEL", help="draft model for methods that take one (draft, pearl: side by side "
+                                                      "with --draft), and for the hf-assisted peer")
+    from ..cli import add_placement_args
+
+    add_placement_args(p)
     p.add_argument("--categories", default=DEFAULT_CATEGORIES, metavar="A,B",
                    help="task categories (default: %(default)s)")
     p.add_argument("--limit", type=int, metavar="N",
@@ -126,7 +130,8 @@ def add_parser(subparsers) -> None:
     _DEFAULTS.update({dest: p.get_default(dest) for dest in _OPTIONS})
 
 
-_OPTIONS = ("suite", "model", "dtype", "runtime", "quant", "methods", "method_options", "draft", "categories", "limit", "seed",
+_OPTIONS = ("suite", "model", "dtype", "runtime", "quant", "methods", "method_options", "draft", "draft_threads",
+            "target_threads", "categories", "limit", "seed",
             "questions", "max_new_tokens", "block_length", "repeats", "threads", "peers", "no_peers", "llamacpp", "output")
 _DEFAULTS: dict = {}
 
@@ -247,6 +252,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         prompts = data.load_prompts(categories, args.limit or DEFAULT_LIMIT, args.seed)
     categories = list(dict.fromkeys(p.category for p in prompts))
     names = runner.resolve_methods(args.methods, args.draft)
+    from ..cli import placement_options
+
+    if placement_options(args):  # pearl's placement
+        options["pearl"] = {**placement_options(args), **options.get("pearl", {})}
     unknown = set(options) - set(METHODS)
     if unknown:
         raise ParadecError(f"--method-options names unknown method(s): {', '.join(sorted(unknown))}")

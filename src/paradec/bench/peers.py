@@ -2,7 +2,8 @@
 
 - ``hf-generate``: transformers' own greedy ``generate`` (also the second reference for exactness);
 - ``hf-prompt-lookup``: its prompt lookup decoding (``prompt_lookup_num_tokens``);
-- ``hf-assisted``: its assisted generation with a draft model (only with ``--draft``);
+- ``hf-assisted``: its assisted generation with a draft model (only with ``--draft``; a draft with another
+  tokenizer through its universal assisted generation, which re-tokenises the assistant's text);
 - ``hf-early-exit``: its self-speculative early-exit drafting (LayerSkip) with the first quarter of the layers;
 - ``lade``: the LookaheadDecoding package, where it installs and runs.
 
@@ -46,6 +47,9 @@ class HFGenerate:
             **self.options,
         )
         extra = {"assistant_model": self.assistant.hf_model} if self.assistant else {}
+        if self.assistant and self.assistant.tokenizer.get_vocab() != self.model.tokenizer.get_vocab():
+            # universal assisted generation: the assistant's text is re-tokenised for the target
+            extra.update(tokenizer=self.model.tokenizer, assistant_tokenizer=self.assistant.tokenizer)
         calls = [0]
 
         def count(*_):
@@ -97,5 +101,5 @@ def make_peers(model: Model, draft: Model | None = None, names=("hf-generate", "
         if draft is not None:
             peers.append(HFGenerate(model, "hf-assisted", assistant=draft))
         else:
-            unavailable["hf-assisted"] = "needs a draft model sharing the target's tokenizer: pass --draft MODEL"
+            unavailable["hf-assisted"] = "needs a draft model: pass --draft MODEL"
     return peers, unavailable

@@ -20,6 +20,7 @@ from .defaults import with_defaults
 
 if TYPE_CHECKING:
     from ..model import Model
+    from ..stats import Overlap
     from ..verify import Verdict
 
 
@@ -77,6 +78,10 @@ class Drafter:
     def begin(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Reset per-generation state before the first step."""
 
+    def end(self) -> None:
+        """The generation is over, or abandoned on an error: give back what it held (``pearl``: its
+        drafting thread's work, the loop thread's own cores). Called on the loop's thread; may come twice."""
+
     def propose(self, ctx: StepContext) -> Draft:
         raise NotImplementedError
 
@@ -94,6 +99,12 @@ class Drafter:
         """The method whose draft the last ``propose`` returned, for ``Stats.methods``: this drafter's
         own name; ``auto`` names the method it picked that step, or "plain" when it drafted nothing."""
         return self.name
+
+    def drafting_report(self) -> "Overlap | None":
+        """What drafting did for the step just verified, asked after ``observe``: its drafting forwards,
+        how many ran while the target verified, the seconds the loop waited (``pearl``); None for the
+        drafters that draft on the loop's thread."""
+        return None
 
     def observe_features(self, features: torch.Tensor) -> None:
         """The target's final-normed hidden states (n, d) of the rows it just committed, in order: the
@@ -125,6 +136,10 @@ class CompositeDrafter(Drafter):
     def finish(self, tokens: list[int]) -> None:
         for d in self.inner():
             d.finish(tokens)
+
+    def end(self) -> None:
+        for d in self.inner():
+            d.end()
 
     def use_corpus(self, corpus) -> None:
         for d in self.inner():

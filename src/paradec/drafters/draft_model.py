@@ -4,8 +4,8 @@ The draft model reads the committed tokens into its own KV cache and proposes a 
 dynamic tree (see ``draft_tree.py``); the target verifies it in one forward. Greedy output equals
 plain greedy output and sampling keeps the target distribution, whatever the draft proposes.
 
-Both models must share one vocabulary (the same token ids mean the same strings); mapping
-between different tokenizers is not done here.
+Both models must share one vocabulary (the same token ids mean the same strings); a draft model with
+another tokenizer drafts through text with ``pearl`` (``vocab_bridge.py``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class DraftModelDrafter(TreeDrafter):
     config: DraftModelConfig
 
     def make_runner(self) -> DraftRunner:
-        self.draft_model = _load_draft(self.config.draft, self.model)
+        self.draft_model = load_draft(self.config.draft, self.model)
         check_same_vocab(self.model, self.draft_model)
         return DraftRunner(self.draft_model.target())
 
@@ -51,7 +51,7 @@ class DraftModelDrafter(TreeDrafter):
         return self.draft_model, None
 
 
-def _load_draft(spec: str | Model, target: Model) -> Model:
+def load_draft(spec: str | Model, target: Model) -> Model:
     if isinstance(spec, Model):
         return spec
     return _load_cached(spec, target.dtype, target.runtime.name, target.quant)
@@ -66,15 +66,20 @@ def _load_cached(spec: str, dtype: torch.dtype, runtime: str, quant: str) -> Mod
 
 def check_same_vocab(target: Model, draft: Model) -> None:
     """Raise a ParadecError naming both tokenizers unless they map the same strings to the same ids."""
-    t_vocab, d_vocab = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
-    if t_vocab == d_vocab:
+    if same_vocab(target, draft):
         return
+    t_vocab, d_vocab = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
     differ = sum(1 for tok, i in d_vocab.items() if t_vocab.get(tok) != i) + sum(1 for tok in t_vocab if tok not in d_vocab)
     raise ParadecError(
         f"the draft model '{draft.name}' and the target model '{target.name}' use different vocabularies: "
         f"draft tokenizer {_describe(draft)} vs target tokenizer {_describe(target)} ({differ} entries differ); "
-        "the draft method needs a draft model with the target's tokenizer"
+        "the draft method needs a draft model with the target's tokenizer (--method pearl drafts across tokenizers)"
     )
+
+
+def same_vocab(target: Model, draft: Model) -> bool:
+    """Whether the two tokenizers map the same strings to the same ids."""
+    return target.tokenizer.get_vocab() == draft.tokenizer.get_vocab()
 
 
 def _describe(model: Model) -> str:

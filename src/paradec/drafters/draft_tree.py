@@ -203,15 +203,7 @@ class TreeDrafter(Drafter):
         return n
 
     def _dist(self, logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-        """The draft distribution over the target's vocabulary: q for sampling, softmax for greedy."""
-        logits = logits.to(torch.float64)
-        if logits.shape[-1] > self.vocab:  # padded LM head: rows past the vocabulary are no tokens
-            logits = logits[: self.vocab]
-        elif logits.shape[-1] < self.vocab:
-            logits = torch.cat([logits, logits.new_full((self.vocab - logits.shape[-1],), float("-inf"))])
-        if params.greedy:
-            return torch.softmax(logits, -1)
-        return target_probs(logits, params)
+        return draft_dist(logits, self.vocab, params)
 
     @staticmethod
     def _pick(q: torch.Tensor, k: int, ctx: StepContext) -> list[int]:
@@ -227,6 +219,19 @@ class TreeDrafter(Drafter):
             out.append(x)
             q[x] = 0.0
         return out
+
+
+def draft_dist(logits: torch.Tensor, vocab: int, params: SamplingParams) -> torch.Tensor:
+    """The draft distribution over a vocabulary of ``vocab`` tokens (the target's), (vocab,) float64: q
+    for sampling (the target's own logits processing), softmax for greedy."""
+    logits = logits.to(torch.float64)
+    if logits.shape[-1] > vocab:  # padded LM head: rows past the vocabulary are no tokens
+        logits = logits[:vocab]
+    elif logits.shape[-1] < vocab:
+        logits = torch.cat([logits, logits.new_full((vocab - logits.shape[-1],), float("-inf"))])
+    if params.greedy:
+        return torch.softmax(logits, -1)
+    return target_probs(logits, params)
 
 
 def _ancestors(parents: list[int], node: int) -> list[int]:

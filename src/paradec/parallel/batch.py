@@ -112,7 +112,8 @@ class Batch:
             self.groups.append(list(branches))
 
     def remove(self, seq: Sequence) -> None:
-        """Drop a sequence without finishing it (its result stays None)."""
+        """Drop a sequence without finishing it (its result stays None); its drafter lets go."""
+        seq.drafter.end()
         self.live = [s for s in self.live if s is not seq]
         self.reading = [s for s in self.reading if s is not seq]
         self.groups = [g for g in ([s for s in g if s is not seq] for g in self.groups) if g]

@@ -217,7 +217,7 @@ class Engine:
 
     def operator_options(self, method: str) -> dict[str, Any]:
         """The options the operator set for ``method``: ``method_options`` for the default method,
-        and the ``--draft`` model for the methods that take one (``draft``, ``auto``)."""
+        and the ``--draft`` model for the methods that take one (``draft``, ``pearl``, ``auto``)."""
         options = dict(self.config.method_options) if method == self.config.method else {}
         if self.draft is not None and any(f.name == "draft" for f in dataclasses.fields(METHODS[method].Config)):
             options["draft"] = self.draft
@@ -237,7 +237,8 @@ class Engine:
                 param="paradec.method",
                 code="method_not_found",
             )
-        if method == "draft" and self.draft is None:
+        own_layers = method == "pearl" and self.operator_options(method).get("drafter") == "layerskip"
+        if method in ("draft", "pearl") and self.draft is None and not own_layers:
             raise APIError(400, "this server has no draft model (paradec serve --draft MODEL)", param="paradec.method")
         requested = dict(field.options or {}) if field else {}
         if file_options() & set(requested):  # one message whatever the value: it tells nothing of the files
