@@ -63,7 +63,19 @@ void key_scores(const float* q, const T* K, const int64_t* slots, int64_t n, int
   int64_t j = 0;
 #if PD_AVX512  // 16 lanes over D, the two halves added, then the 4-key tree of the AVX2 path
   if (D % 16 == 0) {
-    const __m256 z = _mm256_setzero_ps();
+    const __m256 z = _mm256_setzero_ps(), sc = _mm256_set1_ps(scale);
+    for (; j + 8 <= n; j += 8) {  // two 4-key trees, their last step (lanes i + i+4) for 8 keys at once
+      __m512 a[8];
+      for (int i = 0; i < 8; ++i) a[i] = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 16) {
+        const __m512 qv = _mm512_loadu_ps(q + d);
+        for (int i = 0; i < 8; ++i) a[i] = _mm512_fmadd_ps(qv, load16<T>(K + slots[j + i] * D + d), a[i]);
+      }
+      const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(halves(a[0]), halves(a[1])), _mm256_hadd_ps(halves(a[2]), halves(a[3])));
+      const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(halves(a[4]), halves(a[5])), _mm256_hadd_ps(halves(a[6]), halves(a[7])));
+      const __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+      _mm256_storeu_ps(out + j, _mm256_mul_ps(s, sc));
+    }
     for (; j + 4 <= n; j += 4) {
       const T* k[4] = {K + slots[j] * D, K + slots[j + 1] * D, K + slots[j + 2] * D, K + slots[j + 3] * D};
       __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
@@ -157,19 +169,53 @@ void weighted_values(const float* p, const T* V, const int64_t* slots, int64_t n
   }
 }
 
+// The largest of x[0 .. n), n > 0 (exact in any order).
+inline float max_of(const float* x, int64_t n) {
+  int64_t j = 0;
+  float mx = -INFINITY;
+#if PD_AVX512
+  if (n >= 16) {
+    __m512 m = _mm512_loadu_ps(x);
+    for (j = 16; j + 16 <= n; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + j));
+    mx = _mm512_reduce_max_ps(m);
+  }
+#elif PD_AVX2
+  if (n >= 8) {
+    __m256 m = _mm256_loadu_ps(x);
+    for (j = 8; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + j));
+    alignas(32) float l[8];
+    _mm256_store_ps(l, m);
+    for (float v : l) mx = std::max(mx, v);
+  }
+#endif
+  for (; j < n; ++j) mx = std::max(mx, x[j]);
+  return mx;
+}
+
+// x[0] + ... + x[n-1] in one fixed order for a given n on every path: 8 running lane sums (lane
+// j % 8 gets x[j]), added by the tree ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)).
+inline float sum_of(const float* x, int64_t n) {
+  float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+#if PD_AVX2
+  __m256 a = _mm256_setzero_ps();
+  for (; j + 8 <= n; j += 8) a = _mm256_add_ps(a, _mm256_loadu_ps(x + j));
+  _mm256_storeu_ps(l, a);
+#endif
+  for (; j < n; ++j) l[j % 8] += x[j];
+  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
 // The partial softmax of one query over keys `slots`: part = {m, l, acc[D]}.
 template <typename T>
 void partial(const float* q, const T* K, const T* V, const int64_t* slots, int64_t n, int64_t D, float scale, float* p,
              float* part) {
   key_scores<T>(q, K, slots, n, D, scale, p);
-  float mx = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, p[j]);
+  const float mx = max_of(p, n);
   for (int64_t j = 0; j < n; ++j) p[j] -= mx;
   exp_inplace(p, n);
-  float sum = 0.f;
-  for (int64_t j = 0; j < n; ++j) sum += p[j];
   part[0] = mx;
-  part[1] = sum;
+  part[1] = sum_of(p, n);
   weighted_values<T>(p, V, slots, n, D, part + 2);
 }
 
