@@ -49,9 +49,10 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
                         "the machine's compiler, bit-identical rows) or 'hf' (the transformers model, the reference; "
                         "any architecture) (default: %(default)s)")
     p.add_argument("--quant", default=DEFAULT_QUANT, choices=QUANTS,
-                   help="weights of the native runtime: 'auto' (in bfloat16: a GGUF file's own Q4_0/Q4_1/Q8_0 blocks "
-                        "as they are; otherwise none), 'none' (in --dtype), 'int8' (8-bit blocks) or 'int4' (4-bit blocks; embeddings and "
-                        "LM head 8-bit); 8/4-bit layers multiply with 8-bit activations, as llama.cpp does "
+                   help="weights of the native runtime: 'auto' (in bfloat16: a GGUF file's own blocks as they are, "
+                        "Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K, other block types dequantised with a notice; "
+                        "otherwise none), 'none' (in --dtype), 'int8' (8-bit blocks) or 'int4' (4-bit blocks; embeddings and "
+                        "LM head 8-bit); quantised layers multiply with 8-bit activations, as llama.cpp does "
                         "(default: %(default)s)")
     p.add_argument("--require-kernels", action="store_true",
                    help="fail when the native runtime's C++ kernels cannot be built or loaded, instead of falling "

@@ -2,8 +2,8 @@
 
 A ``Layout`` says which format each kind of tensor gets (from ``--dtype`` and ``--quant``). Float
 weights come from the model directory's safetensors files (no transformers model is built). With a
-GGUF source, tensors whose block format the kernels read (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) are
-taken block for block, so the weights are exactly the file's: no second rounding.
+GGUF source, tensors whose block format the kernels read (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
+Q5_K, Q6_K) are taken block for block, so the weights are exactly the file's: no second rounding.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Formats (``Part.fmt``), rows = output features N, K = input features:
 - ``f32`` / ``f64``: the matrix itself, ``w`` of shape (N, K);
 - ``bf16``: the matrix in tiles of 4 rows when K % 32 == 0 (``w`` (ceil(N / 4), 4K): per 32 columns the
   4 rows' values side by side, one memory stream per tile), else the matrix itself;
-- ``q8_0``, ``q4_0``, ``q4_1``, ``q4_k``, ``q5_k``, ``q6_k``: GGML's blocks, their values byte for byte,
+- ``q8_0``, ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``, ``q4_k``, ``q5_k``, ``q6_k``: GGML's blocks, their values byte for byte,
   regrouped into the integer kernels' tiles (``w`` (ceil(N / 4), tile bytes); layout in tiles.py and
   kernels/quant.h).
 

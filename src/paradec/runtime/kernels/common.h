@@ -12,8 +12,9 @@
 // the tests also compile the narrower variants this machine can run and check each one):
 //   PD_AVX512 (AVX-512 F/BW/VL), with PD_VNNI512 (vpdpbusd) or without it (vpmaddubsw + vpmaddwd);
 //   PD_AVX2 (AVX2 + FMA + F16C); scalar C++ elsewhere.
-// The integer (quantised) kernels give the same bits on every path (quant.h says how); float
-// kernels and attention use AVX2 code on AVX-512 machines.
+// The integer (quantised) kernels give the same bits on every path (quant.h says how). The float
+// kernels (linear.cpp: AVX2 code on AVX-512 machines too) and attention (AVX-512 scores and value
+// sums) are row-invariant on each path, but two paths may round differently.
 //
 // The library has a plain C interface (api.cpp) called through ctypes: no torch headers, so it
 // compiles in seconds with any C++17 compiler.
