@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as paradec sets it (src/paradec/__init__.py), before torch loads
@@ -68,6 +70,16 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.fl
 def rebuild(model: Model, hf, name: str | None = None) -> Model:
     """``model`` with other transformers weights (same tokenizer, runtime and quantization)."""
     return Model.from_hf(hf, model.tokenizer, runtime=model.runtime.name, quant=model.quant, name=name or model.name)
+
+
+def perturbed(model: Model, scale: float, seed: int, name: str = "tiny-draft") -> Model:
+    """A copy of ``model`` with noise on every weight: a draft that is often, not always, right."""
+    hf = copy.deepcopy(model.hf_model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale * p.std().clamp(min=1e-3))
+    return rebuild(model, hf, name)
 
 
 class OracleDrafter(Drafter):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 
@@ -15,7 +14,7 @@ from paradec.drafters.draft_model import DraftModelDrafter
 from paradec.errors import ParadecError
 from paradec.sampling import SamplingParams, target_probs
 
-from conftest import rebuild, tiny_model
+from conftest import perturbed, tiny_model
 
 CONFIGS = {
     "chain-default": {},
@@ -28,15 +27,6 @@ CONFIGS = {
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny models: one thread is fastest
 
-
-def perturbed(model, scale: float, seed: int, name: str = "tiny-draft"):
-    """A copy of ``model`` with noise on every weight: a draft that is often, not always, right."""
-    hf = copy.deepcopy(model.hf_model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale * p.std().clamp(min=1e-3))
-    return rebuild(model, hf, name)
 
 
 def plain(model, prompt, n):

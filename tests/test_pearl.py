@@ -19,7 +19,7 @@ from paradec.model import Model
 from paradec.runtime.target import Target
 from paradec.sampling import SamplingParams
 
-from conftest import rebuild, tiny_model
+from conftest import perturbed, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -31,14 +31,6 @@ CONFIGS = {
     "long-16": dict(max_draft=16, min_confidence=0.0),
 }
 
-
-def perturbed(model, scale: float, seed: int, name: str = "tiny-draft"):
-    hf = copy.deepcopy(model.hf_model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale * p.std().clamp(min=1e-3))
-    return rebuild(model, hf, name)
 
 
 def chunk_tokenizer() -> PreTrainedTokenizerFast:
