@@ -9,8 +9,11 @@ import torch
 import paradec
 from paradec.costs import CostCurve, StepCost
 from paradec.drafters import head_file
-from paradec.drafters.merge import Proposal, merge
-from paradec.tree import Draft
+from paradec.drafters.base import Drafter, StepContext
+from paradec.drafters.merge import MergeConfig, MergeDrafter, Proposal, merge
+from paradec.sampling import SamplingParams
+from paradec.tree import Block, Draft
+from paradec.verify import Verdict
 
 from conftest import RUNTIMES, assert_lossless, tiny_model
 from test_trained_heads import random_head
@@ -94,3 +97,36 @@ def test_sampling_distribution_with_a_sampled_head_and_deterministic_members():
     tv = 0.5 * (empirical_joint(model, drafter, params) - p).abs().sum().item()
     assert tv < tv_threshold(p), f"TV {tv:.4f} vs threshold {tv_threshold(p):.4f}"
     assert sum(mixed) > 200  # the merged trees did mix both kinds (340 of 2,500 runs when written)
+
+
+class Chain(Drafter):
+    """Always proposes the same chain, valued ``values`` (as a member's own estimates)."""
+
+    name = "chain"
+
+    def __init__(self, model, tokens, values):
+        super().__init__(model, None)
+        self.tokens, self.values = tokens, values
+
+    def propose(self, ctx):
+        return Draft.chain(self.tokens)
+
+
+def test_a_member_that_stopped_paying_is_sent_again_later():
+    """Its calibration fades toward 1 while it sends nothing; with a plain fade it would stay silent for
+    good (nothing sent, nothing learnt), which kept `merge` at 1.00 tokens per forward for most of a
+    benchmark whose drafter is kept across prompts."""
+    model = tiny_model("llama", seed=3)
+    costs = {2: 1.3, 3: 1.6, 4: 1.9}  # a row costs 0.3: a node must be worth more
+    member = Chain(model, [5, 6], [0.9, 0.8])
+    d = MergeDrafter(model, MergeConfig(costs=costs), members=[member])
+    d.begin([1, 2, 3], SamplingParams())
+    ctx = StepContext([1, 2, 3], 3, 16, SamplingParams(), None)
+    assert d.propose(ctx).tokens == [5, 6]
+    d.members[0].claimed, d.members[0].accepted = 20.0, 1.0  # its nodes were mostly rejected lately
+    assert len(d.propose(ctx)) == 0  # 0.9 × 0.05 does not pay for a row
+    logits = torch.zeros(1, model.vocab_size)
+    for _ in range(60):  # steps where nothing was sent (the counts fade with a half-life of ~14)
+        d.propose(ctx)
+        d.observe(Block(3, Draft()), logits, Verdict([], [7]))
+    assert d.members[0].calibration > 0.5 and d.propose(ctx).tokens == [5, 6]

@@ -4,7 +4,8 @@ acceptance is expected (``merge``; ``auto`` merges with the same function).
 Each member drafts as usual; every node gets a *value*, its expected chance of acceptance: the
 member's own estimate (a path frequency for ``suffix``, a path probability for the heads; ``0.5 ** depth``
 for a member that gives none) times the member's *calibration*, the ratio of its nodes accepted to the
-values it claimed, learnt online. ``merge`` joins the drafts on shared prefixes and then grows the
+values it claimed, learnt online and fading toward 1 (so a member whose nodes stopped paying, and is
+therefore sent nothing to learn from, is tried again later). ``merge`` joins the drafts on shared prefixes and then grows the
 tree best first (a node only after its parent), while a node's value pays for its row at the
 machine's cost of rows (``costs.StepCost``, read at the context length)::
 
@@ -39,6 +40,7 @@ from .base import MAX_NODES, CompositeDrafter, Drafter, DrafterConfig, StepConte
 
 MEMBERS = ("suffix", "ngram", "recycling", "eagle", "medusa")
 DECAY = 0.95  # per step: calibration and payback counts fade with a half-life of ~14 steps
+PRIOR = 1.0  # the calibration's counts fade toward this (accepted = claimed: the member's values as they are)
 PROBE_EVERY = 8  # a costly member that stopped paying is still asked this often
 # The members' options inside a merge (over their defaults): no cost gate of their own (the merge's
 # cost rule is the gate), recycling without its n-gram branches (suffix drafts those), deeper trees.
@@ -164,7 +166,7 @@ class Member:
 
     def __init__(self, drafter: Drafter):
         self.drafter = drafter
-        self.claimed, self.accepted = 1.0, 1.0  # faded sums: own values of its sent nodes, of those accepted
+        self.claimed, self.accepted = PRIOR, PRIOR  # faded sums: own values of its sent nodes, of those accepted
         self.node_cost = 0.0  # one drafting forward, in one-row target forwards
         self.gain, self.spent = 1.0, 0.0  # faded sums over asked steps: tokens only its nodes brought, their cost
         self.skipped = 0
@@ -249,7 +251,10 @@ class MergeDrafter(CompositeDrafter):
                 m.drafter.observe(block, logits, verdict)
             elif m.asked:
                 m.drafter.observe(*empty)  # its own draft went only in part, merged: as if unsent
-            m.claimed, m.accepted, m.gain, m.spent = (x * DECAY for x in (m.claimed, m.accepted, m.gain, m.spent))
+            # calibration fades toward its prior (1: the member's own values): a member whose nodes
+            # stopped paying is sent nothing and learns nothing, so a pure fade would keep it silent
+            m.claimed, m.accepted = (DECAY * x + (1 - DECAY) * PRIOR for x in (m.claimed, m.accepted))
+            m.gain, m.spent = m.gain * DECAY, m.spent * DECAY
         row = (self.curve(1 + sent, None) - 1) / max(1, sent)  # what a row of this block cost
         for node, src in enumerate(self.sources[:sent]):
             owners = {mi for mi, _ in src}
