@@ -244,3 +244,18 @@ def test_shipped_heads_are_checked_recorded_and_benchmarked(kind):
     assert training["command"].startswith("paradec train-drafter") and training["seed"] == 0
     assert training["minutes"]["train"] > 0 and "held_out" in training["data"]
     assert kind in default_methods()
+
+
+def test_a_heads_drafting_cost_counts_the_bytes_it_reads(tmp_path):
+    """A float32 head beside a 4-bit target reads ~7x more bytes per parameter than the target: its cost
+    in target forwards is the ratio of bytes (a parameter count made SmolLM2's head look 5x cheaper than
+    it is, and merge and auto asked it when it did not pay)."""
+    model = tiny_model("llama", seed=3, dtype=torch.float32, quant="int4")
+    path = tmp_path / "eagle.safetensors"
+    head_file.save(path, random_head(model, "eagle", subset=64), model, {})
+    drafter = make_drafter("eagle", model, head=str(path))
+    head = drafter.runner.head
+    head_bytes = sum(t.numel() * t.element_size() for t in [*head.parameters(), head.readout.weight])
+    w = model.runtime.weights
+    linears = [w.lm_head] + [x for layer in w.layers for x in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    assert drafter.drafting_cost() == pytest.approx(head_bytes / sum(x.nbytes for x in linears))
