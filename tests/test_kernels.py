@@ -18,7 +18,7 @@ from paradec.runtime import tiles
 from paradec.runtime.kernels import KernelError, build, kernels, runnable_variants
 from paradec.runtime.native import choose_ops
 from paradec.runtime.ops import NativeOps, TorchOps
-from paradec.runtime.weights import Linear, ggml_part, quantize
+from paradec.runtime.weights import Linear, Part, ggml_part, quantize
 
 from conftest import tiny_model
 
@@ -176,6 +176,20 @@ def test_out_of_range_token_ids_are_refused_by_the_kernels(ops):
 def test_a_wrong_input_width_is_refused(ops):
     with pytest.raises(ValueError, match="float32 \\(M, 64\\)"):
         ops.linear(torch.randn(2, 32), layer("q4_0", 8, 64))
+
+
+@pytest.mark.parametrize("fmt", tiles.QUANT_FORMATS)
+def test_tiles_packed_in_python_are_the_size_the_kernels_read(fmt):
+    """tiles.py and quant.h describe one layout: a tile of another size is refused before any read."""
+    k = NativeOps(kernels())
+    for K in widths(fmt):
+        lin = layer(fmt, 8, K)
+        assert lin.parts[0].w.shape[1] == k.k.tile_bytes(fmt, K)
+        k.linear(torch.randn(1, K), lin)
+        part = lin.parts[0]
+        short = Linear((Part(fmt, part.w[:, :-1].contiguous(), part.N),), K)
+        with pytest.raises(ValueError, match="the kernels read"):
+            k.linear(torch.randn(1, K), short)
 
 
 # --- the thread pool ---

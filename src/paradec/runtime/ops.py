@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import ParadecError
 from .kernels import FMT_CODES, MAX_PARTS, LayerC, LinearC, ModelC, RowsC
+from .tiles import QUANT_FORMATS
 from .weights import Linear
 
 
@@ -41,6 +42,10 @@ class NativeOps:
         hit = self._linears.get(id(lin))
         if hit is not None and hit[0] is lin:
             return hit[1]
+        for p in lin.parts:  # the tiles Python packed must be the ones the kernels read (tiles.py = quant.h)
+            if p.fmt in QUANT_FORMATS and p.w.shape[1] != self.k.tile_bytes(p.fmt, lin.K):
+                raise ValueError(f"{p.fmt} tiles of {p.w.shape[1]} bytes for K = {lin.K}; the kernels read "
+                                 f"{self.k.tile_bytes(p.fmt, lin.K)}")
         c = linear_c(lin)
         self._linears[id(lin)] = (lin, c)
         return c

@@ -182,16 +182,6 @@ def tile(lanes: Lanes) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=1)))
 
 
-def tile_bytes(fmt: str, K: int) -> int:
-    full, last = groups(K, fmt)
-
-    def group(L: int) -> int:
-        P = pack_of(L)
-        return TILE * HDR[fmt] + TILE // P * _data_bytes(fmt, P * L)
-
-    return full * group(GROUP) + (group(last) if last else 0)
-
-
 def untile(tiles: torch.Tensor, fmt: str, N: int, K: int) -> Lanes:
     """The inverse of ``tile``."""
     t = tiles.numpy() if isinstance(tiles, torch.Tensor) else tiles
