@@ -61,7 +61,7 @@ inline __m256 halves(__m512 a) { return _mm256_add_ps(_mm512_castps512_ps256(a),
 template <typename T>
 void key_scores(const float* q, const T* K, const int64_t* slots, int64_t n, int64_t D, float scale, float* out) {
   int64_t j = 0;
-#if PD_AVX512  // 16 lanes over D, the two halves added, then the 4-key tree of the AVX2 path
+#if PD_AVX512  // 16 lanes over D, the two halves added, then the 4-key tree of the AVX2 path (8 keys at once)
   if (D % 16 == 0) {
     const __m256 z = _mm256_setzero_ps(), sc = _mm256_set1_ps(scale);
     for (; j + 8 <= n; j += 8) {  // two 4-key trees, their last step (lanes i + i+4) for 8 keys at once
@@ -76,18 +76,7 @@ void key_scores(const float* q, const T* K, const int64_t* slots, int64_t n, int
       const __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
       _mm256_storeu_ps(out + j, _mm256_mul_ps(s, sc));
     }
-    for (; j + 4 <= n; j += 4) {
-      const T* k[4] = {K + slots[j] * D, K + slots[j + 1] * D, K + slots[j + 2] * D, K + slots[j + 3] * D};
-      __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-      for (int64_t d = 0; d < D; d += 16) {
-        const __m512 qv = _mm512_loadu_ps(q + d);
-        for (int i = 0; i < 4; ++i) a[i] = _mm512_fmadd_ps(qv, load16<T>(k[i] + d), a[i]);
-      }
-      alignas(32) float sums[8];
-      _mm256_store_ps(sums, reduce4(halves(a[0]), halves(a[1]), halves(a[2]), halves(a[3])));
-      for (int i = 0; i < 4; ++i) out[j + i] = sums[i] * scale;
-    }
-    for (; j < n; ++j) {
+    for (; j < n; ++j) {  // the last keys one by one: the same tree, zeros in the other lanes
       const T* k = K + slots[j] * D;
       __m512 a = _mm512_setzero_ps();
       for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), load16<T>(k + d), a);
