@@ -9,6 +9,9 @@ accepted path reached it too (``Stats.accepted[d] / Stats.drafted[d]``).
 
     python scripts/count_acceptance.py --methods ngram,recycling,medusa,eagle --limit 2 --max-new-tokens 64 \\
         --options '{"eagle": {"row_costs": [1, 1, 1, 1, 1.1, 1.1, 1.1, 1.1, 1.3]}}'
+
+``--keep``: one drafter per method for all the prompts, as ``paradec bench`` and the server keep it
+(what a drafter learnt on one prompt carries into the next); otherwise a new drafter per prompt.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 import paradec
 from paradec.api import encode_prompt
 from paradec.bench.data import load_prompts
+from paradec.drafters import make_drafter
 
 CATEGORIES = "multi_turn,translation,summarization,qa,math_reasoning,rag,code"
 
@@ -37,6 +41,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--keep", action="store_true", help="one drafter per method across the prompts")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = paradec.load(args.model, dtype=args.dtype, runtime=args.runtime)
@@ -50,9 +55,13 @@ def main() -> None:
         drafted: list[int] = []
         accepted: list[int] = []
         outputs = []
+        kept = make_drafter(method, model, **options.get(method, {})) if args.keep else None
         for prompt, prompt_ids in zip(prompts, ids):
-            r = paradec.generate(model, prompt_ids, method, max_new_tokens=args.max_new_tokens,
-                                 method_options=options.get(method, {}))
+            if kept is not None:
+                r = paradec.generate(model, prompt_ids, kept, max_new_tokens=args.max_new_tokens)
+            else:
+                r = paradec.generate(model, prompt_ids, method, max_new_tokens=args.max_new_tokens,
+                                     method_options=options.get(method, {}))
             s = r.stats
             outputs.append(r.token_ids)
             got = s.accepted_tokens + s.forward_passes
