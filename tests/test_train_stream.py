@@ -103,3 +103,28 @@ def test_init_from_target_starts_the_layer_as_the_targets_last(model, tmp_path):
     assert torch.allclose(trainer.head.q.weight, w["q"] * w["attn_norm"])
     d = trainer.head.config.hidden
     assert torch.equal(trainer.head.fc.weight[:, d:], torch.eye(d))
+
+
+def test_each_round_answers_the_next_prompts_and_a_resume_goes_on_from_them(model, tmp_path):
+    """A round takes exactly ``sequences`` prompts (it used to drop one more unseen, so a resume skipped
+    too few and answered prompts again), and a round's shard written after the last checkpoint (a crash
+    while training) is not read twice on resume."""
+    cfg = StreamConfig(steps=4, sequences=2, answer_tokens=4, chunk=16, buffer=64, val_prompts=2, subset_docs=5)
+    train = TrainConfig(kind="eagle", subset=48, unroll=1, batch=2, warmup=1)
+    answered = []
+
+    def make(out):
+        trainer = StreamTrainer(model, cfg, train, out, fake_prompts, fake_docs, log=lambda line: None)
+        answer = trainer._answer
+        trainer._answer = lambda items: answered.extend(label for label, _ in items) or answer(items)
+        return trainer
+
+    first = make(tmp_path)
+    first.round()
+    first._checkpoint()
+    saved = [c["tokens"].tolist() for c in first.buffer]
+    first.round()  # not checkpointed: as if the run stopped while training on it
+    second = make(tmp_path)
+    assert [c["tokens"].tolist() for c in second.buffer] == saved
+    second.round()
+    assert answered == [f"src:{i % 3}#{i}" for i in (2, 3, 4, 5, 4, 5)]

@@ -34,6 +34,7 @@ and its outputs are far off the features' scale.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
@@ -249,7 +250,7 @@ class StreamTrainer:
             self._stream = self._prompt_stream()
             for _ in range(self.config.val_prompts + self.state["prompts"]):
                 next(self._stream)
-        items = [item for item, _ in zip(self._stream, range(self.config.sequences))]
+        items = list(itertools.islice(self._stream, self.config.sequences))  # exactly these: a resume skips them
         if not items:
             raise ValueError("the prompt sources are exhausted")
         chunks = []
@@ -368,6 +369,9 @@ class StreamTrainer:
         self.packer.tokens, self.packer.feats, self.packer.mask = saved["packer"]
         chunks = []
         for f in sorted((self.out / "rounds").glob("round-*.safetensors")):
+            if int(f.stem.split("-")[1]) > self.state["round"]:  # written after the checkpoint (a crash while
+                f.unlink()  # training): its round is answered again
+                continue
             chunks += _read_chunks(f)
         self.buffer.extend(chunks[-self.config.buffer :])
 
