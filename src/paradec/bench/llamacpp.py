@@ -32,7 +32,7 @@ from .runner import Run
 
 DEFAULT_SPEC = "auto"
 LOOKUP_TOKENS = 10
-FOUR_BIT = {"Q4_0", "Q4_1", "Q4_K", "Q4_K_M", "Q4_K_S", "MOSTLY_Q4_0", "MOSTLY_Q4_1", "MOSTLY_Q4_K_M", "MOSTLY_Q4_K_S"}
+FOUR_BIT = {"Q4_0", "Q4_1", "Q4_K", "IQ4_NL", "IQ4_XS"}  # tensor types (file_type reads tensors, not file types)
 log = logging.getLogger(__name__)
 
 
@@ -113,7 +113,8 @@ class LlamaCpp:
 
 def candidates(model: Model, cores: int) -> list[str]:
     """The configurations ``best_spec`` times: the file as shipped, and Q4_0 for a 4-bit file; 1 .. cores threads."""
-    quants = ["file"] + (["Q4_0"] if file_class(model.path) == "4-bit" and file_type(model.path) != "Q4_0" else [])
+    main = file_type(model.path)  # one read of the file's tensor table
+    quants = ["file"] + (["Q4_0"] if main in FOUR_BIT and main != "Q4_0" else [])
     return [f"{q}:{t}" for q in quants for t in range(1, max(1, cores) + 1)]
 
 
@@ -129,7 +130,8 @@ def file_type(path: Path) -> str:
 
 
 def file_class(path: Path) -> str:
-    return "4-bit" if file_type(path) in FOUR_BIT else file_type(path)
+    kind = file_type(path)
+    return "4-bit" if kind in FOUR_BIT else kind
 
 
 def best_spec(model: Model, cores: int | None = None, tokens: int = 32, measure=None) -> str:
