@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 
+import paradec  # first: it sets OMP_WAIT_POLICY before torch loads
 import torch
 
-import paradec
 from paradec.api import encode_prompt
 from paradec.bench.data import load_prompts
 from paradec.drafters import make_drafter

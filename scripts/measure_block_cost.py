@@ -11,9 +11,9 @@ k=3 2.0-2.9x raw vs 1.5-1.6x padded (padding pays); k=2 1.66-1.74x raw vs 1.58-2
 import argparse
 import time
 
+import paradec  # first: it sets OMP_WAIT_POLICY before torch loads
 import torch
 
-import paradec
 from paradec.model.hf import HFTarget
 
 

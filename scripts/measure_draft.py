@@ -21,9 +21,9 @@ import os
 import statistics
 import time
 
+import paradec  # first: it sets OMP_WAIT_POLICY before torch loads
 import torch
 
-import paradec
 
 FALLBACK_PROMPTS = [
     "Complete the following Python function.\n\n```python\ndef is_palindrome(text: str) -> bool:\n"

@@ -13,9 +13,9 @@ in float64 (same gaps); 0.94 (median 0.38) in bfloat16, where 5.6 % of the steps
 import argparse
 import statistics
 
+import paradec  # first: it sets OMP_WAIT_POLICY before torch loads
 import torch
 
-import paradec
 from paradec.tree import Draft, block_mask, block_positions
 
 PROMPTS = ["Name three primary colours.", "Write a short poem about the sea.", "Explain how a CPU cache works.",

@@ -27,9 +27,9 @@ import random
 import statistics
 import time
 
+import paradec  # first: it sets OMP_WAIT_POLICY before torch loads
 import torch
 
-import paradec
 from paradec.api import encode_prompt
 from paradec.bench.data import load_prompts
 from paradec.drafters import Drafter, make_drafter

@@ -19,9 +19,9 @@ import os
 import time
 from collections import defaultdict
 
+import paradec  # first: it sets OMP_WAIT_POLICY before torch loads
 import torch
 
-import paradec
 from paradec.api import encode_prompt
 from paradec.bench.data import load_prompts
 from paradec.decode import decode
