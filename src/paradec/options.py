@@ -1,6 +1,6 @@
 """A method's options: the bounds checks its frozen config makes in ``__post_init__``, and building
 the config from user options with one error for every way they can be wrong. Shared by the drafters
-(``paradec.drafters``) and the diffusion decoders (``paradec.diffusion``)."""
+(``paradec.drafters``), the diffusion decoders (``paradec.diffusion``) and the trainers' configs (``paradec.train``)."""
 
 from __future__ import annotations
 

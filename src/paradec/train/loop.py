@@ -29,7 +29,10 @@ import torch.nn.functional as F
 
 from ..drafters import target_parts
 from ..drafters.head_net import EagleHead, HeadConfig, MedusaHeads, build
+from ..options import check_int, check_number
 from .schedule import warmup_cosine
+
+BIG = 1 << 40  # no upper bound worth naming
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,15 @@ class TrainConfig:
         if self.kind not in ("eagle", "medusa"):
             raise ValueError(f"kind must be eagle or medusa, got {self.kind!r}")
         for name in ("subset", "depth", "unroll", "batch", "checkpoint_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            check_int(self, name, 1, BIG)
+        check_int(self, "warmup", 0, BIG)
+        check_int(self, "seed", 0, BIG)
         for name in ("epochs", "lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            check_number(self, name, 0, BIG)
+            if getattr(self, name) == 0:
+                raise ValueError(f"{name} must be > 0, got 0")
+        check_number(self, "noise", 0, BIG)
+        check_number(self, "cls_weight", 0, BIG)
 
 
 def frequent_tokens(tokens: torch.Tensor, size: int, vocab: int, always: list[int]) -> torch.Tensor:

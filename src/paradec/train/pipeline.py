@@ -25,7 +25,8 @@ from ..drafters import head_file
 from ..errors import ParadecError
 from . import data
 from .answers import generate_answers
-from .loop import TrainConfig, Trainer
+from ..options import check_int, check_number
+from .loop import BIG, TrainConfig, Trainer
 from .sources import CODE_PACKAGES, TEXT_FILES, HeldOut, documents
 
 
@@ -45,12 +46,13 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.chunk < 8 or self.tokens < self.chunk:
-            raise ValueError(f"need chunk >= 8 and tokens >= chunk, got chunk={self.chunk}, tokens={self.tokens}")
-        if self.answers < 0 or self.answer_tokens < 1:
-            raise ValueError("answers must be >= 0 and answer_tokens >= 1")
-        if not 0 <= self.code_share <= 1 or not 0 <= self.val_fraction < 0.5:
-            raise ValueError("code_share must be in [0, 1] and val_fraction in [0, 0.5)")
+        check_int(self, "chunk", 8, BIG)
+        check_int(self, "tokens", self.chunk, BIG)
+        check_int(self, "answers", 0, BIG)
+        check_int(self, "answer_tokens", 1, BIG)
+        check_int(self, "seed", 0, BIG)
+        check_number(self, "code_share", 0, 1)
+        check_number(self, "val_fraction", 0, 0.5, below_high=True)
 
 
 class Progress(Protocol):

@@ -54,7 +54,8 @@ from ..parallel.batch import decode_together
 from ..sampling import SamplingParams
 from ..tree import Draft
 from .data import _atomic
-from .loop import TrainConfig, eagle_loss, frequent_tokens, unrolled
+from ..options import check_int, check_number
+from .loop import BIG, TrainConfig, eagle_loss, frequent_tokens, unrolled
 from .schedule import warmup_cosine
 
 
@@ -83,10 +84,11 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "sequences", "answer_tokens", "buffer", "val_prompts", "eval_every", "subset_docs"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.chunk < 8 or not self.reuse > 0:
-            raise ValueError("chunk must be >= 8 and reuse > 0")
+            check_int(self, name, 1, BIG)
+        check_int(self, "chunk", 8, BIG)
+        check_number(self, "reuse", 0, BIG)
+        if self.reuse == 0:
+            raise ValueError("reuse must be > 0, got 0")
         if self.init not in ("target", "random"):
             raise ValueError(f"init must be 'target' or 'random', got {self.init!r}")
 
