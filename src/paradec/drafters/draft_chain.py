@@ -80,6 +80,7 @@ class DraftChain:
 
     def rebase(self, keep: int, tail: list[int]) -> None:
         """Keep ``seq[:keep]``, append ``tail``: the new base (caller holds the lock)."""
+        self.qs[self.base:keep] = [None] * max(0, keep - self.base)  # kept = committed: their q is done
         del self.seq[keep:], self.probs[keep:], self.plans[keep:], self.qs[keep:]
         self.seq += tail
         self.probs += [1.0] * len(tail)
@@ -90,6 +91,7 @@ class DraftChain:
 
     def advance(self, base: int) -> None:
         """The target committed ``seq[self.base:base]``: the chain now starts there (caller holds the lock)."""
+        self.qs[self.base:base] = [None] * (base - self.base)  # committed: their q (a vocabulary each) is done
         self.base = base
         self.until = max(self.until, base)
         self.halted = False  # the path's guess rose: the next token may pay now
@@ -138,9 +140,12 @@ class DraftChain:
             return out
 
     def close(self) -> None:
+        """End the drafting thread and wait for it (its kernel pool must not outlive the process's exit)."""
         with self.cond:
             self.closed = True
             self.cond.notify_all()
+        if self.threaded and self.thread is not threading.current_thread():
+            self.thread.join(timeout=60)
 
     def chain_score(self) -> float:
         """The draft's guess that the whole chain is accepted (caller holds the lock)."""
@@ -164,12 +169,18 @@ class DraftChain:
     def _serve(self, threads: int, cpus: tuple[int, ...], native: bool) -> None:
         """The drafting thread: its own cores, then draft whenever ``seq`` is shorter than ``until``."""
         try:
-            use_cores(threads, cpus, native)
+            undo = use_cores(threads, cpus, native)
         except Exception as exc:  # noqa: BLE001 - reported to the loop at its next wait
             with self.cond:
                 self.error = exc
                 self.cond.notify_all()
             return
+        try:
+            self._drafting()
+        finally:
+            undo()  # the thread's own pool ends with it
+
+    def _drafting(self) -> None:
         while True:
             with self.cond:
                 self.cond.wait_for(lambda: self.closed or (len(self.seq) < self.until and self._can_grow()))
