@@ -3,7 +3,7 @@
 The curve says which draft sizes can pay: a draft accepted τ tokens per forward on a block of k rows
 speeds decoding up by about τ / (c(k)/c(1)). Measured after a prompt of ``--context`` tokens, on a
 chain of k rows that is then dropped (the cache returns to the prompt), k values interleaved round
-by round so a load spike hits all of them alike; medians over the rounds (``paradec.costs.measure``,
+by round so a load spike hits all of them alike; the fastest of the rounds (``paradec.costs.measure``,
 which ``auto`` also uses, with fewer rounds, for the curve it caches).
 """
 

@@ -104,6 +104,7 @@ class TreeDrafter(Drafter):
         self.depth = self.max_depth
         self.cost: StepCost | None = None
         self.values: list[float] = []
+        self._delta: float | None = None
         if config.cost_aware:
             from ..costs import cost_curve
 
@@ -126,10 +127,11 @@ class TreeDrafter(Drafter):
         """One drafting forward per level, so about one per node of a chain: the drafting LM's one-row
         forward over the target's, from both cost curves (measured once per machine, cached).
         The cost-aware budget's δ too."""
-        from ..costs import cost_curve
+        if self._delta is None:  # once per drafter: auto asks every step, and a curve's look-up hashes the machine
+            from ..costs import cost_curve
 
-        drafting = cost_curve(*self.drafting_model()).seconds
-        return drafting / cost_curve(self.model).seconds
+            self._delta = cost_curve(*self.drafting_model()).seconds / cost_curve(self.model).seconds
+        return self._delta
 
     def begin(self, prompt_ids: list[int], params: SamplingParams) -> None:
         self.runner.reset()

@@ -69,7 +69,7 @@ class HeadDrafter(TreeDrafter):
     def drafting_cost(self) -> float:
         """δ: the bytes of weights a head forward reads over a target forward's (a proxy, not timed: both
         forwards stream their weights). Bytes, not parameters: a float32 head beside a 4-bit target
-        reads ~7× more per parameter (SmolLM2's EAGLE head: 0.25 of a target forward, not the 0.045 its
+        reads several times more per parameter (SmolLM2's EAGLE head: 0.25 of a target forward, not the 0.045 its
         parameter count said, which let ``merge`` and ``auto`` ask it when it did not pay)."""
         head = self.runner.head
         ours = sum(t.numel() * t.element_size() for t in [*head.parameters(), head.readout.weight])

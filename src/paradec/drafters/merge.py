@@ -208,6 +208,7 @@ class MergeDrafter(CompositeDrafter):
         self.curve = None
         self.sources: list[list[tuple[int, int]]] = []
         self.tau, self.step_cost = 1.0, 1.0  # faded tokens per step and cost per step, for the payback rule
+        self.context: int | None = None  # the last proposal's context length
 
     def begin(self, prompt_ids, params) -> None:
         from ..costs import CostCurve
@@ -240,6 +241,7 @@ class MergeDrafter(CompositeDrafter):
             m.asked = cap > 0 and self._ask(m)
             if m.asked and (p := m.propose(replace(ctx, max_nodes=cap), i)) is not None:
                 proposals.append(p)
+        self.context = len(ctx.tokens)  # observe prices this block's rows at the same context
         draft, self.sources = merge(proposals, StepCost(self.curve, context=len(ctx.tokens)), cap)
         return draft
 
@@ -255,7 +257,7 @@ class MergeDrafter(CompositeDrafter):
             # stopped paying is sent nothing and learns nothing, so a pure fade would keep it silent
             m.claimed, m.accepted = (DECAY * x + (1 - DECAY) * PRIOR for x in (m.claimed, m.accepted))
             m.gain, m.spent = m.gain * DECAY, m.spent * DECAY
-        row = (self.curve(1 + sent, None) - 1) / max(1, sent)  # what a row of this block cost
+        row = (self.curve(1 + sent, self.context) - 1) / max(1, sent)  # what a row of this block cost
         for node, src in enumerate(self.sources[:sent]):
             owners = {mi for mi, _ in src}
             for mi, ni in src:
